@@ -38,6 +38,9 @@ mod tests {
             .apply_update(Update::decode_v1(&all).expect("decodes"))
             .expect("applies");
         let expected = text.get_string(&client.transact());
-        assert_eq!(doc.get_or_insert_text("t").get_string(&doc.transact()), expected);
+        assert_eq!(
+            doc.get_or_insert_text("t").get_string(&doc.transact()),
+            expected
+        );
     }
 }

@@ -228,7 +228,10 @@ mod tests {
         let client = Doc::new();
         let u1 = edit(&client, 0, "hello");
         let mut state = DocState::new();
-        assert_eq!(state.apply_update(&u1, 1 << 20).ok(), Some(Applied::Changed));
+        assert_eq!(
+            state.apply_update(&u1, 1 << 20).ok(),
+            Some(Applied::Changed)
+        );
         assert_eq!(text_of(&state), "hello");
         let diff = state.diff(&StateVector::default());
         let other = Doc::new();
@@ -236,7 +239,10 @@ mod tests {
             .transact_mut()
             .apply_update(Update::decode_v1(&diff).expect("diff decodes"))
             .expect("diff applies");
-        assert_eq!(other.get_or_insert_text("t").get_string(&other.transact()), "hello");
+        assert_eq!(
+            other.get_or_insert_text("t").get_string(&other.transact()),
+            "hello"
+        );
     }
 
     #[test]
@@ -253,8 +259,13 @@ mod tests {
     #[test]
     fn empty_update_is_not_a_change() {
         let mut state = DocState::new();
-        let empty = Doc::new().transact().encode_state_as_update_v1(&StateVector::default());
-        assert_eq!(state.apply_update(&empty, 1 << 20).ok(), Some(Applied::Empty));
+        let empty = Doc::new()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        assert_eq!(
+            state.apply_update(&empty, 1 << 20).ok(),
+            Some(Applied::Empty)
+        );
         assert_eq!(state.version(), 0);
     }
 
@@ -276,12 +287,16 @@ mod tests {
     fn step2_cache_is_shared_and_invalidated() {
         let client = Doc::new();
         let mut state = DocState::new();
-        state.apply_update(&edit(&client, 0, "a"), 1 << 20).expect("applies");
+        state
+            .apply_update(&edit(&client, 0, "a"), 1 << 20)
+            .expect("applies");
         let sv = StateVector::default();
         let f1 = state.sync_step2_frame(&sv);
         let f2 = state.sync_step2_frame(&sv);
         assert_eq!(f1.as_ptr(), f2.as_ptr(), "same allocation is shared");
-        state.apply_update(&edit(&client, 1, "b"), 1 << 20).expect("applies");
+        state
+            .apply_update(&edit(&client, 1, "b"), 1 << 20)
+            .expect("applies");
         let f3 = state.sync_step2_frame(&sv);
         assert_ne!(f1, f3);
     }
@@ -293,7 +308,13 @@ mod tests {
         let u2 = edit(&client, 2, "cd");
         let rows: Vec<&[u8]> = vec![&u1, &[9, 9, 9], &u2];
         let (state, report) = DocState::load(None, rows).expect("loads");
-        assert_eq!(report, LoadReport { applied: 2, skipped: 1 });
+        assert_eq!(
+            report,
+            LoadReport {
+                applied: 2,
+                skipped: 1
+            }
+        );
         assert_eq!(text_of(&state), "abcd");
     }
 }

@@ -148,7 +148,9 @@ pub fn decode_awareness(raw: &[u8]) -> Result<AwarenessUpdate, ProtocolError> {
     let mut cursor = Cursor::new(raw);
     let count: u64 = cursor.read_var().map_err(|_| invalid("bad client count"))?;
     // Each entry takes at least 3 bytes: a hostile count cannot reserve much.
-    let capacity = usize::try_from(count).unwrap_or(usize::MAX).min(raw.len() / 3);
+    let capacity = usize::try_from(count)
+        .unwrap_or(usize::MAX)
+        .min(raw.len() / 3);
     let mut entries = Vec::with_capacity(capacity);
     for _ in 0..count {
         let client: u64 = cursor.read_var().map_err(|_| invalid("bad client id"))?;
@@ -156,7 +158,9 @@ pub fn decode_awareness(raw: &[u8]) -> Result<AwarenessUpdate, ProtocolError> {
             return Err(invalid("client id over 53 bits"));
         }
         let clock: u32 = cursor.read_var().map_err(|_| invalid("bad clock"))?;
-        let json = cursor.read_string().map_err(|_| invalid("bad state string"))?;
+        let json = cursor
+            .read_string()
+            .map_err(|_| invalid("bad state string"))?;
         if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
             return Err(ProtocolError::InvalidAwareness(format!(
                 "the state of client {client} is not JSON"
@@ -262,7 +266,9 @@ mod tests {
             (&[0x09], ProtocolError::UnknownMessageType(9)),
             (&[0x02, 0x00], ProtocolError::UnknownMessageType(2)),
             (
-                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+                &[
+                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
                 ProtocolError::VarIntOverflow,
             ),
         ];

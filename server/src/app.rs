@@ -1,0 +1,193 @@
+//! `App`: builds the server from `Settings` (opens the store, starts the
+//! persister and compactor, binds the listener — port 0 works and the real
+//! port is kept), runs it, and shuts it down in order: stop accepting, close
+//! sockets with 1001, let rooms finish, flush the persister, close the pool.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, HttpServer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::room::persist::{self, Persister};
+use crate::room::registry::{Registry, RoomDeps};
+use crate::routes;
+use crate::store::{self, Store, StoreError};
+
+/// How often the compactor looks for long update logs.
+const COMPACT_EVERY: Duration = Duration::from_secs(5);
+/// How long a graceful stop waits for connections and writes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Shared by every handler (`web::Data` wraps it in an `Arc`).
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid settings: {0}")]
+    Settings(#[from] crate::config::SettingsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct App {
+    addr: SocketAddr,
+    server: Server,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    store: Arc<dyn Store>,
+    persister: Persister,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> Result<App, StartError> {
+        settings.validate()?;
+        let store = store::open(&settings.database_url).await?;
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        let persister = Persister::new(Arc::clone(&store));
+        // The persister outlives the rooms: it drains its queue after shutdown.
+        tokio::spawn(persister.clone().run(shutdown.clone()));
+        tracker.spawn(persist::run_compactor(
+            Arc::clone(&store),
+            settings.rooms.compact_after_updates,
+            COMPACT_EVERY,
+            shutdown.clone(),
+        ));
+
+        let registry = Registry::new(RoomDeps {
+            store: Arc::clone(&store),
+            persister: persister.clone(),
+            limits: settings.limits.clone(),
+            rooms: settings.rooms.clone(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let state = web::Data::new(AppState {
+            store: Arc::clone(&store),
+            registry,
+        });
+
+        let listener = TcpListener::bind(&settings.bind).map_err(|source| StartError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        })?;
+        let workers = settings
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let server = HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(state.clone())
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .listen(listener)
+        .map_err(|source| StartError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        })?
+        .run();
+        tracing::info!("listening on http://{addr}");
+        Ok(App {
+            addr,
+            server,
+            shutdown,
+            tracker,
+            store,
+            persister,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cancelling this token stops the server gracefully (tests use it in
+    /// place of a signal).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until SIGTERM, SIGINT or the shutdown token, then stops in order.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; shutting down");
+            shutdown.cancel();
+        });
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            // Stop accepting; sessions see the token and close with 1001.
+            handle.stop(true).await;
+        });
+        self.server.await?;
+
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some rooms did not stop in time");
+        }
+        let backlog = self.persister.backlog();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.persister.flush())
+            .await
+            .is_err()
+        {
+            tracing::error!(backlog, "could not write every update before stopping");
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                tracing::error!("cannot listen for signals; stop the server with SIGKILL");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

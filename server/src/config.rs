@@ -1,0 +1,185 @@
+//! `Settings`: every setting is a CLI flag and a `TANDEM_*` environment
+//! variable (SPEC §1), parsed once by clap and validated here. Only `app.rs`
+//! reads `Settings`; it hands sub-structs to the parts that need them.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+const MIB: usize = 1024 * 1024;
+
+/// Tandem: a self-hosted real-time collaboration server for Yjs documents.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tandem", version, about, long_about = None)]
+pub struct Settings {
+    /// Address to listen on (host:port). Port 0 picks a free port.
+    #[arg(long, env = "TANDEM_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    /// Database: `sqlite://PATH` (created with its folder when absent) or
+    /// `postgres://…`.
+    #[arg(
+        long,
+        env = "TANDEM_DATABASE_URL",
+        default_value = "sqlite://./tandem-data/tandem.db"
+    )]
+    pub database_url: String,
+
+    /// Log format: `pretty` (human) or `json` (one JSON object per line).
+    /// Levels and filters come from `RUST_LOG` (default `info`).
+    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// HTTP worker threads (default: the number of CPU cores).
+    #[arg(long, env = "TANDEM_WORKERS")]
+    pub workers: Option<usize>,
+
+    #[command(flatten)]
+    pub limits: Limits,
+
+    #[command(flatten)]
+    pub rooms: RoomSettings,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Limits of SPEC §6.
+#[derive(Args, Debug, Clone)]
+pub struct Limits {
+    /// Largest WebSocket message a client may send, in bytes; over it the
+    /// connection is closed with 4413.
+    #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES", default_value_t = 16 * MIB)]
+    pub max_message_bytes: usize,
+
+    /// Largest encoded document, in bytes; an update that would make it larger
+    /// is not applied and its connection is closed with 4413.
+    #[arg(long, env = "TANDEM_MAX_DOCUMENT_BYTES", default_value_t = 64 * MIB)]
+    pub max_document_bytes: usize,
+
+    /// Connections per document; one more is closed with 1013.
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_DOC", default_value_t = 5_000)]
+    pub max_connections_per_doc: usize,
+
+    /// Connections in total; one more is closed with 1013.
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Sustained messages per second per connection (bursts of up to twice
+    /// this, and never less than 1,000, are allowed); a connection that keeps
+    /// sending faster is closed with 1013. 0 turns the limit off.
+    #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_SECOND", default_value_t = 1_000)]
+    pub max_messages_per_second: u32,
+
+    /// A client's unsent backlog, in bytes; over it the client is closed with
+    /// 1013 (it resyncs on reconnect) and the room carries on. A single frame
+    /// larger than this is still sent when the backlog is empty.
+    #[arg(long, env = "TANDEM_SEND_QUEUE_BYTES", default_value_t = 32 * MIB)]
+    pub send_queue_bytes: usize,
+}
+
+/// Room lifecycle and keepalive.
+#[derive(Args, Debug, Clone)]
+pub struct RoomSettings {
+    /// How often idle connections are pinged.
+    #[arg(long, env = "TANDEM_PING_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    #[arg(long, env = "TANDEM_PING_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ping_timeout: Duration,
+
+    /// A document with no connection for this long is unloaded from memory.
+    #[arg(long, env = "TANDEM_ROOM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A document's stored update log is folded into a snapshot once it holds
+    /// this many updates.
+    #[arg(long, env = "TANDEM_COMPACT_AFTER_UPDATES", default_value_t = 500)]
+    pub compact_after_updates: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Checks what clap cannot, with messages that say what to fix.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |m: &str| Err(SettingsError::Invalid(m.to_string()));
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            return invalid("TANDEM_MAX_MESSAGE_BYTES must be at least 1024");
+        }
+        if l.max_document_bytes < 1024 {
+            return invalid("TANDEM_MAX_DOCUMENT_BYTES must be at least 1024");
+        }
+        if l.max_connections == 0 || l.max_connections_per_doc == 0 {
+            return invalid(
+                "TANDEM_MAX_CONNECTIONS and TANDEM_MAX_CONNECTIONS_PER_DOC must be at least 1",
+            );
+        }
+        if l.send_queue_bytes < 64 * 1024 {
+            return invalid("TANDEM_SEND_QUEUE_BYTES must be at least 65536");
+        }
+        let r = &self.rooms;
+        if r.ping_interval.is_zero() || r.ping_timeout <= r.ping_interval {
+            return invalid(
+                "TANDEM_PING_TIMEOUT must be longer than TANDEM_PING_INTERVAL, and both above zero",
+            );
+        }
+        if r.compact_after_updates < 2 {
+            return invalid("TANDEM_COMPACT_AFTER_UPDATES must be at least 2");
+        }
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres:")
+            || self.database_url.starts_with("postgresql:"))
+        {
+            return invalid("TANDEM_DATABASE_URL must start with sqlite:// or postgres://");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_meet_the_spec_minimums() {
+        let s = Settings::try_parse_from(["tandem"]).expect("defaults parse");
+        s.validate().expect("defaults are valid");
+        assert!(s.limits.max_message_bytes >= MIB && s.limits.max_message_bytes < 64 * MIB);
+        assert!(s.limits.max_document_bytes >= 16 * MIB);
+        assert_eq!(s.bind, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let s = Settings::try_parse_from([
+            "tandem",
+            "--bind",
+            "127.0.0.1:0",
+            "--ping-interval",
+            "1s",
+            "--ping-timeout",
+            "3s",
+        ])
+        .expect("parses");
+        assert_eq!(s.bind, "127.0.0.1:0");
+        assert_eq!(s.rooms.ping_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_values_say_what_to_fix() {
+        let s =
+            Settings::try_parse_from(["tandem", "--database-url", "mysql://x"]).expect("parses");
+        let err = s.validate().expect_err("mysql is refused").to_string();
+        assert!(err.contains("TANDEM_DATABASE_URL"), "{err}");
+    }
+}

@@ -1,0 +1,14 @@
+//! Tandem, the collaboration server. See ARCHITECTURE.md for the map:
+//! `main.rs` parses `Settings` and runs `app::App`; a WebSocket frame goes
+//! `routes/ws.rs -> room/session.rs -> room/actor.rs`, which applies it with
+//! `tandem_crdt`, fans it out (`room/fanout.rs`) and hands it to
+//! `room/persist.rs -> store/`.
+
+pub mod app;
+pub mod config;
+pub mod doc_name;
+pub mod error;
+pub mod room;
+pub mod routes;
+pub mod store;
+pub mod telemetry;

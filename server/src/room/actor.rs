@@ -1,0 +1,360 @@
+//! The room task: owns one document, its awareness and its peers.
+//!
+//! It loads the document before reading its mailbox, then handles one
+//! command at a time: joins, frames from sessions, leaves. A valid update is
+//! applied, relayed to every other peer (the same `Bytes` to all, usually the
+//! very frame the sender sent) and handed to the persister. Nothing in here
+//! awaits a peer or the database, except loading and reloading.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tandem_crdt::protocol::{self, Incoming};
+use tandem_crdt::{Applied, ApplyError, Awareness, DocState};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::fanout::Outbox;
+use super::registry::Registry;
+use super::ConnId;
+use crate::doc_name::DocName;
+use crate::error::CloseCode;
+use crate::store::DocId;
+
+pub enum RoomCmd {
+    Join {
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        reply: oneshot::Sender<Result<(), JoinRefused>>,
+    },
+    /// A decoded frame. `frame` is kept to relay it unchanged when it holds
+    /// a single update or awareness message.
+    Frame {
+        conn: ConnId,
+        read_only: bool,
+        frame: Bytes,
+        messages: Vec<Incoming>,
+    },
+    Leave {
+        conn: ConnId,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefused {
+    /// The room holds `TANDEM_MAX_CONNECTIONS_PER_DOC` connections.
+    Full,
+    /// The document could not be loaded.
+    Unavailable,
+}
+
+struct Peer {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+pub struct Room {
+    name: DocName,
+    id: u64,
+    registry: Arc<Registry>,
+    doc_id: DocId,
+    doc: DocState,
+    awareness: Awareness,
+    peers: Vec<Peer>,
+}
+
+pub fn spawn_args(name: DocName, id: u64, registry: Arc<Registry>) -> Room {
+    Room {
+        name,
+        id,
+        registry,
+        doc_id: 0,
+        doc: DocState::new(),
+        awareness: Awareness::new(),
+        peers: Vec::new(),
+    }
+}
+
+pub async fn run(room: Room, rx: mpsc::Receiver<RoomCmd>) {
+    let span = tracing::info_span!("room", doc = %room.name);
+    room.run(rx).instrument(span).await
+}
+
+/// Loads a document: first waits for the persister to write everything it
+/// holds, so a room reloaded right after an unload sees every update.
+async fn load(registry: &Registry, name: &DocName) -> Result<(DocId, DocState), String> {
+    let deps = &registry.deps;
+    deps.persister.flush().await;
+    let loaded = deps
+        .store
+        .load_or_create(name.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    if loaded.created {
+        tracing::info!("document created");
+    }
+    let log = loaded.log;
+    let rows = log.updates.len();
+    let (state, report) = tokio::task::spawn_blocking(move || {
+        DocState::load(
+            log.snapshot.as_deref(),
+            log.updates.iter().map(|(_, u)| u.as_slice()),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    if report.skipped > 0 {
+        tracing::error!(
+            skipped = report.skipped,
+            "stored updates that do not decode were skipped"
+        );
+    }
+    tracing::debug!(rows, bytes = state.size_estimate(), "document loaded");
+    Ok((loaded.id, state))
+}
+
+impl Room {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+        match load(&self.registry, &self.name).await {
+            Ok((doc_id, doc)) => {
+                self.doc_id = doc_id;
+                self.doc = doc;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "loading the document failed");
+                self.registry.remove_if(&self.name, self.id, || true);
+                drain(&mut rx, Some(JoinRefused::Unavailable));
+                return;
+            }
+        }
+        let idle_timeout = self.registry.deps.rooms.idle_timeout;
+        let shutdown = self.registry.deps.shutdown.clone();
+        loop {
+            let cmd = if self.peers.is_empty() {
+                tokio::select! {
+                    cmd = rx.recv() => cmd,
+                    _ = tokio::time::sleep(idle_timeout) => {
+                        let unloaded = self.registry.remove_if(&self.name, self.id, || rx.is_empty());
+                        if unloaded {
+                            tracing::debug!("idle: unloaded");
+                            drain(&mut rx, None);
+                            return;
+                        }
+                        continue;
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
+            } else {
+                tokio::select! {
+                    cmd = rx.recv() => cmd,
+                    _ = shutdown.cancelled() => return,
+                }
+            };
+            let Some(cmd) = cmd else { return };
+            self.handle(cmd).await;
+        }
+    }
+
+    async fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Join {
+                conn,
+                outbox,
+                reply,
+            } => self.join(conn, outbox, reply),
+            RoomCmd::Frame {
+                conn,
+                read_only,
+                frame,
+                messages,
+            } => self.frame(conn, read_only, frame, messages).await,
+            RoomCmd::Leave { conn } => self.leave(conn),
+        }
+    }
+
+    fn join(
+        &mut self,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        reply: oneshot::Sender<Result<(), JoinRefused>>,
+    ) {
+        if self.peers.len() >= self.registry.deps.limits.max_connections_per_doc {
+            let _ = reply.send(Err(JoinRefused::Full));
+            return;
+        }
+        // Sync step 1, then every awareness state (as the reference server does).
+        let mut ok = outbox
+            .push(protocol::encode_sync_step1(&self.doc.state_vector()))
+            .is_ok();
+        if let Some(all) = self.awareness.encode_all() {
+            ok &= outbox.push(protocol::encode_awareness(&all)).is_ok();
+        }
+        if ok && reply.send(Ok(())).is_ok() {
+            self.peers.push(Peer { conn, outbox });
+            tracing::debug!(%conn, peers = self.peers.len(), "joined");
+        }
+    }
+
+    fn leave(&mut self, conn: ConnId) {
+        if let Some(i) = self.peers.iter().position(|p| p.conn == conn) {
+            self.peers.swap_remove(i);
+        }
+        if let Some(removal) = self.awareness.remove_owner(conn.0) {
+            self.broadcast(None, &protocol::encode_awareness(&removal));
+        }
+        if self.peers.is_empty() {
+            self.doc.drop_caches();
+        }
+        tracing::debug!(%conn, peers = self.peers.len(), "left");
+    }
+
+    async fn frame(
+        &mut self,
+        conn: ConnId,
+        read_only: bool,
+        frame: Bytes,
+        messages: Vec<Incoming>,
+    ) {
+        let single = messages.len() == 1;
+        for message in messages {
+            match message {
+                Incoming::SyncStep1(sv) => {
+                    let reply = self.doc.sync_step2_frame(&sv);
+                    self.send_to(conn, reply);
+                }
+                Incoming::SyncStep2(update) | Incoming::Update(update) if read_only => {
+                    if !update.is_empty() && update.as_ref() != [0, 0] {
+                        tracing::warn!(%conn, bytes = update.len(), "dropped an update from a read-only connection");
+                    }
+                }
+                Incoming::Update(update) => {
+                    let relay = single.then(|| frame.clone());
+                    if !self.apply(conn, update, relay).await {
+                        return;
+                    }
+                }
+                Incoming::SyncStep2(update) => {
+                    if !self.apply(conn, update, None).await {
+                        return;
+                    }
+                }
+                Incoming::Awareness { update, raw } => {
+                    if self.awareness.apply(conn.0, &update) {
+                        let relay = if single {
+                            frame.clone()
+                        } else {
+                            protocol::encode_awareness(&raw)
+                        };
+                        // Echoed to the sender too: the stock client counts it as a sign of life.
+                        self.broadcast(None, &relay);
+                    }
+                }
+                Incoming::QueryAwareness => {
+                    if let Some(all) = self.awareness.encode_all() {
+                        self.send_to(conn, protocol::encode_awareness(&all));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies, relays and persists one update. Returns false when the
+    /// sender was closed for it.
+    async fn apply(&mut self, conn: ConnId, update: Bytes, relay: Option<Bytes>) -> bool {
+        let limit = self.registry.deps.limits.max_document_bytes;
+        match self.doc.apply_update(&update, limit) {
+            Ok(Applied::Changed) => {
+                let frame = relay.unwrap_or_else(|| protocol::encode_update(&update));
+                self.broadcast(Some(conn), &frame);
+                self.registry.deps.persister.enqueue(self.doc_id, update);
+                true
+            }
+            Ok(Applied::Empty) => true,
+            Err(e @ ApplyError::Malformed(_)) => {
+                tracing::warn!(%conn, error = %e, "malformed update; closing the connection");
+                self.close_peer(conn, CloseCode::Malformed, "malformed update");
+                false
+            }
+            Err(e @ ApplyError::TooLarge { .. }) => {
+                tracing::warn!(%conn, error = %e, "update refused: document too large");
+                self.close_peer(conn, CloseCode::TooLarge, "document too large");
+                false
+            }
+            Err(e @ ApplyError::Poisoned(_)) => {
+                tracing::error!(%conn, error = %e, "update failed inside yrs; reloading the document from storage");
+                self.close_peer(conn, CloseCode::Malformed, "update could not be applied");
+                self.reload().await;
+                false
+            }
+        }
+    }
+
+    /// Replaces the in-memory document with the stored one (which never saw
+    /// the update that failed). Peers stay: they hold what was stored.
+    async fn reload(&mut self) {
+        match load(&self.registry, &self.name).await {
+            Ok((doc_id, doc)) => {
+                self.doc_id = doc_id;
+                self.doc = doc;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reloading failed; closing the room");
+                for p in self.peers.drain(..) {
+                    p.outbox
+                        .close(CloseCode::InternalError, "document unavailable");
+                }
+                self.registry.remove_if(&self.name, self.id, || true);
+            }
+        }
+    }
+
+    fn send_to(&mut self, conn: ConnId, frame: Bytes) {
+        if let Some(i) = self.peers.iter().position(|p| p.conn == conn) {
+            if self.peers[i].outbox.push(frame).is_err() {
+                self.drop_peer(i);
+            }
+        }
+    }
+
+    /// Sends `frame` to every peer except `except`. A peer whose queue
+    /// overflows is closed (1013) and removed; the rest are not delayed.
+    fn broadcast(&mut self, except: Option<ConnId>, frame: &Bytes) {
+        let mut i = 0;
+        while i < self.peers.len() {
+            let peer = &self.peers[i];
+            if Some(peer.conn) != except && peer.outbox.push(frame.clone()).is_err() {
+                self.drop_peer(i);
+                continue; // swap_remove moved another peer into slot i
+            }
+            i += 1;
+        }
+    }
+
+    fn drop_peer(&mut self, i: usize) {
+        let peer = self.peers.swap_remove(i);
+        tracing::info!(conn = %peer.conn, "peer removed: its send queue overflowed or it is gone");
+        if let Some(removal) = self.awareness.remove_owner(peer.conn.0) {
+            self.broadcast(None, &protocol::encode_awareness(&removal));
+        }
+    }
+
+    fn close_peer(&mut self, conn: ConnId, code: CloseCode, reason: &'static str) {
+        if let Some(i) = self.peers.iter().position(|p| p.conn == conn) {
+            self.peers[i].outbox.close(code, reason);
+            self.drop_peer(i);
+        }
+    }
+}
+
+/// Closes the mailbox and answers every queued join: with `refusal`, or,
+/// when `None`, by dropping the reply so that the session retries on a
+/// fresh room.
+fn drain(rx: &mut mpsc::Receiver<RoomCmd>, refusal: Option<JoinRefused>) {
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        if let (RoomCmd::Join { reply, .. }, Some(refusal)) = (cmd, refusal) {
+            let _ = reply.send(Err(refusal));
+        }
+    }
+}

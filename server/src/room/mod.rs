@@ -1,0 +1,33 @@
+//! Rooms: one task per loaded document owns its `DocState`, its awareness
+//! and its peers (`actor`); the `registry` finds or loads rooms; each socket
+//! runs a `session`; `fanout` holds the per-peer queues; `persist` writes
+//! accepted updates to the store with group commit.
+//!
+//! Architecture invariant: a room never awaits storage, a peer or the
+//! network while relaying; it hands updates to the persister and frames to
+//! outboxes, both without blocking.
+
+pub mod actor;
+pub mod fanout;
+pub mod persist;
+pub mod registry;
+pub mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A connection's identity within the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}

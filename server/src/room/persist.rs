@@ -1,0 +1,199 @@
+//! Group commit: rooms hand accepted updates to the `Persister` without
+//! waiting; one task writes everything queued so far in one transaction,
+//! then everything that arrived meanwhile in the next. Under load batches
+//! grow, so the database sees a few transactions per second, not one per
+//! update; when idle an update is written as soon as it arrives.
+//!
+//! Invariants: `enqueue` never blocks and never drops an update; a failed
+//! write is retried (with backoff) until it succeeds or the process ends;
+//! `committed` only advances past a sequence number once its write is
+//! durable. The compactor folds long logs into snapshots off the relay path.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{DocId, PendingUpdate, Store};
+
+#[derive(Clone)]
+pub struct Persister {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    /// The highest sequence number whose write is durable.
+    committed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Queue {
+    updates: Vec<PendingUpdate>,
+    /// The sequence number of the last update enqueued.
+    last_seq: u64,
+}
+
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Persister {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Persister {
+            inner: Arc::new(Inner {
+                store,
+                queue: Mutex::new(Queue::default()),
+                wake: Notify::new(),
+                committed: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// Queues an update for the next commit and returns its sequence number.
+    pub fn enqueue(&self, doc_id: DocId, data: Bytes) -> u64 {
+        let seq = {
+            let mut q = lock(&self.inner.queue);
+            q.updates.push(PendingUpdate { doc_id, data });
+            q.last_seq += 1;
+            q.last_seq
+        };
+        self.inner.wake.notify_one();
+        seq
+    }
+
+    /// Waits until the update with sequence number `seq` is durable.
+    pub async fn wait_durable(&self, seq: u64) {
+        let mut rx = self.inner.committed.subscribe();
+        // An error means the persister is gone; callers then time out or shut down.
+        let _ = rx.wait_for(|&c| c >= seq).await;
+    }
+
+    /// Waits until everything enqueued so far is durable.
+    pub async fn flush(&self) {
+        let seq = lock(&self.inner.queue).last_seq;
+        self.wait_durable(seq).await;
+    }
+
+    /// Updates queued but not yet durable.
+    pub fn backlog(&self) -> usize {
+        lock(&self.inner.queue).updates.len()
+    }
+
+    /// The writer loop. It keeps going after `shutdown` until the queue is
+    /// empty, so that a graceful stop loses nothing.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = RETRY_BACKOFF_MIN;
+        loop {
+            let (batch, last_seq) = {
+                let mut q = lock(&self.inner.queue);
+                (std::mem::take(&mut q.updates), q.last_seq)
+            };
+            if batch.is_empty() {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    _ = self.inner.wake.notified() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            let started = std::time::Instant::now();
+            match self.inner.store.append(&batch).await {
+                Ok(()) => {
+                    backoff = RETRY_BACKOFF_MIN;
+                    tracing::debug!(
+                        updates = batch.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "committed"
+                    );
+                    self.inner.committed.send_replace(last_seq);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, updates = batch.len(), retry_in_ms = backoff.as_millis() as u64, "writing updates failed; retrying");
+                    // Put the batch back in front of what arrived meanwhile.
+                    {
+                        let mut q = lock(&self.inner.queue);
+                        let newer = std::mem::replace(&mut q.updates, batch);
+                        q.updates.extend(newer);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// The queue's lock is only held to push or swap a `Vec`; a poisoned lock
+/// (a panic while pushing) leaves it consistent, so it is taken anyway.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Folds long update logs into snapshots, off the relay path: it reads the
+/// stored rows, merges them on a blocking thread, and replaces exactly the
+/// rows it read, so updates appended meanwhile are untouched.
+pub async fn run_compactor(
+    store: Arc<dyn Store>,
+    min_updates: u32,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let candidates = match store.compaction_candidates(min_updates).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing documents to compact failed");
+                continue;
+            }
+        };
+        for doc_id in candidates {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(e) = compact_one(&store, doc_id).await {
+                tracing::warn!(doc_id, error = %e, "compaction failed; will retry");
+            }
+        }
+    }
+}
+
+async fn compact_one(
+    store: &Arc<dyn Store>,
+    doc_id: DocId,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let log = store.read_log(doc_id).await?;
+    let Some(upto_id) = log.updates.last().map(|(id, _)| *id) else {
+        return Ok(());
+    };
+    let rows = log.updates.len();
+    let merged = tokio::task::spawn_blocking(move || {
+        tandem_crdt::compact(
+            log.snapshot.as_deref(),
+            log.updates.iter().map(|(_, u)| u.as_slice()),
+        )
+    })
+    .await??;
+    let (snapshot, report) = merged;
+    if report.skipped > 0 {
+        tracing::error!(
+            doc_id,
+            skipped = report.skipped,
+            "stored updates that do not decode were dropped by compaction"
+        );
+    }
+    store.write_snapshot(doc_id, &snapshot, upto_id).await?;
+    tracing::debug!(doc_id, rows, snapshot_bytes = snapshot.len(), "compacted");
+    Ok(())
+}

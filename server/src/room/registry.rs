@@ -1,0 +1,106 @@
+//! The registry maps document names to running rooms. `handle` is the one
+//! get-or-load: the first caller spawns the room, whose task loads the
+//! document before it reads its mailbox, so every later command (and every
+//! joiner's sync step 2) sees the loaded document: there is no load race.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::actor::{self, RoomCmd};
+use super::persist::Persister;
+use crate::config::{Limits, RoomSettings};
+use crate::doc_name::DocName;
+use crate::store::Store;
+
+/// Commands a room has not handled yet. Bounded so that a flood of writers
+/// waits (and TCP pushes back on them) instead of growing memory; large
+/// enough that a burst from a thousand peers does not make them wait.
+const ROOM_MAILBOX: usize = 1024;
+
+#[derive(Clone)]
+pub struct RoomHandle {
+    pub id: u64,
+    pub tx: mpsc::Sender<RoomCmd>,
+}
+
+/// What rooms need from the rest of the server.
+pub struct RoomDeps {
+    pub store: Arc<dyn Store>,
+    pub persister: Persister,
+    pub limits: Limits,
+    pub rooms: RoomSettings,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+pub struct Registry {
+    rooms: Mutex<HashMap<DocName, RoomHandle>>,
+    next_id: AtomicU64,
+    /// Open WebSocket connections, across all rooms.
+    pub connections: AtomicUsize,
+    pub deps: RoomDeps,
+}
+
+impl Registry {
+    pub fn new(deps: RoomDeps) -> Arc<Self> {
+        Arc::new(Registry {
+            rooms: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            deps,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DocName, RoomHandle>> {
+        // Held for a map lookup or insert only.
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The room of `name`, spawning (and so loading) it when absent.
+    pub fn handle(self: &Arc<Self>, name: &DocName) -> RoomHandle {
+        let mut rooms = self.lock();
+        if let Some(h) = rooms.get(name) {
+            if !h.tx.is_closed() {
+                return h.clone();
+            }
+        }
+        let (tx, rx) = mpsc::channel(ROOM_MAILBOX);
+        let handle = RoomHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+        };
+        rooms.insert(name.clone(), handle.clone());
+        drop(rooms);
+        let room = actor::spawn_args(name.clone(), handle.id, Arc::clone(self));
+        self.deps.tracker.spawn(actor::run(room, rx));
+        handle
+    }
+
+    /// Removes the room `id` of `name` if it is still the registered one.
+    /// Called by a room that unloads or fails; `still_idle` is checked under
+    /// the registry's lock, so no joiner can be handed the room in between.
+    pub fn remove_if(&self, name: &DocName, id: u64, still_idle: impl FnOnce() -> bool) -> bool {
+        let mut rooms = self.lock();
+        match rooms.get(name) {
+            Some(h) if h.id == id => {
+                if still_idle() {
+                    rooms.remove(name);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => true,
+        }
+    }
+
+    /// Rooms currently loaded.
+    pub fn loaded(&self) -> usize {
+        self.lock().len()
+    }
+}

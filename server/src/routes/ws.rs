@@ -1,0 +1,70 @@
+//! `GET /ws/{doc}`: checks the document name (400 before the upgrade),
+//! upgrades, and hands the connection to a `Session`.
+//!
+//! The upgrade's response body is replaced by an `OutboxBody`, which writes
+//! the room's frames without a copy per peer; actix-ws still parses what the
+//! client sends.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use tracing::Instrument;
+
+use crate::app::AppState;
+use crate::doc_name::DocName;
+use crate::error::{ApiError, CloseCode};
+use crate::room::fanout::{Outbox, OutboxBody};
+use crate::room::session::Session;
+use crate::room::ConnId;
+
+pub async fn connect(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let name = DocName::parse(&path)
+        .map_err(|e| ApiError::bad_request("invalid_document_name", e.to_string()))?;
+    let limits = &state.registry.deps.limits;
+    let (response, _unused_session, stream) = actix_ws::handle(&req, body).map_err(|e| {
+        ApiError::bad_request(
+            "websocket_upgrade_required",
+            format!("expected a WebSocket upgrade: {e}"),
+        )
+    })?;
+    let stream = stream
+        .max_frame_size(limits.max_message_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(limits.max_message_bytes);
+
+    let outbox = Outbox::new(limits.send_queue_bytes);
+    let (head, original_body) = response.into_parts();
+    let response = head.set_body(OutboxBody::new(Arc::clone(&outbox)));
+
+    let conn = ConnId::next();
+    let registry = Arc::clone(&state.registry);
+    let open = registry.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    if open > limits.max_connections {
+        registry.connections.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(doc = %name, open, "server full; refusing the connection");
+        outbox.close(CloseCode::TryAgainLater, "server full");
+        return Ok(response.map_into_boxed_body());
+    }
+    let session = Session {
+        conn,
+        name: name.clone(),
+        read_only: false,
+        outbox,
+        registry,
+    };
+    let span = tracing::info_span!("conn", doc = %name, %conn);
+    // The original body must outlive the session: dropping it would tell
+    // actix-ws' reader that the connection closed.
+    state
+        .registry
+        .deps
+        .tracker
+        .spawn_local(session.run(stream, original_body).instrument(span));
+    Ok(response.map_into_boxed_body())
+}
