@@ -1,0 +1,219 @@
+//! Test helpers: `spawn_app()` starts the real server on 127.0.0.1:0 with a
+//! fresh SQLite file (logs silent unless `TEST_LOG` is set); `Client` is a
+//! raw WebSocket client holding a `yrs` document, speaking y-protocols.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tandem::app::App;
+use clap::Parser;
+use tandem::config::Settings;
+use tandem_crdt::protocol::{self, Incoming};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db_url: String,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+pub async fn spawn_app(extra: &[&str]) -> TestApp {
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    spawn_app_in(dir, extra).await
+}
+
+/// Starts a server on the database in `dir` (to restart one, stop it and
+/// call this again with the same `dir`).
+pub async fn spawn_app_in(dir: std::sync::Arc<tempfile::TempDir>, extra: &[&str]) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        tandem::telemetry::init(tandem::config::LogFormat::Pretty);
+    }
+    let db_url = format!("sqlite://{}/data/tandem.db", dir.path().display());
+    let mut args = vec!["tandem", "--bind", "127.0.0.1:0", "--database-url", &db_url, "--workers", "2"];
+    args.extend_from_slice(extra);
+    let settings = Settings::try_parse_from(args).expect("test settings parse");
+    let app = App::build(settings).await.expect("server starts");
+    let addr = app.addr();
+    let shutdown = app.shutdown_token();
+    let done = actix_web::rt::spawn(async move {
+        app.run_until_stopped().await.expect("server runs");
+    });
+    TestApp {
+        addr,
+        db_url,
+        dir,
+        shutdown,
+        done,
+    }
+}
+
+impl TestApp {
+    pub fn ws_url(&self, doc: &str) -> String {
+        format!("ws://{}/ws/{doc}", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Graceful stop, as on SIGTERM; waits until the server has finished.
+    pub async fn stop(self) -> std::sync::Arc<tempfile::TempDir> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.done)
+            .await
+            .expect("server stops in time")
+            .expect("server task ends cleanly");
+        self.dir
+    }
+
+    pub async fn client(&self, doc: &str) -> Client {
+        Client::connect(&self.ws_url(doc)).await
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    pub doc: Doc,
+    /// Awareness frames received, decoded.
+    pub awareness: Vec<tandem_crdt::AwarenessUpdate>,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed(u16),
+    Dropped,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connects");
+        Client {
+            ws,
+            doc: Doc::new(),
+            awareness: Vec::new(),
+        }
+    }
+
+    /// The y-websocket handshake: send sync step 1, apply the server's step 2.
+    pub async fn sync(&mut self) {
+        let sv = self.doc.transact().state_vector().encode_v1();
+        self.send(protocol::encode_sync_step1(&sv).to_vec()).await;
+        let mut got_step2 = false;
+        self.recv_until(|m| {
+            if matches!(m, Incoming::SyncStep2(_)) {
+                got_step2 = true;
+            }
+            got_step2
+        })
+        .await;
+    }
+
+    pub async fn send(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::Binary(bytes.into())).await.expect("send");
+    }
+
+    /// Edits the text `t` locally and sends the update.
+    pub async fn insert(&mut self, at: u32, s: &str) {
+        let update = {
+            let text = self.doc.get_or_insert_text("t");
+            let mut txn = self.doc.transact_mut();
+            text.insert(&mut txn, at, s);
+            txn.encode_update_v1()
+        };
+        self.send(protocol::encode_update(&update).to_vec()).await;
+    }
+
+    pub fn text(&self) -> String {
+        let text = self.doc.get_or_insert_text("t");
+        let txn = self.doc.transact();
+        text.get_string(&txn)
+    }
+
+    /// Reads messages (applying updates, recording awareness) until `done`
+    /// returns true for one; panics after `WAIT`.
+    pub async fn recv_until(&mut self, mut done: impl FnMut(&Incoming) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("connection open")
+                .expect("valid frame");
+            let Message::Binary(bytes) = msg else { continue };
+            let frame = bytes::Bytes::copy_from_slice(&bytes);
+            for m in protocol::decode_frame(&frame).expect("server frames decode") {
+                self.absorb(&m);
+                if done(&m) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn absorb(&mut self, m: &Incoming) {
+        match m {
+            Incoming::SyncStep2(u) | Incoming::Update(u) => {
+                let update = Update::decode_v1(u).expect("server update decodes");
+                self.doc.transact_mut().apply_update(update).expect("applies");
+            }
+            Incoming::Awareness { update, .. } => self.awareness.push(update.clone()),
+            _ => {}
+        }
+    }
+
+    /// Waits until the text equals `expected`.
+    pub async fn wait_text(&mut self, expected: &str) {
+        if self.text() == expected {
+            return;
+        }
+        let doc = self.doc.clone();
+        let expected = expected.to_string();
+        self.recv_until(move |_| {
+            let text = doc.get_or_insert_text("t");
+            let txn = doc.transact();
+            text.get_string(&txn) == expected
+        })
+        .await;
+    }
+
+    /// Reads until the server closes the connection; returns how.
+    pub async fn ended(&mut self) -> Ended {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("connection still open after {WAIT:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return Ended::Dropped,
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Ended::Closed(frame.map_or(1005, |f| u16::from(f.code)))
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// The encoded full state (for comparing documents).
+    pub fn state(&self) -> Vec<u8> {
+        self.doc.transact().encode_state_as_update_v1(&StateVector::default())
+    }
+}
+
+pub fn close_code(code: u16) -> Ended {
+    Ended::Closed(code)
+}
+
+#[allow(unused)]
+fn _assert_close_code_type(_: WsCloseCode) {}

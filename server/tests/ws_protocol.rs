@@ -1,0 +1,122 @@
+//! The y-websocket protocol against the real server: handshake, relay,
+//! awareness, query-awareness, isolation, and name checks.
+
+mod common;
+
+use common::*;
+use tandem_crdt::protocol::{self, Incoming};
+use tandem_crdt::{AwarenessEntry, AwarenessUpdate};
+
+fn awareness(client: u64, clock: u32, json: &str) -> Vec<u8> {
+    let update = AwarenessUpdate {
+        entries: vec![AwarenessEntry {
+            client,
+            clock,
+            json: json.into(),
+        }],
+    };
+    protocol::encode_awareness(&update.encode()).to_vec()
+}
+
+#[actix_web::test]
+async fn server_sends_sync_step1_first_and_answers_step1_with_step2() {
+    let app = spawn_app(&[]).await;
+    let mut c = app.client("hello").await;
+    let mut first = None;
+    c.recv_until(|m| {
+        first = Some(m.clone());
+        true
+    })
+    .await;
+    assert!(matches!(first, Some(Incoming::SyncStep1(_))), "{first:?}");
+    c.sync().await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn updates_reach_the_other_clients_and_late_joiners() {
+    let app = spawn_app(&[]).await;
+    let mut a = app.client("doc").await;
+    let mut b = app.client("doc").await;
+    a.sync().await;
+    b.sync().await;
+    a.insert(0, "hello").await;
+    b.wait_text("hello").await;
+    b.insert(5, " world").await;
+    a.wait_text("hello world").await;
+    let mut late = app.client("doc").await;
+    late.sync().await;
+    assert_eq!(late.text(), "hello world");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn awareness_is_echoed_relayed_queried_and_removed_on_close() {
+    let app = spawn_app(&[]).await;
+    let mut a = app.client("aw").await;
+    let mut b = app.client("aw").await;
+    a.sync().await;
+    b.sync().await;
+    a.send(awareness(4242, 1, r#"{"user":{"name":"ann"}}"#)).await;
+    // The sender hears its own state back (the stock client's liveness signal).
+    a.recv_until(|m| matches!(m, Incoming::Awareness { update, .. } if update.entries.iter().any(|e| e.client == 4242)))
+        .await;
+    b.recv_until(|m| matches!(m, Incoming::Awareness { update, .. } if update.entries.iter().any(|e| e.client == 4242)))
+        .await;
+
+    // A late joiner gets the current states on connect, and again on query.
+    let mut late = app.client("aw").await;
+    late.recv_until(|m| matches!(m, Incoming::Awareness { update, .. } if update.entries.iter().any(|e| e.client == 4242 && e.json.contains("ann"))))
+        .await;
+    late.send(vec![protocol::MSG_QUERY_AWARENESS]).await;
+    late.recv_until(|m| matches!(m, Incoming::Awareness { update, .. } if update.entries.iter().any(|e| e.client == 4242)))
+        .await;
+
+    // Closing `a` removes its client for everyone else.
+    a.ws.close(None).await.expect("close");
+    b.recv_until(|m| matches!(m, Incoming::Awareness { update, .. } if update.entries.iter().any(|e| e.client == 4242 && &*e.json == "null")))
+        .await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn rooms_are_isolated() {
+    let app = spawn_app(&[]).await;
+    let mut a = app.client("room-a").await;
+    let mut b = app.client("room-b").await;
+    a.sync().await;
+    b.sync().await;
+    a.insert(0, "only in a").await;
+    b.insert(0, "only in b").await;
+    let mut a2 = app.client("room-a").await;
+    a2.sync().await;
+    a2.wait_text("only in a").await;
+    let mut b2 = app.client("room-b").await;
+    b2.sync().await;
+    b2.wait_text("only in b").await;
+    // Case-sensitive names are different documents.
+    let mut upper = app.client("ROOM-A").await;
+    upper.sync().await;
+    assert_eq!(upper.text(), "");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn invalid_names_are_refused_with_400_before_the_upgrade() {
+    let app = spawn_app(&[]).await;
+    let long = "x".repeat(256);
+    for bad in ["a%20b", "a/b", "%C3%A9", long.as_str()] {
+        let err = tokio_tungstenite::connect_async(app.ws_url(bad))
+            .await
+            .expect_err("refused");
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status(), 400, "{bad}");
+                let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+                assert!(body.contains("invalid_document_name"), "{bad}: {body}");
+            }
+            other => panic!("{bad}: expected HTTP 400, got {other:?}"),
+        }
+    }
+    app.stop().await;
+}
