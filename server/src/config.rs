@@ -93,7 +93,7 @@ pub struct RoomSettings {
     pub ping_timeout: Duration,
 
     /// A document with no connection for this long is unloaded from memory.
-    #[arg(long, env = "TANDEM_ROOM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long = "room-idle-timeout", env = "TANDEM_ROOM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// A document's stored update log is folded into a snapshot once it holds

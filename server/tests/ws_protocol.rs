@@ -57,7 +57,8 @@ async fn awareness_is_echoed_relayed_queried_and_removed_on_close() {
     let mut b = app.client("aw").await;
     a.sync().await;
     b.sync().await;
-    a.send(awareness(4242, 1, r#"{"user":{"name":"ann"}}"#)).await;
+    a.send(awareness(4242, 1, r#"{"user":{"name":"ann"}}"#))
+        .await;
     // The sender hears its own state back (the stock client's liveness signal).
     a.recv_until(|m| matches!(m, Incoming::Awareness { update, .. } if update.entries.iter().any(|e| e.client == 4242)))
         .await;
@@ -112,7 +113,8 @@ async fn invalid_names_are_refused_with_400_before_the_upgrade() {
         match err {
             tokio_tungstenite::tungstenite::Error::Http(resp) => {
                 assert_eq!(resp.status(), 400, "{bad}");
-                let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+                let body =
+                    String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
                 assert!(body.contains("invalid_document_name"), "{bad}: {body}");
             }
             other => panic!("{bad}: expected HTTP 400, got {other:?}"),

@@ -9,6 +9,7 @@
 
 pub mod actor;
 pub mod fanout;
+pub mod frame_guard;
 pub mod persist;
 pub mod registry;
 pub mod session;

@@ -8,7 +8,7 @@
 //! through this task: the room writes to the `Outbox`, which the response
 //! body drains.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +37,8 @@ pub struct Session {
     pub conn: ConnId,
     pub name: DocName,
     pub read_only: bool,
+    /// Set by the connection's `FrameGuard` when a frame was over the limit.
+    pub oversize: Arc<AtomicBool>,
     pub outbox: Arc<Outbox>,
     pub registry: Arc<Registry>,
 }
@@ -94,6 +96,11 @@ impl Session {
                         Ok(AggregatedMessage::Pong(_)) => {}
                         Ok(AggregatedMessage::Close(_)) => {
                             self.outbox.close(CloseCode::GoingAway, "");
+                            break;
+                        }
+                        Err(_) if self.oversize.load(Ordering::Relaxed) => {
+                            tracing::warn!(limit = limits.max_message_bytes, "message over the size limit; closing");
+                            self.outbox.close(CloseCode::TooLarge, "message too large");
                             break;
                         }
                         Err(ProtocolError::Overflow) => {

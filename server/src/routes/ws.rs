@@ -5,16 +5,17 @@
 //! the room's frames without a copy per peer; actix-ws still parses what the
 //! client sends.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{dev, web, FromRequest, HttpRequest, HttpResponse};
 use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::doc_name::DocName;
 use crate::error::{ApiError, CloseCode};
 use crate::room::fanout::{Outbox, OutboxBody};
+use crate::room::frame_guard::FrameGuard;
 use crate::room::session::Session;
 use crate::room::ConnId;
 
@@ -27,6 +28,18 @@ pub async fn connect(
     let name = DocName::parse(&path)
         .map_err(|e| ApiError::bad_request("invalid_document_name", e.to_string()))?;
     let limits = &state.registry.deps.limits;
+    // Frames over the size limit are refused from their header (see FrameGuard).
+    let oversize = Arc::new(AtomicBool::new(false));
+    let guarded = FrameGuard::new(
+        body.into_inner(),
+        limits.max_message_bytes,
+        Arc::clone(&oversize),
+    );
+    let guarded: actix_http::BoxedPayloadStream = Box::pin(guarded);
+    let mut guarded = dev::Payload::Stream { payload: guarded };
+    let body = web::Payload::from_request(&req, &mut guarded)
+        .await
+        .map_err(|e| ApiError::Unexpected(e.to_string().into()))?;
     let (response, _unused_session, stream) = actix_ws::handle(&req, body).map_err(|e| {
         ApiError::bad_request(
             "websocket_upgrade_required",
@@ -55,6 +68,7 @@ pub async fn connect(
         conn,
         name: name.clone(),
         read_only: false,
+        oversize,
         outbox,
         registry,
     };

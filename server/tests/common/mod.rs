@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use tandem::app::App;
-use clap::Parser;
 use tandem::config::Settings;
 use tandem_crdt::protocol::{self, Incoming};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -40,7 +40,15 @@ pub async fn spawn_app_in(dir: std::sync::Arc<tempfile::TempDir>, extra: &[&str]
         tandem::telemetry::init(tandem::config::LogFormat::Pretty);
     }
     let db_url = format!("sqlite://{}/data/tandem.db", dir.path().display());
-    let mut args = vec!["tandem", "--bind", "127.0.0.1:0", "--database-url", &db_url, "--workers", "2"];
+    let mut args = vec![
+        "tandem",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        &db_url,
+        "--workers",
+        "2",
+    ];
     args.extend_from_slice(extra);
     let settings = Settings::try_parse_from(args).expect("test settings parse");
     let app = App::build(settings).await.expect("server starts");
@@ -82,7 +90,8 @@ impl TestApp {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct Client {
     pub ws: Ws,
@@ -100,7 +109,9 @@ pub enum Ended {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connects");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connects");
         Client {
             ws,
             doc: Doc::new(),
@@ -123,7 +134,10 @@ impl Client {
     }
 
     pub async fn send(&mut self, bytes: Vec<u8>) {
-        self.ws.send(Message::Binary(bytes.into())).await.expect("send");
+        self.ws
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("send");
     }
 
     /// Edits the text `t` locally and sends the update.
@@ -153,7 +167,9 @@ impl Client {
                 .expect("timed out waiting for a message")
                 .expect("connection open")
                 .expect("valid frame");
-            let Message::Binary(bytes) = msg else { continue };
+            let Message::Binary(bytes) = msg else {
+                continue;
+            };
             let frame = bytes::Bytes::copy_from_slice(&bytes);
             for m in protocol::decode_frame(&frame).expect("server frames decode") {
                 self.absorb(&m);
@@ -168,7 +184,10 @@ impl Client {
         match m {
             Incoming::SyncStep2(u) | Incoming::Update(u) => {
                 let update = Update::decode_v1(u).expect("server update decodes");
-                self.doc.transact_mut().apply_update(update).expect("applies");
+                self.doc
+                    .transact_mut()
+                    .apply_update(update)
+                    .expect("applies");
             }
             Incoming::Awareness { update, .. } => self.awareness.push(update.clone()),
             _ => {}
@@ -207,7 +226,9 @@ impl Client {
 
     /// The encoded full state (for comparing documents).
     pub fn state(&self) -> Vec<u8> {
-        self.doc.transact().encode_state_as_update_v1(&StateVector::default())
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
     }
 }
 
