@@ -24,9 +24,9 @@ mod tests {
         let client = Doc::new();
         let text = client.get_or_insert_text("t");
         let mut log = Vec::new();
-        for (i, word) in ["alpha ", "beta ", "gamma"].iter().enumerate() {
+        for word in ["alpha ", "beta ", "gamma"] {
             let mut txn = client.transact_mut();
-            text.insert(&mut txn, (i * 0) as u32, word);
+            text.insert(&mut txn, 0, word);
             log.push(txn.encode_update_v1());
         }
         let (first, _) = compact(None, log[..2].iter().map(Vec::as_slice)).expect("compacts");

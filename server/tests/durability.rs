@@ -1,6 +1,8 @@
 //! Durability: restarts keep everything, compaction folds the log without
 //! changing the document, and idle rooms unload and reload intact.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
 mod common;
 
 use std::time::Duration;

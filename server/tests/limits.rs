@@ -1,6 +1,8 @@
 //! Limits of SPEC §6: document size, connections per document and in total,
 //! message rate, and the bounded send queue of a slow client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
 mod common;
 
 use std::time::Duration;

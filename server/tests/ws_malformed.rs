@@ -1,6 +1,8 @@
 //! Every malformed input closes only its own connection, with the right
 //! code, stores nothing, and leaves the room and its other clients working.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! The y-websocket protocol against the real server: handshake, relay,
 //! awareness, query-awareness, isolation, and name checks.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
 mod common;
 
 use common::*;
