@@ -161,9 +161,29 @@ impl DocState {
         self.doc.transact().state_vector().encode_v1()
     }
 
-    /// Everything the holder of `sv` lacks, as a Yjs v1 update.
+    /// Everything the holder of `sv` lacks, as a Yjs v1 update, including
+    /// updates yrs holds back until their dependencies arrive (a client that
+    /// gets them keeps them pending too, exactly as the server does).
     pub fn diff(&self, sv: &StateVector) -> Vec<u8> {
-        self.doc.transact().encode_diff_v1(sv)
+        let txn = self.doc.transact();
+        let diff = txn.encode_diff_v1(sv);
+        let store = txn.store();
+        let mut parts = Vec::new();
+        if let Some(pending) = store.pending_update() {
+            parts.push(pending.update.encode_v1());
+        }
+        if let Some(deletes) = store.pending_ds() {
+            // An update with no blocks (varUint 0) and only this delete set.
+            let mut update = vec![0u8];
+            update.extend_from_slice(&deletes.encode_v1());
+            parts.push(update);
+        }
+        if parts.is_empty() {
+            return diff;
+        }
+        parts.insert(0, diff);
+        // Every part was produced by yrs itself; merging them cannot meet bad input.
+        yrs::merge_updates_v1(&parts).unwrap_or_else(|_| parts.swap_remove(0))
     }
 
     /// The whole document as one Yjs v1 update.
@@ -299,6 +319,21 @@ mod tests {
             .expect("applies");
         let f3 = state.sync_step2_frame(&sv);
         assert_ne!(f1, f3);
+    }
+
+    #[test]
+    fn updates_waiting_for_dependencies_are_part_of_every_diff() {
+        let client = Doc::new();
+        let first = edit(&client, 0, "first;");
+        let second = edit(&client, 6, "second;");
+        let mut state = DocState::new();
+        // `second` arrives first: yrs keeps it pending.
+        state.apply_update(&second, 1 << 20).expect("accepted");
+        let joiner_view = state.diff(&StateVector::default());
+        let (compacted, _) = crate::compact(None, [joiner_view.as_slice()]).expect("compacts");
+        // The joiner (or the compacted snapshot) then receives `first`.
+        let (later, _) = DocState::load(Some(&compacted), [first.as_slice()]).expect("loads");
+        assert_eq!(text_of(&later), "first;second;");
     }
 
     #[test]

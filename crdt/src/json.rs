@@ -1,1 +1,109 @@
-//! Rendering root types as JSON (see SPEC §4 `GET /api/docs/{id}/json`).
+//! Renders a document's root types as JSON (SPEC §4 `GET /api/docs/{id}/json`):
+//! Text -> string, Map -> object, Array -> array, XML -> string.
+//!
+//! A Yjs update does not say which type a root is; yrs learns it only when
+//! code asks for `get_text`, `get_map`, … So for a root it has not been told
+//! about, the type is inferred from its content: map entries and no list
+//! items -> Map; list items that are characters -> Text; XML children ->
+//! XML; other list items -> Array. A root whose content was all deleted
+//! renders as an empty string (Text is by far the most common such root).
+
+use serde_json::{Map, Value};
+use yrs::branch::BranchPtr;
+use yrs::types::ToJson;
+use yrs::{
+    Any, Array as _, ArrayRef, GetString, Map as _, MapRef, Out, ReadTxn, TextRef, Transact,
+    XmlFragmentRef,
+};
+
+use crate::doc::DocState;
+
+impl DocState {
+    /// Every root type, rendered as JSON, keyed by root name.
+    pub fn to_json(&self) -> Value {
+        let txn = self.doc().transact();
+        let mut out = Map::new();
+        for (name, root) in txn.root_refs() {
+            out.insert(name.to_string(), render(&txn, root));
+        }
+        Value::Object(out)
+    }
+}
+
+fn render<T: ReadTxn>(txn: &T, root: Out) -> Value {
+    match root {
+        Out::UndefinedRef(branch) => render_undefined(txn, branch),
+        other => any_to_json(&other.to_json(txn)),
+    }
+}
+
+fn render_undefined<T: ReadTxn>(txn: &T, branch: BranchPtr) -> Value {
+    let items = branch.content_len();
+    if items == 0 {
+        let map = MapRef::from(branch);
+        if map.len(txn) > 0 {
+            return any_to_json(&map.to_json(txn));
+        }
+        return Value::String(String::new());
+    }
+    let text = TextRef::from(branch).get_string(txn);
+    // Only Text (and XML text) holds character content; arrays hold values.
+    if !text.is_empty() {
+        return Value::String(text);
+    }
+    let array = ArrayRef::from(branch);
+    let is_xml = array
+        .iter(txn)
+        .all(|v| matches!(v, Out::YXmlElement(_) | Out::YXmlText(_)));
+    if is_xml {
+        return Value::String(XmlFragmentRef::from(branch).get_string(txn));
+    }
+    any_to_json(&array.to_json(txn))
+}
+
+fn any_to_json(any: &Any) -> Value {
+    // `Any` is plain data (numbers, strings, lists, maps): serializing it cannot fail.
+    serde_json::to_value(any).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use yrs::types::xml::XmlFragment;
+    use yrs::updates::encoder::Encode;
+    use yrs::{Array, Doc, StateVector, Text, WriteTxn, XmlElementPrelim, XmlTextPrelim};
+
+    #[test]
+    fn renders_each_root_type_from_a_client_update() {
+        let client = Doc::new();
+        {
+            let mut txn = client.transact_mut();
+            let text = txn.get_or_insert_text("title");
+            text.insert(&mut txn, 0, "Hello, wörld 👋");
+            let map = txn.get_or_insert_map("meta");
+            map.insert(&mut txn, "n", 3);
+            map.insert(&mut txn, "tags", vec!["a", "b"]);
+            let array = txn.get_or_insert_array("list");
+            array.push_back(&mut txn, 1);
+            array.push_back(&mut txn, "two");
+            let xml = txn.get_or_insert_xml_fragment("body");
+            let p = xml.push_back(&mut txn, XmlElementPrelim::empty("p"));
+            p.push_back(&mut txn, XmlTextPrelim::new("hi"));
+            let gone = txn.get_or_insert_text("gone");
+            gone.insert(&mut txn, 0, "x");
+            gone.remove_range(&mut txn, 0, 1);
+        }
+        let update = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let (state, _) = DocState::load(None, [update.as_slice()]).expect("loads");
+        let json = state.to_json();
+        assert_eq!(json["title"], json!("Hello, wörld 👋"));
+        assert_eq!(json["meta"], json!({"n": 3, "tags": ["a", "b"]}));
+        assert_eq!(json["list"], json!([1, "two"]));
+        assert_eq!(json["body"], json!("<p>hi</p>"));
+        assert_eq!(json["gone"], json!(""));
+        let _ = client.transact().state_vector().encode_v1();
+    }
+}

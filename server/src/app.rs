@@ -12,6 +12,7 @@ use actix_web::{web, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::config::Settings;
 use crate::room::persist::{self, Persister};
 use crate::room::registry::{Registry, RoomDeps};
@@ -27,6 +28,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
+    pub auth: Auth,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,8 @@ pub enum StartError {
     Settings(#[from] crate::config::SettingsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -44,6 +49,8 @@ pub enum StartError {
 }
 
 pub struct App {
+    /// Rooms, the persister and the compactor run on this runtime.
+    core: tokio::runtime::Runtime,
     addr: SocketAddr,
     server: Server,
     shutdown: CancellationToken,
@@ -55,32 +62,54 @@ pub struct App {
 impl App {
     pub async fn build(settings: Settings) -> Result<App, StartError> {
         settings.validate()?;
+        let metrics = crate::metrics::install();
+        let auth = Auth::new(&settings.auth);
+        if auth.dev_mode() {
+            tracing::warn!("DEV MODE: no TANDEM_API_KEY is set, so the API and every document are open to anyone who can reach {}. Set TANDEM_API_KEY before exposing this server.", settings.bind);
+        }
+        let workers = settings
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let core = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("tandem-core")
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
         let store = store::open(&settings.database_url).await?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
 
         let persister = Persister::new(Arc::clone(&store));
         // The persister outlives the rooms: it drains its queue after shutdown.
-        tokio::spawn(persister.clone().run(shutdown.clone()));
-        tracker.spawn(persist::run_compactor(
-            Arc::clone(&store),
-            settings.rooms.compact_after_updates,
-            COMPACT_EVERY,
-            shutdown.clone(),
-        ));
+        core.spawn(persister.clone().run(shutdown.clone()));
+        tracker.spawn_on(
+            persist::run_compactor(
+                Arc::clone(&store),
+                settings.rooms.compact_after_updates,
+                COMPACT_EVERY,
+                shutdown.clone(),
+            ),
+            core.handle(),
+        );
 
         let registry = Registry::new(RoomDeps {
             store: Arc::clone(&store),
             persister: persister.clone(),
             limits: settings.limits.clone(),
             rooms: settings.rooms.clone(),
+            metrics: crate::metrics::Metrics::new(),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
+            runtime: core.handle().clone(),
         });
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             registry,
+            auth,
+            metrics,
         });
+        let max_body = settings.limits.max_message_bytes;
 
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartError::Bind {
             addr: settings.bind.clone(),
@@ -90,13 +119,10 @@ impl App {
             addr: settings.bind.clone(),
             source,
         })?;
-        let workers = settings
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         let server = HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(state.clone())
-                .configure(routes::configure)
+                .configure(|cfg| routes::configure(cfg, max_body))
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
@@ -110,6 +136,7 @@ impl App {
         .run();
         tracing::info!("listening on http://{addr}");
         Ok(App {
+            core,
             addr,
             server,
             shutdown,
@@ -161,6 +188,7 @@ impl App {
             tracing::error!(backlog, "could not write every update before stopping");
         }
         self.store.close().await;
+        self.core.shutdown_background();
         tracing::info!("stopped");
         Ok(())
     }

@@ -35,6 +35,9 @@ pub struct Settings {
     pub workers: Option<usize>,
 
     #[command(flatten)]
+    pub auth: AuthSettings,
+
+    #[command(flatten)]
     pub limits: Limits,
 
     #[command(flatten)]
@@ -45,6 +48,46 @@ pub struct Settings {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// A secret from the command line or environment; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok(Secret(s.to_string()))
+        }
+    }
+}
+
+/// Access control (SPEC §3).
+#[derive(Args, Debug, Clone)]
+pub struct AuthSettings {
+    /// Admin API key: every `/api/*` call needs `Authorization: Bearer <key>`,
+    /// and WebSocket clients need a token. Without it the server runs in dev
+    /// mode: everything is open.
+    #[arg(long, env = "TANDEM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+
+    /// HS256 secret that signs and verifies client tokens (default: the API
+    /// key; in dev mode without either, a random secret per process).
+    #[arg(long, env = "TANDEM_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<Secret>,
+
+    /// Allow dev mode (no API key) on a non-loopback address.
+    #[arg(long, env = "TANDEM_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 /// Limits of SPEC §6.
@@ -136,6 +179,9 @@ impl Settings {
         if r.compact_after_updates < 2 {
             return invalid("TANDEM_COMPACT_AFTER_UPDATES must be at least 2");
         }
+        if self.auth.api_key.is_none() && !self.auth.insecure_no_auth && !is_loopback(&self.bind) {
+            return invalid("refusing to serve without TANDEM_API_KEY on a non-loopback address; set TANDEM_API_KEY, or pass --insecure-no-auth to run open anyway");
+        }
         if !(self.database_url.starts_with("sqlite:")
             || self.database_url.starts_with("postgres:")
             || self.database_url.starts_with("postgresql:"))
@@ -144,6 +190,16 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Whether `bind` (host:port) names a loopback address.
+fn is_loopback(bind: &str) -> bool {
+    let host = bind.rsplit_once(':').map_or(bind, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -173,6 +229,28 @@ mod tests {
         .expect("parses");
         assert_eq!(s.bind, "127.0.0.1:0");
         assert_eq!(s.rooms.ping_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn dev_mode_refuses_public_addresses_unless_told() {
+        let open = Settings::try_parse_from(["tandem", "--bind", "0.0.0.0:8080"]).expect("parses");
+        let err = open.validate().expect_err("refused").to_string();
+        assert!(err.contains("TANDEM_API_KEY"), "{err}");
+        for ok in [
+            vec!["tandem", "--bind", "0.0.0.0:8080", "--insecure-no-auth"],
+            vec!["tandem", "--bind", "0.0.0.0:8080", "--api-key", "k"],
+            vec!["tandem", "--bind", "[::1]:8080"],
+            vec!["tandem", "--bind", "localhost:8080"],
+        ] {
+            let s = Settings::try_parse_from(ok.clone()).expect("parses");
+            assert!(s.validate().is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = Settings::try_parse_from(["tandem", "--api-key", "hunter2-key"]).expect("parses");
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 
     #[test]

@@ -13,7 +13,15 @@ pub enum ApiError {
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("the server is busy: {0}")]
     Unavailable(String),
     #[error("an internal error occurred")]
@@ -31,10 +39,45 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. } => code,
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Unexpected(_) => "internal_error",
         }
+    }
+}
+
+impl ApiError {
+    pub fn unexpected(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApiError::Unexpected(Box::new(e))
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError as A;
+        match e {
+            A::WrongDocument => ApiError::Forbidden(e.to_string()),
+            A::BadPattern => ApiError::bad_request("invalid_document_pattern", e.to_string()),
+            A::Missing | A::Invalid(_) | A::Expired | A::BadApiKey => {
+                ApiError::Unauthorized(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::unexpected(e)
+    }
+}
+
+impl From<crate::room::registry::RoomUnavailable> for ApiError {
+    fn from(e: crate::room::registry::RoomUnavailable) -> Self {
+        ApiError::Unavailable(e.to_string())
     }
 }
 
@@ -54,7 +97,11 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -82,6 +129,10 @@ pub enum CloseCode {
     TryAgainLater,
     /// 4400: a malformed message.
     Malformed,
+    /// 4401: the token expired or was revoked.
+    Unauthorized,
+    /// 4404: the document was deleted.
+    Deleted,
     /// 4413: a message or document too large.
     TooLarge,
 }
@@ -93,6 +144,8 @@ impl CloseCode {
             CloseCode::InternalError => 1011,
             CloseCode::TryAgainLater => 1013,
             CloseCode::Malformed => 4400,
+            CloseCode::Unauthorized => 4401,
+            CloseCode::Deleted => 4404,
             CloseCode::TooLarge => 4413,
         }
     }

@@ -5,9 +5,11 @@
 //! `room/persist.rs -> store/`.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod doc_name;
 pub mod error;
+pub mod metrics;
 pub mod room;
 pub mod routes;
 pub mod store;

@@ -13,6 +13,7 @@ use tandem_crdt::protocol::{self, Incoming};
 use tandem_crdt::{Applied, ApplyError, Awareness, DocState};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
+use yrs::StateVector;
 
 use super::fanout::Outbox;
 use super::registry::Registry;
@@ -38,6 +39,28 @@ pub enum RoomCmd {
     Leave {
         conn: ConnId,
     },
+    /// An update from the HTTP API. Replies with the persister's sequence
+    /// number to wait on (`None` when the update was empty).
+    ApplyUpdate {
+        update: Bytes,
+        reply: oneshot::Sender<Result<Option<u64>, ApplyError>>,
+    },
+    /// The document as one update, or the diff against a state vector.
+    Encode {
+        state_vector: Option<StateVector>,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    /// Deletes the document: storage first, then every socket is closed
+    /// with 4404 and the room unloads. Replies whether it existed.
+    Delete {
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+}
+
+/// Whether the room keeps running after a command.
+enum Flow {
+    Continue,
+    Stop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +79,8 @@ struct Peer {
 pub struct Room {
     name: DocName,
     id: u64,
+    /// Shared with the registry so that listings can show client counts.
+    clients: Arc<std::sync::atomic::AtomicUsize>,
     registry: Arc<Registry>,
     doc_id: DocId,
     doc: DocState,
@@ -63,10 +88,16 @@ pub struct Room {
     peers: Vec<Peer>,
 }
 
-pub fn spawn_args(name: DocName, id: u64, registry: Arc<Registry>) -> Room {
+pub fn spawn_args(
+    name: DocName,
+    id: u64,
+    clients: Arc<std::sync::atomic::AtomicUsize>,
+    registry: Arc<Registry>,
+) -> Room {
     Room {
         name,
         id,
+        clients,
         registry,
         doc_id: 0,
         doc: DocState::new(),
@@ -152,11 +183,14 @@ impl Room {
                 }
             };
             let Some(cmd) = cmd else { return };
-            self.handle(cmd).await;
+            if let Flow::Stop = self.handle(cmd).await {
+                drain(&mut rx, None);
+                return;
+            }
         }
     }
 
-    async fn handle(&mut self, cmd: RoomCmd) {
+    async fn handle(&mut self, cmd: RoomCmd) -> Flow {
         match cmd {
             RoomCmd::Join {
                 conn,
@@ -170,6 +204,54 @@ impl Room {
                 messages,
             } => self.frame(conn, read_only, frame, messages).await,
             RoomCmd::Leave { conn } => self.leave(conn),
+            RoomCmd::ApplyUpdate { update, reply } => {
+                let _ = reply.send(self.apply_from_api(update).await);
+            }
+            RoomCmd::Encode {
+                state_vector,
+                reply,
+            } => {
+                let _ = reply.send(self.doc.diff(&state_vector.unwrap_or_default()));
+            }
+            RoomCmd::Delete { reply } => return self.delete(reply).await,
+        }
+        Flow::Continue
+    }
+
+    async fn apply_from_api(&mut self, update: Bytes) -> Result<Option<u64>, ApplyError> {
+        let limit = self.registry.deps.limits.max_document_bytes;
+        match self.doc.apply_update(&update, limit) {
+            Ok(Applied::Changed) => {
+                self.broadcast(None, &protocol::encode_update(&update));
+                Ok(Some(
+                    self.registry.deps.persister.enqueue(self.doc_id, update),
+                ))
+            }
+            Ok(Applied::Empty) => Ok(None),
+            Err(e @ ApplyError::Poisoned(_)) => {
+                tracing::error!(error = %e, "API update failed inside yrs; reloading the document");
+                self.reload().await;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&mut self, reply: oneshot::Sender<Result<bool, String>>) -> Flow {
+        match self.registry.deps.store.delete(self.name.as_str()).await {
+            Ok(existed) => {
+                for peer in self.peers.drain(..) {
+                    peer.outbox.close(CloseCode::Deleted, "document deleted");
+                }
+                self.registry.remove_if(&self.name, self.id, || true);
+                tracing::info!("document deleted");
+                let _ = reply.send(Ok(existed));
+                Flow::Stop
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+                Flow::Continue
+            }
         }
     }
 
@@ -192,6 +274,7 @@ impl Room {
         }
         if ok && reply.send(Ok(())).is_ok() {
             self.peers.push(Peer { conn, outbox });
+            self.count_clients();
             tracing::debug!(%conn, peers = self.peers.len(), "joined");
         }
     }
@@ -199,6 +282,7 @@ impl Room {
     fn leave(&mut self, conn: ConnId) {
         if let Some(i) = self.peers.iter().position(|p| p.conn == conn) {
             self.peers.swap_remove(i);
+            self.count_clients();
         }
         if let Some(removal) = self.awareness.remove_owner(conn.0) {
             self.broadcast(None, &protocol::encode_awareness(&removal));
@@ -331,8 +415,14 @@ impl Room {
         }
     }
 
+    fn count_clients(&self) {
+        self.clients
+            .store(self.peers.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn drop_peer(&mut self, i: usize) {
         let peer = self.peers.swap_remove(i);
+        self.count_clients();
         tracing::info!(conn = %peer.conn, "peer removed: its send queue overflowed or it is gone");
         if let Some(removal) = self.awareness.remove_owner(peer.conn.0) {
             self.broadcast(None, &protocol::encode_awareness(&removal));

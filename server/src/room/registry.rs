@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,7 +26,17 @@ const ROOM_MAILBOX: usize = 1024;
 pub struct RoomHandle {
     pub id: u64,
     pub tx: mpsc::Sender<RoomCmd>,
+    /// Connections in the room, kept by the room.
+    pub clients: Arc<AtomicUsize>,
 }
+
+/// The room could not be reached (it kept unloading, or failed to load).
+#[derive(Debug, thiserror::Error)]
+#[error("the document is unavailable right now")]
+pub struct RoomUnavailable;
+
+/// How often a command is retried when the room it was sent to unloads.
+const CALL_ATTEMPTS: usize = 5;
 
 /// What rooms need from the rest of the server.
 pub struct RoomDeps {
@@ -34,8 +44,12 @@ pub struct RoomDeps {
     pub persister: Persister,
     pub limits: Limits,
     pub rooms: RoomSettings,
+    pub metrics: crate::metrics::Metrics,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Rooms run here, apart from the HTTP workers that drive the sockets,
+    /// so a busy room never delays the writing of its own frames.
+    pub runtime: tokio::runtime::Handle,
 }
 
 pub struct Registry {
@@ -73,11 +87,19 @@ impl Registry {
         let handle = RoomHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             tx,
+            clients: Arc::new(AtomicUsize::new(0)),
         };
         rooms.insert(name.clone(), handle.clone());
         drop(rooms);
-        let room = actor::spawn_args(name.clone(), handle.id, Arc::clone(self));
-        self.deps.tracker.spawn(actor::run(room, rx));
+        let room = actor::spawn_args(
+            name.clone(),
+            handle.id,
+            Arc::clone(&handle.clients),
+            Arc::clone(self),
+        );
+        self.deps
+            .tracker
+            .spawn_on(actor::run(room, rx), &self.deps.runtime);
         handle
     }
 
@@ -97,6 +119,36 @@ impl Registry {
             }
             _ => true,
         }
+    }
+
+    /// Sends a command built by `make` to the room of `name` (loading it if
+    /// needed) and waits for the reply, retrying on a fresh room when the
+    /// one it reached was unloading.
+    pub async fn call<T>(
+        self: &Arc<Self>,
+        name: &DocName,
+        make: impl Fn(oneshot::Sender<T>) -> RoomCmd,
+    ) -> Result<T, RoomUnavailable> {
+        for _ in 0..CALL_ATTEMPTS {
+            let room = self.handle(name);
+            let (reply, answer) = oneshot::channel();
+            if room.tx.send(make(reply)).await.is_err() {
+                continue;
+            }
+            if let Ok(value) = answer.await {
+                return Ok(value);
+            }
+        }
+        Err(RoomUnavailable)
+    }
+
+    /// Connections to `name` right now (0 when it is not loaded).
+    pub fn clients(&self, name: &str) -> usize {
+        let rooms = self.lock();
+        DocName::parse(name)
+            .ok()
+            .and_then(|n| rooms.get(&n).map(|h| h.clients.load(Ordering::Relaxed)))
+            .unwrap_or(0)
     }
 
     /// Rooms currently loaded.

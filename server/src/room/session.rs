@@ -37,6 +37,8 @@ pub struct Session {
     pub conn: ConnId,
     pub name: DocName,
     pub read_only: bool,
+    /// When the connection's token expires (unix seconds): it is closed then with 4401.
+    pub expires_at: Option<u64>,
     /// Set by the connection's `FrameGuard` when a frame was over the limit.
     pub oversize: Arc<AtomicBool>,
     pub outbox: Arc<Outbox>,
@@ -70,6 +72,8 @@ impl Session {
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         let mut last_heard = Instant::now();
         let shutdown = deps.shutdown.clone();
+        let expiry = token_expiry(self.expires_at);
+        tokio::pin!(expiry);
 
         loop {
             tokio::select! {
@@ -78,7 +82,7 @@ impl Session {
                     last_heard = Instant::now();
                     match msg {
                         Ok(AggregatedMessage::Binary(frame)) => {
-                            if !rate.admit(Instant::now()) {
+                            if !rate.admit(Instant::now(), message_cost(&frame)) {
                                 tracing::warn!("message rate over the limit; closing");
                                 self.outbox.close(CloseCode::TryAgainLater, "message rate limit exceeded");
                                 break;
@@ -108,8 +112,12 @@ impl Session {
                             self.outbox.close(CloseCode::TooLarge, "message too large");
                             break;
                         }
+                        Err(ProtocolError::Io(e)) => {
+                            tracing::debug!(error = %e, "connection lost");
+                            break;
+                        }
                         Err(e) => {
-                            tracing::debug!(error = %e, "connection error");
+                            tracing::warn!(error = %e, "WebSocket protocol error; closing");
                             self.outbox.close(CloseCode::Malformed, "WebSocket protocol error");
                             break;
                         }
@@ -125,6 +133,11 @@ impl Session {
                     if self.outbox.idle_for() >= ping_interval {
                         let _ = self.outbox.push(Bytes::from_static(KEEPALIVE));
                     }
+                }
+                _ = &mut expiry => {
+                    tracing::info!("token expired; closing");
+                    self.outbox.close(CloseCode::Unauthorized, "token expired");
+                    break;
                 }
                 _ = self.outbox.closed() => break,
                 _ = shutdown.cancelled() => {
@@ -195,6 +208,32 @@ impl Session {
     }
 }
 
+/// Resolves when the token expires (never, without one).
+async fn token_expiry(expires_at: Option<u64>) {
+    match expires_at {
+        Some(exp) => {
+            let wall = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
+            let left = wall
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What a frame costs against the rate limit. The stock client re-sends
+/// every awareness change it hears (its handler ignores the origin), so in a
+/// busy room each client echoes everyone's cursor moves; those echoes change
+/// nothing on the server and cost a tenth of a document message.
+fn message_cost(frame: &[u8]) -> f64 {
+    if frame.first() == Some(&protocol::MSG_AWARENESS) {
+        0.1
+    } else {
+        1.0
+    }
+}
+
 /// A token bucket: `per_second` sustained, bursts of `max(2 × rate, 1000)`.
 struct RateLimit {
     per_second: f64,
@@ -215,15 +254,15 @@ impl RateLimit {
         }
     }
 
-    fn admit(&mut self, now: Instant) -> bool {
+    fn admit(&mut self, now: Instant, cost: f64) -> bool {
         if self.per_second == 0.0 {
             return true;
         }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             true
         } else {
             false
@@ -240,18 +279,21 @@ mod tests {
     fn rate_limit_allows_a_burst_then_the_sustained_rate() {
         let start = Instant::now();
         let mut r = RateLimit::new(100);
-        let burst = (0..5000).take_while(|_| r.admit(start)).count();
+        let burst = (0..5000).take_while(|_| r.admit(start, 1.0)).count();
         assert_eq!(burst, 1000);
-        assert!(!r.admit(start));
+        assert!(!r.admit(start, 1.0));
         let later = start + Duration::from_millis(100);
-        let refill = (0..100).take_while(|_| r.admit(later)).count();
+        let refill = (0..100).take_while(|_| r.admit(later, 1.0)).count();
         assert_eq!(refill, 10);
+        let much_later = later + Duration::from_millis(100);
+        let echoes = (0..1000).take_while(|_| r.admit(much_later, 0.1)).count();
+        assert_eq!(echoes, 100);
     }
 
     #[test]
     fn zero_turns_the_limit_off() {
         let now = Instant::now();
         let mut r = RateLimit::new(0);
-        assert!((0..100_000).all(|_| r.admit(now)));
+        assert!((0..100_000).all(|_| r.admit(now, 1.0)));
     }
 }

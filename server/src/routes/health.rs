@@ -6,10 +6,12 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::error::ApiError;
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process answers")))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "the database answers"), (status = 503)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
         .store
@@ -17,4 +19,24 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .await
         .map_err(|e| ApiError::Unavailable(format!("database not reachable: {e}")))?;
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let registry = &state.registry;
+    crate::metrics::set_gauges(
+        registry
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        registry.loaded(),
+        registry.deps.persister.backlog(),
+    );
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
 }

@@ -1,18 +1,74 @@
-//! HTTP routes: each handler parses, authorizes and calls into `room` or
-//! `store`; none holds business logic of its own. Nothing imports `routes`
-//! but `app.rs`.
+//! HTTP routes: each handler parses, authorizes and calls into `room`,
+//! `store` or `auth`; none holds business logic of its own. Nothing imports
+//! `routes` but `app.rs`.
 
+pub mod docs;
 pub mod health;
+pub mod openapi;
+pub mod tokens;
 pub mod ws;
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpResponse};
 
+use crate::app::AppState;
 use crate::error::ApiError;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws/{doc:.*}", web::get().to(ws::connect))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz));
+pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .error_handler(|e, _| ApiError::bad_request("invalid_body", e.to_string()).into()),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::bad_request("invalid_parameter", e.to_string()).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::bad_request("invalid_parameter", e.to_string()).into()),
+    )
+    .app_data(web::PayloadConfig::new(max_body))
+    .route("/ws/{doc:.*}", web::get().to(ws::connect))
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(health::metrics))
+    .service(
+        web::scope("/api")
+            .wrap(from_fn(require_api_key))
+            .route("/openapi.json", web::get().to(openapi::document))
+            .route("/tokens", web::post().to(tokens::mint))
+            .route("/docs", web::post().to(docs::create))
+            .route("/docs", web::get().to(docs::list))
+            .route("/docs/{id}", web::get().to(docs::get))
+            .route("/docs/{id}", web::delete().to(docs::delete))
+            .route("/docs/{id}/update", web::get().to(docs::read_update))
+            .route("/docs/{id}/update", web::post().to(docs::apply_update))
+            .route("/docs/{id}/json", web::get().to(docs::json))
+            .default_service(web::to(not_found)),
+    );
+}
+
+/// Every `/api/*` call needs `Authorization: Bearer <api key>` (SPEC §3),
+/// except in dev mode. The OpenAPI document is public.
+async fn require_api_key(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.path() != "/api/openapi.json" {
+        if let Some(state) = req.app_data::<web::Data<AppState>>() {
+            let header = req
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if let Err(e) = state.auth.check_api_key(header) {
+                tracing::warn!(path = req.path(), "API call refused: {e}");
+                return Err(ApiError::from(e).into());
+            }
+        }
+    }
+    next.call(req).await
 }
 
 /// Unknown paths get the JSON error shape too.

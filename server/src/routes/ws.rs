@@ -12,6 +12,7 @@ use actix_web::{dev, web, FromRequest, HttpRequest, HttpResponse};
 use tracing::Instrument;
 
 use crate::app::AppState;
+use crate::auth::{bearer, Perm};
 use crate::doc_name::DocName;
 use crate::error::{ApiError, CloseCode};
 use crate::room::fanout::{Outbox, OutboxBody};
@@ -19,6 +20,24 @@ use crate::room::frame_guard::FrameGuard;
 use crate::room::session::Session;
 use crate::room::ConnId;
 
+/// The client token: `?token=` or `Authorization: Bearer`.
+fn token(req: &HttpRequest) -> Option<&str> {
+    let from_query = req.query_string().split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "token" && !v.is_empty()).then_some(v)
+    });
+    from_query.or_else(|| {
+        bearer(
+            req.headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+    })
+}
+
+#[utoipa::path(get, path = "/ws/{doc}", tag = "websocket",
+    params(("doc" = String, Path, description = "document name"), ("token" = Option<String>, Query, description = "client token")),
+    responses((status = 101, description = "upgraded: the y-websocket protocol"), (status = 400), (status = 401), (status = 403)))]
 pub async fn connect(
     req: HttpRequest,
     path: web::Path<String>,
@@ -27,6 +46,10 @@ pub async fn connect(
 ) -> Result<HttpResponse, ApiError> {
     let name = DocName::parse(&path)
         .map_err(|e| ApiError::bad_request("invalid_document_name", e.to_string()))?;
+    let access = state.auth.authorize(token(&req), &name).map_err(|e| {
+        tracing::warn!(doc = %name, "WebSocket refused: {e}");
+        ApiError::from(e)
+    })?;
     let limits = &state.registry.deps.limits;
     // Frames over the size limit are refused from their header (see FrameGuard).
     let oversize = Arc::new(AtomicBool::new(false));
@@ -67,12 +90,14 @@ pub async fn connect(
     let session = Session {
         conn,
         name: name.clone(),
-        read_only: false,
+        read_only: access.perm == Perm::Read,
+        expires_at: access.expires_at,
         oversize,
         outbox,
         registry,
     };
-    let span = tracing::info_span!("conn", doc = %name, %conn);
+    let user = access.user.as_deref().unwrap_or("");
+    let span = tracing::info_span!("conn", doc = %name, %conn, user);
     // The original body must outlive the session: dropping it would tell
     // actix-ws' reader that the connection closed.
     state

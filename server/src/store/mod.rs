@@ -36,6 +36,18 @@ pub struct LoadedDoc {
     pub log: DocLog,
 }
 
+/// A document's metadata row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMeta {
+    pub id: DocId,
+    pub name: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Stored bytes: snapshot plus update log.
+    pub size_bytes: i64,
+}
+
 /// One accepted update waiting to be written.
 #[derive(Debug, Clone)]
 pub struct PendingUpdate {
@@ -47,6 +59,27 @@ pub struct PendingUpdate {
 pub trait Store: Send + Sync + 'static {
     /// Loads the document named `name`, creating it (empty) when absent.
     async fn load_or_create(&self, name: &str) -> Result<LoadedDoc, StoreError>;
+
+    /// Creates an empty document; `None` when the name is taken.
+    async fn create(&self, name: &str) -> Result<Option<DocMeta>, StoreError>;
+
+    /// The document named `name`, if it exists.
+    async fn get(&self, name: &str) -> Result<Option<DocMeta>, StoreError>;
+
+    /// Up to `limit` documents whose names start with `prefix` and sort
+    /// after `after`, in name order (keyset pagination: a document is never
+    /// listed twice, and one created behind the cursor is not missed by
+    /// later pages if its name sorts after it).
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DocMeta>, StoreError>;
+
+    /// Deletes the document, its log and its snapshot in one transaction.
+    /// Returns whether it existed.
+    async fn delete(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Appends a batch of updates in one transaction: all or nothing.
     /// Updates of documents that no longer exist are skipped.

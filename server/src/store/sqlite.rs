@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
-use super::{now_ms, DocId, DocLog, LoadedDoc, PendingUpdate, Store, StoreError};
+use super::{now_ms, DocId, DocLog, DocMeta, LoadedDoc, PendingUpdate, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -51,6 +51,16 @@ impl SqliteStore {
     }
 }
 
+fn meta(row: &sqlx::sqlite::SqliteRow) -> Result<DocMeta, StoreError> {
+    Ok(DocMeta {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        created_at: row.try_get(2)?,
+        updated_at: row.try_get(3)?,
+        size_bytes: row.try_get(4)?,
+    })
+}
+
 fn create_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
@@ -83,6 +93,67 @@ impl Store for SqliteStore {
             created: false,
             log: self.read_log(id).await?,
         })
+    }
+
+    async fn create(&self, name: &str) -> Result<Option<DocMeta>, StoreError> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO documents (name, created_at, updated_at) VALUES ($1, $2, $2)
+             ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(DocMeta {
+                id: row.try_get(0)?,
+                name: name.to_string(),
+                created_at: now,
+                updated_at: now,
+                size_bytes: 0,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<DocMeta>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, created_at, updated_at, size_bytes FROM documents WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| meta(&r)).transpose()
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DocMeta>, StoreError> {
+        // Prefix match with substr, not LIKE: names may contain `_`.
+        let rows = sqlx::query(
+            "SELECT id, name, created_at, updated_at, size_bytes FROM documents
+             WHERE substr(name, 1, length($1)) = $1 AND ($2 IS NULL OR name > $2)
+             ORDER BY name LIMIT $3",
+        )
+        .bind(prefix)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(meta).collect()
+    }
+
+    async fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        // Foreign keys cascade to the log and the snapshot.
+        let done = sqlx::query("DELETE FROM documents WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn append(&self, batch: &[PendingUpdate]) -> Result<(), StoreError> {

@@ -1,0 +1,179 @@
+#!/usr/bin/env node
+// Tandem load benchmark entry point: `npm run bench` (from e2e/bench, after `npm ci`).
+// Runs every scenario (or --scenario x) against each target (Tandem and the reference
+// y-websocket server, a fresh server process per scenario and target, one at a time),
+// prints one table per scenario with each target's figure and the ratio
+// tandem / reference, and writes everything to results/latest.json.
+//
+//   node bench.mjs [--scenario a|b|c|d|e[,…]] [--quick] [--targets tandem,reference]
+//                  [--tandem-bin PATH] [--tandem-env KEY=VALUE …] [--out FILE]
+//                  [--wait-idle SECONDS]  (wait, at most that long, for other load to stop)
+
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { cpus, totalmem } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { makeTargets } from './lib/servers.mjs'
+import { cpuCount, clockTicks, machineCpu } from './lib/procstats.mjs'
+import { fmt, now, sleep } from './lib/stats.mjs'
+import * as a from './scenarios/a-fanout.mjs'
+import * as b from './scenarios/b-idle-rooms.mjs'
+import * as c from './scenarios/c-join-storm.mjs'
+import * as d from './scenarios/d-trace-replay.mjs'
+import * as e from './scenarios/e-sustained.mjs'
+
+const HERE = dirname(fileURLToPath(import.meta.url))
+const SCENARIOS = [a, b, c, d, e]
+
+const { values: args } = parseArgs({
+  options: {
+    scenario: { type: 'string', multiple: true },
+    quick: { type: 'boolean', default: false },
+    targets: { type: 'string', default: 'tandem,reference' },
+    'tandem-bin': { type: 'string', default: process.env.TANDEM_BIN || '/work/cargo-target/release/tandem' },
+    'tandem-env': { type: 'string', multiple: true, default: [] },
+    out: { type: 'string', default: join(HERE, 'results', 'latest.json') },
+    'wait-idle': { type: 'string', default: '0' },
+    help: { type: 'boolean', short: 'h', default: false }
+  }
+})
+
+if (args.help) {
+  const lines = readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1)
+  console.log(lines.slice(0, lines.findIndex((l) => !l.startsWith('//'))).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'))
+  process.exit(0)
+}
+
+const wanted = (args.scenario || []).flatMap((s) => s.split(',')).map((s) => s.trim().toLowerCase()).filter(Boolean)
+for (const w of wanted) if (!SCENARIOS.some((s) => s.id === w)) { console.error(`unknown scenario '${w}' (a, b, c, d, e)`); process.exit(2) }
+const scenarios = wanted.length ? SCENARIOS.filter((s) => wanted.includes(s.id)) : SCENARIOS
+
+const tandemEnv = {}
+for (const kv of args['tandem-env']) {
+  const i = kv.indexOf('=')
+  if (i <= 0) { console.error(`--tandem-env expects KEY=VALUE, got '${kv}'`); process.exit(2) }
+  tandemEnv[kv.slice(0, i)] = kv.slice(i + 1)
+}
+const allTargets = makeTargets({ tandemBin: args['tandem-bin'], tandemEnv })
+const targetNames = args.targets.split(',').map((s) => s.trim()).filter(Boolean)
+for (const t of targetNames) if (!allTargets.some((x) => x.name === t)) { console.error(`unknown target '${t}'`); process.exit(2) }
+const targets = allTargets.filter((t) => targetNames.includes(t.name))
+
+// Hard stop for the whole run, whatever happens (every inner loop is bounded too).
+const overallLimitMs = args.quick ? 5 * 60 * 1000 : 45 * 60 * 1000
+setTimeout(() => { console.error(`bench: overall time limit (${overallLimitMs / 60000} min) reached, aborting`); process.exit(3) }, overallLimitMs).unref()
+
+const log = (...xs) => console.error(...xs)
+const tStart = now()
+
+// ---- header ----------------------------------------------------------------------
+let commit = null
+try {
+  commit = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: HERE, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  if (execFileSync('git', ['status', '--porcelain'], { cwd: HERE, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()) commit += ' (uncommitted changes)'
+} catch {}
+const machine = { cores: cpuCount(), cpu: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), clkTck: clockTicks(), node: process.version }
+console.log(`Tandem load benchmark${args.quick ? ' (--quick smoke run: short windows, smaller sizes; numbers are not meaningful)' : ''}`)
+console.log(`machine: ${machine.cores} cores (${machine.cpu}), ${machine.memGiB} GiB; node ${machine.node}; driver and servers share this machine, all traffic on 127.0.0.1`)
+const targetInfo = {}
+for (const t of targets) {
+  const why = t.unavailableReason()
+  targetInfo[t.name] = { ...t.describe(), available: why === null, unavailableReason: why }
+  console.log(`target ${t.name}: ${why ? `UNAVAILABLE (${why})` : JSON.stringify(t.describe())}`)
+}
+// Other load on the machine skews every figure (both servers and the driver share 2 cores).
+async function machineBusyPct (ms) {
+  const m0 = machineCpu()
+  await sleep(ms)
+  const m1 = machineCpu()
+  return Math.round((1000 * (m1.busy - m0.busy)) / (m1.total - m0.total)) / 10
+}
+machine.busyBeforeStartPct = await machineBusyPct(1000)
+const waitIdleMs = Number(args['wait-idle']) * 1000
+if (machine.busyBeforeStartPct > 10 && waitIdleMs > 0) {
+  console.log(`machine CPU busy ${machine.busyBeforeStartPct}%: waiting up to ${waitIdleMs / 1000} s for it to go idle …`)
+  const until = now() + waitIdleMs
+  while (now() < until && (machine.busyBeforeStartPct = await machineBusyPct(2000)) > 10) { /* bounded by `until` */ }
+}
+console.log(`machine CPU busy before start: ${machine.busyBeforeStartPct}% of all cores${machine.busyBeforeStartPct > 10 ? '  <-- WARNING: something else is running; figures will be skewed' : ''}`)
+const NOTES = [
+  'ratio = tandem / reference; "better" says which direction is good for that metric ((diag) rows are diagnostics, not figures of merit).',
+  'Tandem runs with TANDEM_MAX_MESSAGES_PER_SECOND=0 (per-connection rate limiting off), because the reference server has no rate limiting.',
+  'Tandem persists every update to SQLite (fresh database per server process); the reference server keeps documents in memory only (no persistence).',
+  'Server CPU = utime+stime from /proc/<pid>/stat (all threads), resolution 1/CLK_TCK s; RSS = VmRSS sampled every 10 ms on a separate thread.'
+]
+for (const n of NOTES) console.log(`note: ${n}`)
+
+// ---- run ---------------------------------------------------------------------------
+const results = {
+  meta: { startedAt: new Date().toISOString(), commit, quick: args.quick, machine, targets: targetInfo, notes: NOTES, argv: process.argv.slice(2) },
+  scenarios: {}
+}
+let failures = 0
+
+for (const sc of scenarios) {
+  const desc = sc.describe(args.quick)
+  console.log(`\n=== (${sc.id}) ${sc.title}\n    ${desc}`)
+  const per = {}
+  for (const t of targets) {
+    if (!targetInfo[t.name].available) { per[t.name] = { ok: false, error: `unavailable: ${targetInfo[t.name].unavailableReason}` }; failures++; continue }
+    log(`[${sc.id}] ${t.name} …`)
+    const t0 = now()
+    try {
+      const m = await sc.run(t, { quick: args.quick, log })
+      per[t.name] = { ok: true, seconds: (now() - t0) / 1000, metrics: m.rows, notes: m.notes }
+    } catch (err) {
+      failures++
+      per[t.name] = { ok: false, seconds: (now() - t0) / 1000, error: String(err && err.message ? err.message : err) }
+      log(`[${sc.id}] ${t.name} FAILED: ${per[t.name].error}`)
+    }
+  }
+  const table = printTable(sc.id, per)
+  results.scenarios[sc.id] = { title: sc.title, description: desc, config: sc.config(args.quick), table, targets: per }
+}
+
+function printTable (id, per) {
+  const names = ['tandem', 'reference']
+  const rows = []
+  const seen = new Map()
+  for (const name of names) {
+    const r = per[name]
+    if (!r || !r.ok) continue
+    for (const row of r.metrics) {
+      if (!seen.has(row.key)) { seen.set(row.key, { label: row.label, unit: row.unit, better: row.better, v: {} }); rows.push(row.key) }
+      seen.get(row.key).v[name] = row.value
+    }
+  }
+  const header = ['metric', 'unit', 'tandem', 'reference', 'ratio', 'better']
+  const table = []
+  const lines = rows.map((k) => {
+    const r = seen.get(k)
+    const tv = r.v.tandem
+    const rv = r.v.reference
+    const ratio = typeof tv === 'number' && typeof rv === 'number' && rv !== 0 ? tv / rv : null
+    table.push({ key: k, label: r.label, unit: r.unit, better: r.better, tandem: tv ?? null, reference: rv ?? null, ratio: ratio === null ? null : Number(ratio.toPrecision(4)) })
+    return [r.label, r.unit, fmt(tv), fmt(rv), ratio === null ? 'n/a' : `${fmt(ratio)}x`, r.better || '']
+  })
+  const all = [header, ...lines]
+  const w = header.map((_, i) => Math.max(...all.map((l) => String(l[i]).length)))
+  const line = (l) => '  ' + l.map((cell, i) => (i >= 2 && i <= 4 ? String(cell).padStart(w[i]) : String(cell).padEnd(w[i]))).join('  ')
+  console.log(line(header))
+  console.log('  ' + w.map((n) => '-'.repeat(n)).join('  '))
+  for (const l of lines) console.log(line(l))
+  for (const name of names) {
+    const r = per[name]
+    if (!r) continue
+    if (!r.ok) console.log(`  ${name}: FAILED: ${r.error.split('\n')[0]}`)
+    for (const n of r.notes || []) console.log(`  ${name}: ${n}`)
+  }
+  return table
+}
+
+results.meta.finishedAt = new Date().toISOString()
+results.meta.seconds = (now() - tStart) / 1000
+mkdirSync(dirname(args.out), { recursive: true })
+writeFileSync(args.out, JSON.stringify(results, null, 2) + '\n')
+console.log(`\nwrote ${args.out} (${results.meta.seconds.toFixed(1)} s in all)${failures ? `; ${failures} target run(s) failed or were unavailable` : ''}`)
+process.exit(failures ? 1 : 0)

@@ -1,0 +1,54 @@
+// Parent side of lib/client-worker.mjs: forks load-generator child processes and calls
+// their commands as promises. Advanced (structured-clone) IPC serialization lets typed
+// arrays of receipts come back without JSON.
+
+import { fork } from 'node:child_process'
+import { withTimeout } from './stats.mjs'
+
+export class ClientWorker {
+  constructor (name) {
+    this.name = name
+    this.child = fork(new URL('./client-worker.mjs', import.meta.url), [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    this.pending = new Map()
+    this.nextId = 1
+    this.onProgress = null
+    this.exited = false
+    this.child.on('message', (msg) => {
+      if (msg.type === 'progress') { if (this.onProgress) this.onProgress(msg); return }
+      const p = this.pending.get(msg.id)
+      if (!p) return
+      this.pending.delete(msg.id)
+      if (msg.error) p.reject(new Error(`${this.name}: ${msg.error}`)); else p.resolve(msg.result)
+    })
+    this.child.on('exit', (code) => {
+      this.exited = true
+      for (const p of this.pending.values()) p.reject(new Error(`${this.name} exited (${code})`))
+      this.pending.clear()
+    })
+  }
+
+  call (cmd, args = {}, timeoutMs = 120000) {
+    const id = this.nextId++
+    const p = new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }))
+    this.child.send({ id, cmd, args })
+    return withTimeout(p, timeoutMs, `${this.name}.${cmd}`)
+  }
+
+  async stop () {
+    if (this.exited) return
+    try { await this.call('closeAll', {}, 5000) } catch {}
+    try { await this.call('exit', {}, 2000) } catch {}
+    if (!this.exited) this.child.kill('SIGKILL')
+  }
+}
+
+/** Forks n workers. */
+export const spawnWorkers = (n, prefix = 'worker') =>
+  Array.from({ length: n }, (_, i) => new ClientWorker(`${prefix}${i + 1}`))
+
+/** Splits items into n nearly equal contiguous parts. */
+export function split (items, n) {
+  const parts = Array.from({ length: n }, () => [])
+  items.forEach((item, i) => parts[i % n].push(item))
+  return parts
+}

@@ -1,0 +1,115 @@
+// Scenario (a): fan-out. One writer and N raw observers in one room (N = 1, 100, 1000,
+// a fresh server for each N). The writer is a Y.Doc that appends a small Y.Text insert
+// "[#<seq>]" at a fixed rate and records the send time of each seq just before the
+// insert; observers identify each received update by the seq in its text. Reported:
+// propagation latency p50/p99/max over every observer receipt, updates lost (expected
+// receipts - unique receipts), and server CPU time per delivered update (server CPU
+// during the send+drain window / observer receipts). Observers live in 1 (N=1) or 2
+// load-generator processes; the writer lives in the main driver process.
+
+import { DocClient, Y, marker } from '../lib/yclient.mjs'
+import { spawnWorkers, split } from '../lib/workers.mjs'
+import { snapshot, diff } from '../lib/procstats.mjs'
+import { now, sleep, summarize } from '../lib/stats.mjs'
+import { withServer, Metrics, addDriverDiag } from '../lib/harness.mjs'
+
+export const id = 'a'
+export const title = 'fan-out: 1 writer -> N observers in one room'
+
+export function config (quick) {
+  return quick
+    ? { observerCounts: [1, 100, 1000], ratePerSec: 50, durationMs: 1000, settleMs: 200 }
+    : { observerCounts: [1, 100, 1000], ratePerSec: 50, durationMs: 5000, settleMs: 500 }
+}
+
+export function describe (quick) {
+  const c = config(quick)
+  return `writer sends ${c.ratePerSec} small Y.Text inserts/s for ${c.durationMs / 1000} s (${(c.ratePerSec * c.durationMs) / 1000} updates); N = ${c.observerCounts.join(', ')}; fresh server per N`
+}
+
+export async function run (target, { quick, log }) {
+  const c = config(quick)
+  const m = new Metrics()
+  for (const n of c.observerCounts) {
+    log(`  N=${n}`)
+    await withServer(target, (server) => runOne(server, n, c, m))
+  }
+  return m
+}
+
+async function runOne (server, n, c, m) {
+  const p = `N=${n} `
+  const room = `fanout-${n}`
+  const url = server.url(room)
+  const workers = spawnWorkers(Math.min(2, n), 'observers')
+  const writerDoc = new Y.Doc()
+  const writer = new DocClient(url, writerDoc)
+  try {
+    const parts = split(Array.from({ length: n }, () => url), workers.length)
+    const t0 = now()
+    const opened = await Promise.all(workers.map((w, i) => w.call('open', { urls: parts[i], concurrency: 50, timeoutMs: 60000 }, 90000)))
+    const synced = opened.reduce((a, r) => a + r.synced, 0)
+    if (synced < n) {
+      const errs = opened.flatMap((r) => r.errors)
+      m.note(`${p}only ${synced}/${n} observers connected and synced (${errs.join('; ')})`)
+    }
+    m.add(`${p}connect_all_s`, `${p}(diag) connect+sync all observers`, 's', null, (now() - t0) / 1000)
+    await writer.connect()
+    await Promise.all(workers.map((w) => w.call('record')))
+    await sleep(c.settleMs)
+
+    const ytext = writerDoc.getText('text')
+    const count = Math.round((c.ratePerSec * c.durationMs) / 1000)
+    const interval = 1000 / c.ratePerSec
+    const sendTimes = new Float64Array(count)
+    const s0 = snapshot(server.pid)
+    const start = now()
+    for (let seq = 0; seq < count; seq++) {
+      const due = start + seq * interval
+      const wait = due - now()
+      if (wait > 0) await sleep(wait)
+      sendTimes[seq] = now()
+      ytext.insert(ytext.length, marker(seq))
+    }
+    const expected = count * synced
+    // drain: until every receipt is in, or 3 s without progress, or 15 s in all
+    const drainDeadline = now() + 15000
+    let last = -1
+    let lastChange = now()
+    for (;;) {
+      const counts = await Promise.all(workers.map((w) => w.call('count')))
+      const got = counts.reduce((a, r) => a + r.receipts, 0)
+      if (got !== last) { last = got; lastChange = now() }
+      if (got >= expected || now() > drainDeadline || now() - lastChange > 3000) break
+      await sleep(50)
+    }
+    const s1 = snapshot(server.pid)
+    const collected = await Promise.all(workers.map((w) => w.call('collect')))
+    const d = diff(s0, s1)
+
+    const lat = []
+    let receipts = 0
+    let dupes = 0
+    let closes = 0
+    for (const r of collected) {
+      receipts += r.seqs.length
+      dupes += r.dupes
+      closes += r.unexpectedCloses
+      for (let i = 0; i < r.seqs.length; i++) lat.push(r.times[i] - sendTimes[r.seqs[i]])
+      if (r.unexpectedCloses) m.note(`${p}observer connections closed by the server: ${JSON.stringify(r.closeCodes)}`)
+    }
+    const s = summarize(lat)
+    m.add(`${p}latency_p50_ms`, `${p}latency p50`, 'ms', 'lower', s.p50)
+    m.add(`${p}latency_p99_ms`, `${p}latency p99`, 'ms', 'lower', s.p99)
+    m.add(`${p}latency_max_ms`, `${p}latency max`, 'ms', 'lower', s.max)
+    m.add(`${p}lost`, `${p}updates lost (of ${(count * n).toLocaleString('en-US')})`, 'receipts', 'lower', count * n - receipts)
+    m.add(`${p}server_cpu_per_delivery_us`, `${p}server CPU per delivered update`, 'µs', 'lower', receipts ? (d.serverCpuMs * 1000) / receipts : null)
+    m.add(`${p}server_cpu_pct`, `${p}server CPU while sending`, '% of 1 core', 'lower', (100 * d.serverCpuMs) / d.wallMs)
+    if (dupes) m.note(`${p}${dupes} duplicate receipts ignored`)
+    if (closes && synced === n) m.note(`${p}${closes} observers were disconnected during the run`)
+    addDriverDiag(m, p, d, collected)
+  } finally {
+    writer.close()
+    await Promise.all(workers.map((w) => w.stop()))
+  }
+}

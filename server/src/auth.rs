@@ -1,0 +1,291 @@
+//! Access control (SPEC §3): the admin API key, client tokens (HS256 JWTs
+//! with `doc`, `perm`, `exp`, `sub`, `name`), document patterns, and the
+//! permission a WebSocket connection gets.
+//!
+//! Dev mode (no API key): the API is open and a WebSocket without a token
+//! may write; a token, when given, is still verified and its permission
+//! applies (so read-only links can be tried locally).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AuthSettings, Secret};
+use crate::doc_name::DocName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Perm {
+    Read,
+    Write,
+}
+
+/// The claims of a client token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// An exact document name, or a prefix ending in `*`.
+    pub doc: String,
+    pub perm: Perm,
+    /// Expiry, unix seconds.
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// What a connection may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub perm: Perm,
+    pub user: Option<String>,
+    pub name: Option<String>,
+    /// When the token expires (unix seconds); the connection closes then.
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing credentials: send `Authorization: Bearer <token>` or `?token=`")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token does not grant access to this document")]
+    WrongDocument,
+    #[error("invalid API key")]
+    BadApiKey,
+    #[error("invalid document pattern: a document name, or a prefix of one followed by `*`")]
+    BadPattern,
+}
+
+pub struct Auth {
+    api_key: Option<Secret>,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+/// Longest lifetime `POST /api/tokens` grants.
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+impl Auth {
+    pub fn new(settings: &AuthSettings) -> Self {
+        let secret = settings
+            .token_secret
+            .clone()
+            .or_else(|| settings.api_key.clone())
+            .map(|s| s.0.into_bytes())
+            .unwrap_or_else(|| {
+                let random: [u8; 32] = rand::random();
+                random.to_vec()
+            });
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.set_required_spec_claims(&["exp"]);
+        Auth {
+            api_key: settings.api_key.clone(),
+            encoding: EncodingKey::from_secret(&secret),
+            decoding: DecodingKey::from_secret(&secret),
+            validation,
+        }
+    }
+
+    pub fn dev_mode(&self) -> bool {
+        self.api_key.is_none()
+    }
+
+    /// Checks an `Authorization` header against the API key (always passes
+    /// in dev mode). The comparison takes the same time wherever it differs.
+    pub fn check_api_key(&self, authorization: Option<&str>) -> Result<(), AuthError> {
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
+        let given = bearer(authorization).ok_or(AuthError::Missing)?;
+        if constant_time_eq(given.as_bytes(), key.0.as_bytes()) {
+            Ok(())
+        } else {
+            Err(AuthError::BadApiKey)
+        }
+    }
+
+    /// Signs a token for `doc` (a name or a `prefix*` pattern).
+    pub fn mint(
+        &self,
+        doc: &str,
+        perm: Perm,
+        ttl: Duration,
+        sub: Option<String>,
+        name: Option<String>,
+    ) -> Result<(String, u64), AuthError> {
+        check_pattern(doc)?;
+        let exp = now_secs().saturating_add(ttl.as_secs());
+        let claims = Claims {
+            doc: doc.to_string(),
+            perm,
+            exp,
+            sub,
+            name,
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Ok((token, exp))
+    }
+
+    /// The access a WebSocket client with `token` gets to `doc`.
+    pub fn authorize(&self, token: Option<&str>, doc: &DocName) -> Result<Access, AuthError> {
+        let Some(token) = token else {
+            return if self.dev_mode() {
+                Ok(Access {
+                    perm: Perm::Write,
+                    user: None,
+                    name: None,
+                    expires_at: None,
+                })
+            } else {
+                Err(AuthError::Missing)
+            };
+        };
+        let claims = decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })?
+            .claims;
+        if !pattern_matches(&claims.doc, doc.as_str()) {
+            return Err(AuthError::WrongDocument);
+        }
+        Ok(Access {
+            perm: claims.perm,
+            user: claims.sub,
+            name: claims.name,
+            expires_at: Some(claims.exp),
+        })
+    }
+}
+
+/// `Bearer <value>` -> `<value>`.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let value = header?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// A document pattern: a valid name, or a prefix of one followed by `*`
+/// (`*` alone matches every document).
+pub fn check_pattern(pattern: &str) -> Result<(), AuthError> {
+    match pattern.strip_suffix('*') {
+        Some("") => Ok(()),
+        Some(prefix) => DocName::parse(prefix)
+            .map(|_| ())
+            .map_err(|_| AuthError::BadPattern),
+        None => DocName::parse(pattern)
+            .map(|_| ())
+            .map_err(|_| AuthError::BadPattern),
+    }
+}
+
+pub fn pattern_matches(pattern: &str, doc: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => doc.starts_with(prefix),
+        None => pattern == doc,
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(key: Option<&str>) -> Auth {
+        Auth::new(&AuthSettings {
+            api_key: key.map(|k| Secret(k.into())),
+            token_secret: None,
+            insecure_no_auth: false,
+        })
+    }
+
+    fn name(s: &str) -> DocName {
+        DocName::parse(s).expect("valid")
+    }
+
+    #[test]
+    fn patterns_match_exactly_or_by_prefix() {
+        assert!(pattern_matches("team:*", "team:x"));
+        assert!(!pattern_matches("team:*", "teamx"));
+        assert!(pattern_matches("doc", "doc"));
+        assert!(!pattern_matches("doc", "doc2"));
+        assert!(pattern_matches("*", "anything"));
+        assert!(check_pattern("team:*").is_ok());
+        assert_eq!(check_pattern("a b*"), Err(AuthError::BadPattern));
+        assert_eq!(check_pattern("a*b"), Err(AuthError::BadPattern));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_are_checked() {
+        let a = auth(Some("key"));
+        let (t, _) = a
+            .mint("team:*", Perm::Read, DEFAULT_TTL, Some("u1".into()), None)
+            .expect("mints");
+        let access = a.authorize(Some(&t), &name("team:x")).expect("valid");
+        assert_eq!(
+            (access.perm, access.user.as_deref()),
+            (Perm::Read, Some("u1"))
+        );
+        assert_eq!(
+            a.authorize(Some(&t), &name("teamx")),
+            Err(AuthError::WrongDocument)
+        );
+        assert_eq!(a.authorize(None, &name("team:x")), Err(AuthError::Missing));
+        let other = auth(Some("another key"));
+        assert!(matches!(
+            other.authorize(Some(&t), &name("team:x")),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let a = auth(Some("key"));
+        let claims = Claims {
+            doc: "d".into(),
+            perm: Perm::Write,
+            exp: now_secs() - 1,
+            sub: None,
+            name: None,
+        };
+        let t = encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).expect("encodes");
+        assert_eq!(a.authorize(Some(&t), &name("d")), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn api_key_checks() {
+        let a = auth(Some("key"));
+        assert!(a.check_api_key(Some("Bearer key")).is_ok());
+        assert_eq!(
+            a.check_api_key(Some("Bearer nope")),
+            Err(AuthError::BadApiKey)
+        );
+        assert_eq!(a.check_api_key(None), Err(AuthError::Missing));
+        assert!(auth(None).check_api_key(None).is_ok());
+    }
+}

@@ -1,0 +1,68 @@
+//! Prometheus metrics (`GET /metrics`). Counters on the relay path are
+//! handles resolved once, so counting costs an atomic add; gauges are read
+//! when scraped, so they cost nothing in between. Names are `tandem_*` with
+//! unit suffixes.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls reuse it).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder unavailable"))
+                .ok()
+        })
+        .clone()
+}
+
+/// Handles to the counters the hot paths touch.
+#[derive(Clone)]
+pub struct Metrics {
+    pub updates_received: Counter,
+    pub update_bytes_received: Counter,
+    pub frames_relayed: Counter,
+    pub bytes_relayed: Counter,
+    pub clients_dropped_slow: Counter,
+    pub malformed_messages: Counter,
+    pub persist_seconds: Histogram,
+    pub persist_batch_updates: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            updates_received: metrics::counter!("tandem_updates_received_total"),
+            update_bytes_received: metrics::counter!("tandem_update_bytes_received_total"),
+            frames_relayed: metrics::counter!("tandem_frames_relayed_total"),
+            bytes_relayed: metrics::counter!("tandem_relayed_bytes_total"),
+            clients_dropped_slow: metrics::counter!("tandem_clients_dropped_total", "reason" => "send_queue_full"),
+            malformed_messages: metrics::counter!("tandem_malformed_messages_total"),
+            persist_seconds: metrics::histogram!("tandem_persist_seconds"),
+            persist_batch_updates: metrics::histogram!("tandem_persist_batch_updates"),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sets the gauges that are read at scrape time.
+pub fn set_gauges(connections: usize, rooms: usize, persist_backlog: usize) {
+    metrics::gauge!("tandem_connections").set(connections as f64);
+    metrics::gauge!("tandem_rooms_loaded").set(rooms as f64);
+    metrics::gauge!("tandem_persist_backlog_updates").set(persist_backlog as f64);
+}

@@ -1,0 +1,305 @@
+//! The document API (SPEC §4): create, list, get, delete, read and apply
+//! updates, and the JSON rendering. Live documents are reached through their
+//! room (by command and reply), never by a shared lock.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tandem_crdt::{ApplyError, DocState};
+use utoipa::{IntoParams, ToSchema};
+use yrs::updates::decoder::Decode;
+use yrs::StateVector;
+
+use crate::app::AppState;
+use crate::doc_name::DocName;
+use crate::error::ApiError;
+use crate::room::actor::RoomCmd;
+use crate::store::DocMeta;
+
+/// How long `POST …/update` waits for its write to become durable.
+const DURABLE_WAIT: Duration = Duration::from_secs(30);
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 1000;
+
+/// A document's metadata.
+#[derive(Serialize, ToSchema)]
+pub struct DocInfo {
+    /// The document name.
+    pub id: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339: the last time an update was stored.
+    pub updated_at: String,
+    /// Bytes stored: snapshot plus update log.
+    pub size_bytes: i64,
+    /// WebSocket connections right now.
+    pub clients: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DocList {
+    pub items: Vec<DocInfo>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+pub struct CreateDoc {
+    /// The name; a UUID is generated when absent.
+    pub id: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only names starting with this.
+    pub prefix: Option<String>,
+    /// Page size, 1–1000 (default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct UpdateQuery {
+    /// A base64 Yjs state vector: only what it lacks is returned.
+    pub sv: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Applied {
+    /// False when the update carried nothing new.
+    pub applied: bool,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn info(state: &AppState, meta: DocMeta) -> DocInfo {
+    DocInfo {
+        clients: state.registry.clients(&meta.name),
+        id: meta.name,
+        created_at: rfc3339(meta.created_at),
+        updated_at: rfc3339(meta.updated_at),
+        size_bytes: meta.size_bytes,
+    }
+}
+
+pub fn parse_name(raw: &str) -> Result<DocName, ApiError> {
+    DocName::parse(raw).map_err(|e| ApiError::bad_request("invalid_document_name", e.to_string()))
+}
+
+/// The document, or 404.
+async fn existing(state: &AppState, name: &DocName) -> Result<DocMeta, ApiError> {
+    state
+        .store
+        .get(name.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no document named {name:?}")))
+}
+
+#[utoipa::path(post, path = "/api/docs", tag = "documents",
+    request_body(content = Option<CreateDoc>, description = "Optional; `{}` or no body generates an id"),
+    responses((status = 201, body = DocInfo), (status = 400), (status = 401), (status = 409)))]
+pub async fn create(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
+    let req: CreateDoc = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateDoc::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
+    };
+    let name = match req.id {
+        Some(id) => parse_name(&id)?,
+        None => parse_name(&uuid::Uuid::new_v4().to_string())?,
+    };
+    let meta = state
+        .store
+        .create(name.as_str())
+        .await?
+        .ok_or_else(|| ApiError::Conflict(format!("a document named {name:?} exists")))?;
+    tracing::info!(doc = %name, "document created through the API");
+    Ok(HttpResponse::Created().json(info(&state, meta)))
+}
+
+#[utoipa::path(get, path = "/api/docs", tag = "documents", params(ListQuery),
+    responses((status = 200, body = DocList), (status = 400), (status = 401)))]
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1-{MAX_PAGE}"),
+        ));
+    }
+    let after = match &query.cursor {
+        Some(c) => Some(decode_cursor(c)?),
+        None => None,
+    };
+    let prefix = query.prefix.as_deref().unwrap_or("");
+    let page = state.store.list(prefix, after.as_deref(), limit).await?;
+    let next_cursor = (page.len() == limit as usize)
+        .then(|| page.last().map(|m| encode_cursor(&m.name)))
+        .flatten();
+    let items = page.into_iter().map(|m| info(&state, m)).collect();
+    Ok(HttpResponse::Ok().json(DocList { items, next_cursor }))
+}
+
+fn encode_cursor(name: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    let bad =
+        || ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+#[utoipa::path(get, path = "/api/docs/{id}", tag = "documents",
+    params(("id" = String, Path, description = "document name")),
+    responses((status = 200, body = DocInfo), (status = 400), (status = 401), (status = 404)))]
+pub async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = parse_name(&id)?;
+    let meta = existing(&state, &name).await?;
+    Ok(HttpResponse::Ok().json(info(&state, meta)))
+}
+
+#[utoipa::path(delete, path = "/api/docs/{id}", tag = "documents",
+    params(("id" = String, Path, description = "document name")),
+    responses((status = 204, description = "deleted; its sockets were closed with 4404"), (status = 400), (status = 401), (status = 404)))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = parse_name(&id)?;
+    existing(&state, &name).await?;
+    // Through the room, so that its sockets close and no joiner sees it half-deleted.
+    let existed = state
+        .registry
+        .call(&name, |reply| RoomCmd::Delete { reply })
+        .await?
+        .map_err(|e| ApiError::Unavailable(format!("deleting failed: {e}")))?;
+    if !existed {
+        return Err(ApiError::NotFound(format!("no document named {name:?}")));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(get, path = "/api/docs/{id}/update", tag = "documents",
+    params(("id" = String, Path, description = "document name"), UpdateQuery),
+    responses((status = 200, description = "a Yjs v1 update", content_type = "application/octet-stream", body = Vec<u8>), (status = 400), (status = 401), (status = 404)))]
+pub async fn read_update(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<UpdateQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let name = parse_name(&id)?;
+    let state_vector = match &query.sv {
+        Some(sv) => Some(parse_state_vector(sv)?),
+        None => None,
+    };
+    existing(&state, &name).await?;
+    let update = state
+        .registry
+        .call(&name, |reply| RoomCmd::Encode {
+            state_vector: state_vector.clone(),
+            reply,
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(update))
+}
+
+fn parse_state_vector(sv: &str) -> Result<StateVector, ApiError> {
+    let bad = |why: &str| ApiError::bad_request("invalid_state_vector", format!("sv: {why}"));
+    let engines = [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let bytes = engines
+        .iter()
+        .find_map(|e| e.decode(sv).ok())
+        .ok_or_else(|| bad("not base64"))?;
+    std::panic::catch_unwind(|| StateVector::decode_v1(&bytes))
+        .map_err(|_| bad("not a Yjs state vector"))?
+        .map_err(|_| bad("not a Yjs state vector"))
+}
+
+#[utoipa::path(post, path = "/api/docs/{id}/update", tag = "documents",
+    params(("id" = String, Path, description = "document name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a Yjs v1 update"),
+    responses((status = 200, body = Applied, description = "applied, relayed and durable"), (status = 400), (status = 401), (status = 404), (status = 413)))]
+pub async fn apply_update(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let name = parse_name(&id)?;
+    existing(&state, &name).await?;
+    let result = state
+        .registry
+        .call(&name, |reply| RoomCmd::ApplyUpdate {
+            update: body.clone(),
+            reply,
+        })
+        .await?;
+    let seq = match result {
+        Ok(seq) => seq,
+        Err(e @ ApplyError::TooLarge { .. }) => {
+            return Err(ApiError::PayloadTooLarge(e.to_string()))
+        }
+        Err(e) => return Err(ApiError::bad_request("invalid_update", e.to_string())),
+    };
+    if let Some(seq) = seq {
+        let persister = &state.registry.deps.persister;
+        tokio::time::timeout(DURABLE_WAIT, persister.wait_durable(seq))
+            .await
+            .map_err(|_| {
+                ApiError::Unavailable("the database did not confirm the write in time".into())
+            })?;
+    }
+    Ok(HttpResponse::Ok().json(Applied {
+        applied: seq.is_some(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/docs/{id}/json", tag = "documents",
+    params(("id" = String, Path, description = "document name")),
+    responses((status = 200, description = "root types as JSON: Text as string, Map as object, Array as array, XML as string", body = Object), (status = 400), (status = 401), (status = 404)))]
+pub async fn json(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = parse_name(&id)?;
+    existing(&state, &name).await?;
+    let update = state
+        .registry
+        .call(&name, |reply| RoomCmd::Encode {
+            state_vector: None,
+            reply,
+        })
+        .await?;
+    // Rendered off the room, on a blocking thread: a large document never delays the relay.
+    let value = tokio::task::spawn_blocking(move || {
+        DocState::load(None, [update.as_slice()]).map(|(doc, _)| doc.to_json())
+    })
+    .await
+    .map_err(ApiError::unexpected)?
+    .map_err(ApiError::unexpected)?;
+    Ok(HttpResponse::Ok().json(value))
+}

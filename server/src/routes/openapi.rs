@@ -1,0 +1,57 @@
+//! `GET /api/openapi.json`: the OpenAPI 3 document, generated from the
+//! handlers' annotations so it cannot drift from the routes.
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{docs, health, tokens, ws};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tandem", description = "Self-hosted real-time collaboration server: the document API."),
+    paths(
+        docs::create, docs::list, docs::get, docs::delete,
+        docs::read_update, docs::apply_update, docs::json,
+        tokens::mint, ws::connect,
+        health::healthz, health::readyz, health::metrics,
+    ),
+    components(schemas(
+        docs::DocInfo, docs::DocList, docs::CreateDoc, docs::Applied,
+        tokens::TokenRequest, tokens::TokenResponse, crate::auth::Perm, ErrorBody, ErrorDetail,
+    )),
+    modifiers(&ApiKey),
+    security(("api_key" = [])),
+)]
+pub struct ApiDoc;
+
+/// The error shape every failing call answers with.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only; error.rs builds the JSON
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// A stable snake_case code.
+    code: String,
+    message: String,
+}
+
+struct ApiKey;
+
+impl Modify for ApiKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub async fn document() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
