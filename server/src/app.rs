@@ -21,8 +21,6 @@ use crate::store::{self, Store, StoreError};
 
 /// How often the compactor looks for long update logs.
 const COMPACT_EVERY: Duration = Duration::from_secs(5);
-/// How long a graceful stop waits for connections and writes.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Shared by every handler (`web::Data` wraps it in an `Arc`).
 pub struct AppState {
@@ -49,8 +47,9 @@ pub enum StartError {
 }
 
 pub struct App {
+    grace: Duration,
     /// Rooms, the persister and the compactor run on this runtime.
-    core: tokio::runtime::Runtime,
+    core: CoreRuntime,
     addr: SocketAddr,
     server: Server,
     shutdown: CancellationToken,
@@ -75,6 +74,7 @@ impl App {
             .thread_name("tandem-core")
             .enable_all()
             .build()
+            .map(|rt| CoreRuntime(Some(rt)))
             .map_err(StartError::Runtime)?;
         let store = store::open(&settings.database_url).await?;
         let shutdown = CancellationToken::new();
@@ -82,7 +82,8 @@ impl App {
 
         let persister = Persister::new(Arc::clone(&store));
         // The persister outlives the rooms: it drains its queue after shutdown.
-        core.spawn(persister.clone().run(shutdown.clone()));
+        let core_handle = core.handle();
+        core_handle.spawn(persister.clone().run(shutdown.clone()));
         tracker.spawn_on(
             persist::run_compactor(
                 Arc::clone(&store),
@@ -90,7 +91,7 @@ impl App {
                 COMPACT_EVERY,
                 shutdown.clone(),
             ),
-            core.handle(),
+            &core_handle,
         );
 
         let registry = Registry::new(RoomDeps {
@@ -101,7 +102,7 @@ impl App {
             metrics: crate::metrics::Metrics::new(),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
-            runtime: core.handle().clone(),
+            runtime: core_handle.clone(),
         });
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
@@ -126,8 +127,11 @@ impl App {
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
+        // Small frames must leave at once: Nagle's algorithm would hold one
+        // back until the previous is acknowledged (tens of milliseconds).
+        .tcp_nodelay(true)
         .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .shutdown_timeout(settings.rooms.shutdown_timeout.as_secs().max(1))
         .listen(listener)
         .map_err(|source| StartError::Bind {
             addr: settings.bind.clone(),
@@ -136,6 +140,7 @@ impl App {
         .run();
         tracing::info!("listening on http://{addr}");
         Ok(App {
+            grace: settings.rooms.shutdown_timeout,
             core,
             addr,
             server,
@@ -174,23 +179,45 @@ impl App {
         self.server.await?;
 
         self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+        if tokio::time::timeout(self.grace, self.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("some rooms did not stop in time");
         }
         let backlog = self.persister.backlog();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.persister.flush())
+        if tokio::time::timeout(self.grace, self.persister.flush())
             .await
             .is_err()
         {
             tracing::error!(backlog, "could not write every update before stopping");
         }
         self.store.close().await;
-        self.core.shutdown_background();
+        drop(self.core);
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The core runtime. It is dropped from async code (at the end of a run, or
+/// when a start fails half-way), where a plain `Runtime` would panic, so it
+/// shuts down in the background instead: by then every task is finished.
+struct CoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl CoreRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for CoreRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

@@ -139,6 +139,11 @@ pub struct RoomSettings {
     #[arg(long = "room-idle-timeout", env = "TANDEM_ROOM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// On SIGTERM/SIGINT, how long to wait for connections to finish their
+    /// close handshake and for queued writes, before exiting anyway.
+    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// A document's stored update log is folded into a snapshot once it holds
     /// this many updates.
     #[arg(long, env = "TANDEM_COMPACT_AFTER_UPDATES", default_value_t = 500)]

@@ -31,6 +31,9 @@ async fn attack_room(app: &TestApp, doc: &str, expected: u16, attack: Message) {
     let mut fresh = app.client(doc).await;
     fresh.sync().await;
     assert_eq!(fresh.text(), "before after", "{doc}");
+    for mut c in [writer, reader, fresh] {
+        c.ws.close(None).await.expect("close");
+    }
 }
 
 fn bin(bytes: Vec<u8>) -> Message {
