@@ -28,21 +28,26 @@ export class Client {
   /**
    * @param {string} wsUrl server base URL, ws://127.0.0.1:PORT/ws
    * @param {string} docName
-   * @param {{ doc?: Y.Doc, connect?: boolean }} opts
+   * @param {{ doc?: Y.Doc, connect?: boolean, params?: Record<string,string> }} opts
+   *   `params`: URL query parameters for the provider, e.g. { token }
    */
-  constructor (wsUrl, docName, { doc = new Y.Doc(), connect = true } = {}) {
+  constructor (wsUrl, docName, { doc = new Y.Doc(), connect = true, params = {} } = {}) {
     this.docName = docName
     this.doc = doc
     /** every 'connection-close' event: { code, reason } (null code when closed locally) */
     this.closeEvents = []
+    /** every 'status' event ('connecting' is emitted once per new socket the provider opens) */
+    this.statusEvents = []
     this.provider = new WebsocketProvider(wsUrl, docName, doc, {
       WebSocketPolyfill: WebSocket,
       disableBc: true,
-      connect
+      connect,
+      params
     })
     this.provider.on('connection-close', (event) => {
       this.closeEvents.push(event ? { code: event.code, reason: event.reason } : { code: null, reason: 'local' })
     })
+    this.provider.on('status', ({ status }) => this.statusEvents.push(status))
   }
 
   get text () { return this.doc.getText('text') }

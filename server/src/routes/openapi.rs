@@ -14,7 +14,7 @@ use super::{docs, health, tokens, ws};
         docs::create, docs::list, docs::get, docs::delete,
         docs::read_update, docs::apply_update, docs::json,
         tokens::mint, ws::connect,
-        health::healthz, health::readyz, health::metrics,
+        health::healthz, health::readyz, health::metrics, document,
     ),
     components(schemas(
         docs::DocInfo, docs::DocList, docs::CreateDoc, docs::Applied,
@@ -52,6 +52,8 @@ impl Modify for ApiKey {
     }
 }
 
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "this OpenAPI document", content_type = "application/json")))]
 pub async fn document() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
