@@ -14,8 +14,10 @@ mkdir -p "$CARGO_TARGET_DIR"
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "build the release binary (target dir: $CARGO_TARGET_DIR)"
-cargo build --release --locked --bin tandem
+# One release build serves both: `cargo test` builds the `tandem` binary for
+# the integration tests, and the end-to-end tests use that same binary.
+step "build (release, target dir: $CARGO_TARGET_DIR)"
+cargo test --release --locked --workspace --no-run
 export TANDEM_BIN="$CARGO_TARGET_DIR/release/tandem"
 
 step "Rust unit and integration tests"

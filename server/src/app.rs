@@ -80,7 +80,8 @@ impl App {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
 
-        let persister = Persister::new(Arc::clone(&store));
+        let metrics_handles = crate::metrics::Metrics::new();
+        let persister = Persister::new(Arc::clone(&store), metrics_handles.clone());
         // The persister outlives the rooms: it drains its queue after shutdown.
         let core_handle = core.handle();
         core_handle.spawn(persister.clone().run(shutdown.clone()));
@@ -99,7 +100,7 @@ impl App {
             persister: persister.clone(),
             limits: settings.limits.clone(),
             rooms: settings.rooms.clone(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics: metrics_handles,
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
             runtime: core_handle.clone(),
@@ -110,7 +111,6 @@ impl App {
             auth,
             metrics,
         });
-        let max_body = settings.limits.max_message_bytes;
 
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartError::Bind {
             addr: settings.bind.clone(),
@@ -123,7 +123,7 @@ impl App {
         let server = HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(state.clone())
-                .configure(|cfg| routes::configure(cfg, max_body))
+                .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)

@@ -540,6 +540,15 @@ async fn updates_go_in_and_out_over_http_and_reach_live_clients() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    let r = api(&app, reqwest::Method::POST, "/api/docs/u/update")
+        .await
+        .body(vec![0u8; (16 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
     let after = api(&app, reqwest::Method::GET, "/api/docs/u/update")
         .await
         .send()
@@ -620,6 +629,10 @@ async fn metrics_are_prometheus_text() {
     a.insert(0, "x").await;
     let mut b = app.client("m").await;
     b.sync().await;
+    a.insert(1, "y").await;
+    b.wait_text("xy").await;
+    // The recorder is process-wide (other tests in this binary add to it), so
+    // check that the values moved, not exact counts.
     let text = http()
         .get(app.http("/metrics"))
         .send()
@@ -628,14 +641,21 @@ async fn metrics_are_prometheus_text() {
         .text()
         .await
         .unwrap();
-    for name in [
-        "tandem_connections",
-        "tandem_rooms_loaded",
-        "tandem_updates_received_total",
-        "tandem_persist_seconds",
-        "tandem_persist_backlog_updates",
-    ] {
-        assert!(text.contains(name), "{name} missing from:\n{text}");
-    }
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert!(value("tandem_connections") >= 2.0);
+    assert!(value("tandem_rooms_loaded") >= 1.0);
+    assert!(value("tandem_updates_received_total") >= 2.0, "{text}");
+    assert!(value("tandem_update_bytes_received_total") >= 2.0);
+    assert!(value("tandem_frames_relayed_total") >= 1.0);
+    assert!(value("tandem_relayed_bytes_total") >= 1.0);
+    assert!(value("tandem_persist_seconds_count") >= 1.0);
+    assert!(text.contains("tandem_persist_backlog_updates"));
+    assert!(text.contains("tandem_clients_dropped_total"));
     app.stop().await;
 }

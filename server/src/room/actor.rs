@@ -349,6 +349,9 @@ impl Room {
         let limit = self.registry.deps.limits.max_document_bytes;
         match self.doc.apply_update(&update, limit) {
             Ok(Applied::Changed) => {
+                let metrics = &self.registry.deps.metrics;
+                metrics.updates_received.increment(1);
+                metrics.update_bytes_received.increment(update.len() as u64);
                 let frame = relay.unwrap_or_else(|| protocol::encode_update(&update));
                 self.broadcast(Some(conn), &frame);
                 self.registry.deps.persister.enqueue(self.doc_id, update);
@@ -356,6 +359,7 @@ impl Room {
             }
             Ok(Applied::Empty) => true,
             Err(e @ ApplyError::Malformed(_)) => {
+                self.registry.deps.metrics.malformed_messages.increment(1);
                 tracing::warn!(%conn, error = %e, "malformed update; closing the connection");
                 self.close_peer(conn, CloseCode::Malformed, "malformed update");
                 false
@@ -404,15 +408,22 @@ impl Room {
     /// Sends `frame` to every peer except `except`. A peer whose queue
     /// overflows is closed (1013) and removed; the rest are not delayed.
     fn broadcast(&mut self, except: Option<ConnId>, frame: &Bytes) {
+        let mut sent = 0u64;
         let mut i = 0;
         while i < self.peers.len() {
             let peer = &self.peers[i];
-            if Some(peer.conn) != except && peer.outbox.push(frame.clone()).is_err() {
-                self.drop_peer(i);
-                continue; // swap_remove moved another peer into slot i
+            if Some(peer.conn) != except {
+                if peer.outbox.push(frame.clone()).is_err() {
+                    self.drop_peer(i);
+                    continue; // swap_remove moved another peer into slot i
+                }
+                sent += 1;
             }
             i += 1;
         }
+        let metrics = &self.registry.deps.metrics;
+        metrics.frames_relayed.increment(sent);
+        metrics.bytes_relayed.increment(sent * frame.len() as u64);
     }
 
     fn count_clients(&self) {
@@ -423,6 +434,9 @@ impl Room {
     fn drop_peer(&mut self, i: usize) {
         let peer = self.peers.swap_remove(i);
         self.count_clients();
+        if peer.outbox.close_code() == Some(CloseCode::TryAgainLater) {
+            self.registry.deps.metrics.clients_dropped_slow.increment(1);
+        }
         tracing::info!(conn = %peer.conn, "peer removed: its send queue overflowed or it is gone");
         if let Some(removal) = self.awareness.remove_owner(peer.conn.0) {
             self.broadcast(None, &protocol::encode_awareness(&removal));

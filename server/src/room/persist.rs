@@ -25,6 +25,7 @@ pub struct Persister {
 
 struct Inner {
     store: Arc<dyn Store>,
+    metrics: crate::metrics::Metrics,
     queue: Mutex<Queue>,
     wake: Notify,
     /// The highest sequence number whose write is durable.
@@ -42,10 +43,11 @@ const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Persister {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, metrics: crate::metrics::Metrics) -> Self {
         Persister {
             inner: Arc::new(Inner {
                 store,
+                metrics,
                 queue: Mutex::new(Queue::default()),
                 wake: Notify::new(),
                 committed: watch::channel(0).0,
@@ -106,6 +108,11 @@ impl Persister {
             match self.inner.store.append(&batch).await {
                 Ok(()) => {
                     backoff = RETRY_BACKOFF_MIN;
+                    let metrics = &self.inner.metrics;
+                    metrics
+                        .persist_seconds
+                        .record(started.elapsed().as_secs_f64());
+                    metrics.persist_batch_updates.record(batch.len() as f64);
                     tracing::debug!(
                         updates = batch.len(),
                         elapsed_ms = started.elapsed().as_millis() as u64,

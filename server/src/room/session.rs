@@ -188,6 +188,7 @@ impl Session {
         let messages = match protocol::decode_frame(&frame) {
             Ok(m) => m,
             Err(e) => {
+                self.registry.deps.metrics.malformed_messages.increment(1);
                 tracing::warn!(error = %e, bytes = frame.len(), "malformed message; closing");
                 self.outbox.close(CloseCode::Malformed, "malformed message");
                 return false;

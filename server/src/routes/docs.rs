@@ -22,6 +22,8 @@ use crate::store::DocMeta;
 /// How long `POST …/update` waits for its write to become durable.
 const DURABLE_WAIT: Duration = Duration::from_secs(30);
 const DEFAULT_PAGE: u32 = 50;
+/// Largest JSON body a small request (create) may carry.
+const SMALL_BODY: usize = 64 * 1024;
 const MAX_PAGE: u32 = 1000;
 
 /// A document's metadata.
@@ -74,6 +76,23 @@ pub struct Applied {
     pub applied: bool,
 }
 
+/// Reads a request body of at most `limit` bytes (413 with the JSON error
+/// shape beyond it), without buffering more than the limit.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the body is larger than {limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 fn rfc3339(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
@@ -105,7 +124,11 @@ async fn existing(state: &AppState, name: &DocName) -> Result<DocMeta, ApiError>
 #[utoipa::path(post, path = "/api/docs", tag = "documents",
     request_body(content = Option<CreateDoc>, description = "Optional; `{}` or no body generates an id"),
     responses((status = 201, body = DocInfo), (status = 400), (status = 401), (status = 409)))]
-pub async fn create(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    state: web::Data<AppState>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(body, SMALL_BODY).await?;
     let req: CreateDoc = if body.iter().all(u8::is_ascii_whitespace) {
         CreateDoc::default()
     } else {
@@ -247,9 +270,10 @@ fn parse_state_vector(sv: &str) -> Result<StateVector, ApiError> {
 pub async fn apply_update(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let name = parse_name(&id)?;
+    let body = read_body(body, state.registry.deps.limits.max_message_bytes).await?;
     existing(&state, &name).await?;
     let result = state
         .registry

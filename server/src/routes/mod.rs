@@ -16,7 +16,7 @@ use actix_web::{web, HttpResponse};
 use crate::app::AppState;
 use crate::error::ApiError;
 
-pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
+pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::JsonConfig::default()
             .error_handler(|e, _| ApiError::bad_request("invalid_body", e.to_string()).into()),
@@ -29,7 +29,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
         web::PathConfig::default()
             .error_handler(|e, _| ApiError::bad_request("invalid_parameter", e.to_string()).into()),
     )
-    .app_data(web::PayloadConfig::new(max_body))
     .route("/ws/{doc:.*}", web::get().to(ws::connect))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))

@@ -194,25 +194,6 @@ impl Client {
         }
     }
 
-    /// Reads until `n` update messages have arrived, without applying them
-    /// (a reader as fast as the network).
-    pub async fn count_updates(&mut self, n: usize) {
-        let mut seen = 0;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while seen < n {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("timed out counting updates")
-                .expect("connection open")
-                .expect("valid frame");
-            if let Message::Binary(bytes) = msg {
-                if bytes.starts_with(&[protocol::MSG_SYNC, protocol::SYNC_UPDATE]) {
-                    seen += 1;
-                }
-            }
-        }
-    }
-
     /// Waits until the text equals `expected`.
     pub async fn wait_text(&mut self, expected: &str) {
         if self.text() == expected {
