@@ -68,18 +68,9 @@ fn create_dir(dir: &Path) -> std::io::Result<()> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_or_create(&self, name: &str) -> Result<LoadedDoc, StoreError> {
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO documents (name, created_at, updated_at) VALUES ($1, $2, $2)
-             ON CONFLICT (name) DO NOTHING RETURNING id",
-        )
-        .bind(name)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = inserted {
+        if let Some(meta) = self.create(name).await? {
             return Ok(LoadedDoc {
-                id: row.try_get(0)?,
+                id: meta.id,
                 created: true,
                 log: DocLog::default(),
             });
