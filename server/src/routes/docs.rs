@@ -233,17 +233,27 @@ pub async fn read_update(
         Some(sv) => Some(parse_state_vector(sv)?),
         None => None,
     };
-    existing(&state, &name).await?;
-    let update = state
-        .registry
-        .call(&name, |reply| RoomCmd::Encode {
-            state_vector: state_vector.clone(),
-            reply,
-        })
-        .await?;
+    let update = encode(&state, &name, state_vector).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .body(update))
+}
+
+/// An existing document as one update, or its diff against `state_vector`,
+/// from its room.
+async fn encode(
+    state: &AppState,
+    name: &DocName,
+    state_vector: Option<StateVector>,
+) -> Result<Vec<u8>, ApiError> {
+    existing(state, name).await?;
+    Ok(state
+        .registry
+        .call(name, |reply| RoomCmd::Encode {
+            state_vector: state_vector.clone(),
+            reply,
+        })
+        .await?)
 }
 
 fn parse_state_vector(sv: &str) -> Result<StateVector, ApiError> {
@@ -310,14 +320,7 @@ pub async fn json(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = parse_name(&id)?;
-    existing(&state, &name).await?;
-    let update = state
-        .registry
-        .call(&name, |reply| RoomCmd::Encode {
-            state_vector: None,
-            reply,
-        })
-        .await?;
+    let update = encode(&state, &name, None).await?;
     // Rendered off the room, on a blocking thread: a large document never delays the relay.
     let value = tokio::task::spawn_blocking(move || {
         DocState::load(None, [update.as_slice()]).map(|(doc, _)| doc.to_json())
