@@ -28,6 +28,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub auth: Auth,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub web: crate::routes::editor::WebAssets,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,13 @@ impl App {
             registry,
             auth,
             metrics,
+            web: match settings.web_dir.clone() {
+                Some(dir) => {
+                    tracing::info!(dir = %dir.display(), "serving the editor from a folder");
+                    crate::routes::editor::WebAssets::Dir(dir)
+                }
+                None => crate::routes::editor::WebAssets::Embedded,
+            },
         });
 
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartError::Bind {

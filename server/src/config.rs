@@ -34,6 +34,11 @@ pub struct Settings {
     #[arg(long, env = "TANDEM_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Serve the browser editor's files from this folder (a build of `web/`)
+    /// instead of the copy embedded in the binary: for working on the editor.
+    #[arg(long, env = "TANDEM_WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub auth: AuthSettings,
 

@@ -3,6 +3,7 @@
 //! `routes` but `app.rs`.
 
 pub mod docs;
+pub mod editor;
 pub mod health;
 pub mod openapi;
 pub mod tokens;
@@ -10,7 +11,7 @@ pub mod ws;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::{from_fn, Next};
+use actix_web::middleware::{from_fn, Compress, Next};
 use actix_web::{web, HttpResponse};
 
 use crate::app::AppState;
@@ -30,6 +31,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .error_handler(|e, _| ApiError::bad_request("invalid_parameter", e.to_string()).into()),
     )
     .route("/ws/{doc:.*}", web::get().to(ws::connect))
+    // The editor's files are compressed; WebSocket frames and API bodies are not.
+    .service(
+        web::resource("/")
+            .wrap(Compress::default())
+            .route(web::get().to(editor::page)),
+    )
+    .service(
+        web::resource("/d/{doc:.*}")
+            .wrap(Compress::default())
+            .route(web::get().to(editor::page)),
+    )
+    .service(
+        web::resource("/assets/{file:.*}")
+            .wrap(Compress::default())
+            .route(web::get().to(editor::file)),
+    )
+    .service(
+        web::resource("/favicon.svg")
+            .wrap(Compress::default())
+            .route(web::get().to(editor::file)),
+    )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(health::metrics))
