@@ -18,6 +18,8 @@ use crate::room::persist::{self, Persister};
 use crate::room::registry::{Registry, RoomDeps};
 use crate::routes;
 use crate::store::{self, Store, StoreError};
+use crate::webhooks::dispatcher::{DeliveryError, Dispatcher};
+use crate::webhooks::{outbox, Webhooks};
 
 /// How often the compactor looks for long update logs.
 const COMPACT_EVERY: Duration = Duration::from_secs(5);
@@ -29,6 +31,7 @@ pub struct AppState {
     pub auth: Auth,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub web: crate::routes::editor::WebAssets,
+    pub webhooks: Arc<Webhooks>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,8 @@ pub enum StartError {
     Settings(#[from] crate::config::SettingsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -57,6 +62,10 @@ pub struct App {
     tracker: TaskTracker,
     store: Arc<dyn Store>,
     persister: Persister,
+    /// The webhook outbox writer and dispatcher, stopped after the rooms
+    /// so that the last connection events are written.
+    outbox_tasks: TaskTracker,
+    outbox_stop: CancellationToken,
 }
 
 impl App {
@@ -82,10 +91,30 @@ impl App {
         let tracker = TaskTracker::new();
 
         let metrics_handles = crate::metrics::Metrics::new();
-        let persister = Persister::new(Arc::clone(&store), metrics_handles.clone());
+        let webhooks = Webhooks::start(Arc::clone(&store), settings.webhooks.clone()).await?;
+        let dispatcher = Dispatcher::new(Arc::clone(&webhooks))?;
+        let persister = Persister::new(
+            Arc::clone(&store),
+            metrics_handles.clone(),
+            Arc::clone(&webhooks),
+        );
         // The persister outlives the rooms: it drains its queue after shutdown.
         let core_handle = core.handle();
         core_handle.spawn(persister.clone().run(shutdown.clone()));
+        // So do the outbox writer and the dispatcher (which finishes its
+        // attempts in flight); the debouncer stops with the rooms.
+        let outbox_tasks = TaskTracker::new();
+        let outbox_stop = CancellationToken::new();
+        outbox_tasks.spawn_on(
+            outbox::run_writer(Arc::clone(&webhooks), outbox_stop.clone()),
+            &core_handle,
+        );
+        outbox_tasks.spawn_on(dispatcher.run(outbox_stop.clone()), &core_handle);
+        outbox_tasks.close();
+        tracker.spawn_on(
+            outbox::run_debouncer(Arc::clone(&webhooks), shutdown.clone()),
+            &core_handle,
+        );
         tracker.spawn_on(
             persist::run_compactor(
                 Arc::clone(&store),
@@ -105,6 +134,7 @@ impl App {
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
             runtime: core_handle.clone(),
+            webhooks: Arc::clone(&webhooks),
         });
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
@@ -118,6 +148,7 @@ impl App {
                 }
                 None => crate::routes::editor::WebAssets::Embedded,
             },
+            webhooks,
         });
 
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartError::Bind {
@@ -156,6 +187,8 @@ impl App {
             tracker,
             store,
             persister,
+            outbox_tasks,
+            outbox_stop,
         })
     }
 
@@ -199,6 +232,14 @@ impl App {
             .is_err()
         {
             tracing::error!(backlog, "could not write every update before stopping");
+        }
+        // Events queued by the last leaves are written; attempts in flight finish.
+        self.outbox_stop.cancel();
+        if tokio::time::timeout(self.grace, self.outbox_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("webhook deliveries still in flight at stop; they will be retried after the next start");
         }
         self.store.close().await;
         drop(self.core);

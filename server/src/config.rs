@@ -47,6 +47,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub rooms: RoomSettings,
+
+    #[command(flatten)]
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +158,54 @@ pub struct RoomSettings {
     pub compact_after_updates: u32,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct WebhookSettings {
+    /// Waits between a failed webhook attempt and the next, comma-separated;
+    /// each gets ±20 % jitter. After the last, the message has failed.
+    #[arg(long = "webhook-retry-schedule", env = "TANDEM_WEBHOOK_RETRY_SCHEDULE",
+          default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
+    pub retry_schedule: RetrySchedule,
+
+    /// How long a webhook endpoint has to answer before the attempt fails.
+    #[arg(long = "webhook-timeout", env = "TANDEM_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// `document.updated` is sent this long after a document's last change...
+    #[arg(long = "webhook-debounce", env = "TANDEM_WEBHOOK_DEBOUNCE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+
+    /// ...and at most this long after its first unreported change.
+    #[arg(long = "webhook-max-wait", env = "TANDEM_WEBHOOK_MAX_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub max_wait: Duration,
+
+    /// Allow webhooks to loopback, private, link-local and other internal
+    /// addresses (self-hosted intranets, tests). Off: such deliveries fail.
+    #[arg(long = "webhook-allow-private", env = "TANDEM_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private: bool,
+
+    /// Deliveries in flight to one endpoint at once.
+    #[arg(
+        long = "webhook-concurrency",
+        env = "TANDEM_WEBHOOK_CONCURRENCY",
+        default_value_t = 8
+    )]
+    pub concurrency: u32,
+}
+
+/// The waits between attempts of a webhook message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+fn parse_schedule(s: &str) -> Result<RetrySchedule, String> {
+    let waits = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| humantime::parse_duration(p).map_err(|e| format!("`{p}`: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RetrySchedule(waits))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("{0}")]
@@ -188,6 +239,15 @@ impl Settings {
         }
         if r.compact_after_updates < 2 {
             return invalid("TANDEM_COMPACT_AFTER_UPDATES must be at least 2");
+        }
+        let w = &self.webhooks;
+        if w.timeout.is_zero() || w.concurrency == 0 {
+            return invalid(
+                "TANDEM_WEBHOOK_TIMEOUT and TANDEM_WEBHOOK_CONCURRENCY must be above zero",
+            );
+        }
+        if w.max_wait < w.debounce {
+            return invalid("TANDEM_WEBHOOK_MAX_WAIT must be at least TANDEM_WEBHOOK_DEBOUNCE");
         }
         if self.auth.api_key.is_none() && !self.auth.insecure_no_auth && !is_loopback(&self.bind) {
             return invalid("refusing to serve without TANDEM_API_KEY on a non-loopback address; set TANDEM_API_KEY, or pass --insecure-no-auth to run open anyway");
@@ -239,6 +299,24 @@ mod tests {
         .expect("parses");
         assert_eq!(s.bind, "127.0.0.1:0");
         assert_eq!(s.rooms.ping_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn webhook_schedule_parses() {
+        let s = Settings::try_parse_from(["tandem", "--webhook-retry-schedule", "1s, 500ms,2m"])
+            .expect("parses");
+        assert_eq!(
+            s.webhooks.retry_schedule.0,
+            vec![
+                Duration::from_secs(1),
+                Duration::from_millis(500),
+                Duration::from_secs(120)
+            ]
+        );
+        let d = Settings::try_parse_from(["tandem"]).expect("parses");
+        assert_eq!(d.webhooks.retry_schedule.0.len(), 7);
+        assert!(!d.webhooks.allow_private);
+        assert!(Settings::try_parse_from(["tandem", "--webhook-retry-schedule", "5x"]).is_err());
     }
 
     #[test]

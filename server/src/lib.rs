@@ -2,7 +2,8 @@
 //! `main.rs` parses `Settings` and runs `app::App`; a WebSocket frame goes
 //! `routes/ws.rs -> room/session.rs -> room/actor.rs`, which applies it with
 //! `tandem_crdt`, fans it out (`room/fanout.rs`) and hands it to
-//! `room/persist.rs -> store/`.
+//! `room/persist.rs -> store/`. Webhook events go `webhooks/events.rs ->
+//! store (the outbox) -> webhooks/dispatcher.rs`.
 
 pub mod app;
 pub mod auth;
@@ -14,3 +15,4 @@ pub mod room;
 pub mod routes;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

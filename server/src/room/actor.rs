@@ -21,10 +21,14 @@ use super::ConnId;
 use crate::doc_name::DocName;
 use crate::error::CloseCode;
 use crate::store::DocId;
+use crate::webhooks::events;
 
 pub enum RoomCmd {
     Join {
         conn: ConnId,
+        /// The token's `sub`, for webhooks.
+        user: Option<Arc<str>>,
+        read_only: bool,
         outbox: Arc<Outbox>,
         reply: oneshot::Sender<Result<(), JoinRefused>>,
     },
@@ -33,6 +37,7 @@ pub enum RoomCmd {
     Frame {
         conn: ConnId,
         read_only: bool,
+        user: Option<Arc<str>>,
         frame: Bytes,
         messages: Vec<Incoming>,
     },
@@ -74,6 +79,8 @@ pub enum JoinRefused {
 struct Peer {
     conn: ConnId,
     outbox: Arc<Outbox>,
+    user: Option<Arc<str>>,
+    read_only: bool,
 }
 
 pub struct Room {
@@ -116,13 +123,21 @@ pub async fn run(room: Room, rx: mpsc::Receiver<RoomCmd>) {
 async fn load(registry: &Registry, name: &DocName) -> Result<(DocId, DocState), String> {
     let deps = &registry.deps;
     deps.persister.flush().await;
+    let now = crate::store::now_ms();
+    let created = deps
+        .webhooks
+        .wants(events::DOCUMENT_CREATED)
+        .then(|| events::document_created(name.as_str(), now, events::Source::WebSocket));
     let loaded = deps
         .store
-        .load_or_create(name.as_str())
+        .load_or_create(name.as_str(), now, created.as_ref())
         .await
         .map_err(|e| e.to_string())?;
     if loaded.created {
         tracing::info!("document created");
+        if created.is_some() {
+            deps.webhooks.messages_written();
+        }
     }
     let log = loaded.log;
     let rows = log.updates.len();
@@ -179,7 +194,14 @@ impl Room {
             } else {
                 tokio::select! {
                     cmd = rx.recv() => cmd,
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        // Sessions close their sockets with 1001 themselves.
+                        let open = self.peers.len();
+                        for (i, peer) in self.peers.iter().enumerate() {
+                            self.client_event(peer, false, open - i - 1);
+                        }
+                        return;
+                    }
                 }
             };
             let Some(cmd) = cmd else { return };
@@ -194,15 +216,26 @@ impl Room {
         match cmd {
             RoomCmd::Join {
                 conn,
+                user,
+                read_only,
                 outbox,
                 reply,
-            } => self.join(conn, outbox, reply),
+            } => self.join(
+                Peer {
+                    conn,
+                    outbox,
+                    user,
+                    read_only,
+                },
+                reply,
+            ),
             RoomCmd::Frame {
                 conn,
                 read_only,
+                user,
                 frame,
                 messages,
-            } => self.frame(conn, read_only, frame, messages).await,
+            } => self.frame(conn, read_only, user, frame, messages).await,
             RoomCmd::Leave { conn } => self.leave(conn),
             RoomCmd::ApplyUpdate { update, reply } => {
                 let _ = reply.send(self.apply_from_api(update).await);
@@ -223,9 +256,11 @@ impl Room {
         match self.doc.apply_update(&update, limit) {
             Ok(Applied::Changed) => {
                 self.broadcast(None, &protocol::encode_update(&update));
-                Ok(Some(
-                    self.registry.deps.persister.enqueue(self.doc_id, update),
-                ))
+                Ok(Some(self.registry.deps.persister.enqueue(
+                    self.doc_id,
+                    update,
+                    None,
+                )))
             }
             Ok(Applied::Empty) => Ok(None),
             Err(e @ ApplyError::Poisoned(_)) => {
@@ -238,11 +273,21 @@ impl Room {
     }
 
     async fn delete(&mut self, reply: oneshot::Sender<Result<bool, String>>) -> Flow {
-        match self.registry.deps.store.delete(self.name.as_str()).await {
+        let deps = &self.registry.deps;
+        let deleted = deps
+            .webhooks
+            .wants(events::DOCUMENT_DELETED)
+            .then(|| events::document_deleted(self.name.as_str(), crate::store::now_ms()));
+        match deps
+            .store
+            .delete(self.name.as_str(), deleted.as_ref())
+            .await
+        {
             Ok(existed) => {
-                for peer in self.peers.drain(..) {
-                    peer.outbox.close(CloseCode::Deleted, "document deleted");
+                if existed && deleted.is_some() {
+                    deps.webhooks.messages_written();
                 }
+                self.close_all(CloseCode::Deleted, "document deleted");
                 self.registry.remove_if(&self.name, self.id, || true);
                 tracing::info!("document deleted");
                 let _ = reply.send(Ok(existed));
@@ -255,17 +300,13 @@ impl Room {
         }
     }
 
-    fn join(
-        &mut self,
-        conn: ConnId,
-        outbox: Arc<Outbox>,
-        reply: oneshot::Sender<Result<(), JoinRefused>>,
-    ) {
+    fn join(&mut self, peer: Peer, reply: oneshot::Sender<Result<(), JoinRefused>>) {
         if self.peers.len() >= self.registry.deps.limits.max_connections_per_doc {
             let _ = reply.send(Err(JoinRefused::Full));
             return;
         }
         // Sync step 1, then every awareness state (as the reference server does).
+        let outbox = &peer.outbox;
         let mut ok = outbox
             .push(protocol::encode_sync_step1(&self.doc.state_vector()))
             .is_ok();
@@ -273,7 +314,9 @@ impl Room {
             ok &= outbox.push(protocol::encode_awareness(&all)).is_ok();
         }
         if ok && reply.send(Ok(())).is_ok() {
-            self.peers.push(Peer { conn, outbox });
+            let conn = peer.conn;
+            self.client_event(&peer, true, self.peers.len() + 1);
+            self.peers.push(peer);
             self.count_clients();
             tracing::debug!(%conn, peers = self.peers.len(), "joined");
         }
@@ -281,8 +324,9 @@ impl Room {
 
     fn leave(&mut self, conn: ConnId) {
         if let Some(i) = self.peers.iter().position(|p| p.conn == conn) {
-            self.peers.swap_remove(i);
+            let peer = self.peers.swap_remove(i);
             self.count_clients();
+            self.client_event(&peer, false, self.peers.len());
         }
         if let Some(removal) = self.awareness.remove_owner(conn.0) {
             self.broadcast(None, &protocol::encode_awareness(&removal));
@@ -293,10 +337,36 @@ impl Room {
         tracing::debug!(%conn, peers = self.peers.len(), "left");
     }
 
+    /// `client.connected` / `client.disconnected`, when an endpoint listens.
+    fn client_event(&self, peer: &Peer, connected: bool, clients: usize) {
+        let webhooks = &self.registry.deps.webhooks;
+        let event_type = if connected {
+            events::CLIENT_CONNECTED
+        } else {
+            events::CLIENT_DISCONNECTED
+        };
+        if !webhooks.wants(event_type) {
+            return;
+        }
+        let connection = webhooks.connection_id(peer.conn);
+        webhooks.emit(events::client(
+            &events::ClientEvent {
+                connected,
+                doc: self.name.as_str(),
+                connection: &connection,
+                user: peer.user.as_deref(),
+                read_only: peer.read_only,
+                clients,
+            },
+            crate::store::now_ms(),
+        ));
+    }
+
     async fn frame(
         &mut self,
         conn: ConnId,
         read_only: bool,
+        user: Option<Arc<str>>,
         frame: Bytes,
         messages: Vec<Incoming>,
     ) {
@@ -314,12 +384,12 @@ impl Room {
                 }
                 Incoming::Update(update) => {
                     let relay = single.then(|| frame.clone());
-                    if !self.apply(conn, update, relay).await {
+                    if !self.apply(conn, &user, update, relay).await {
                         return;
                     }
                 }
                 Incoming::SyncStep2(update) => {
-                    if !self.apply(conn, update, None).await {
+                    if !self.apply(conn, &user, update, None).await {
                         return;
                     }
                 }
@@ -345,7 +415,13 @@ impl Room {
 
     /// Applies, relays and persists one update. Returns false when the
     /// sender was closed for it.
-    async fn apply(&mut self, conn: ConnId, update: Bytes, relay: Option<Bytes>) -> bool {
+    async fn apply(
+        &mut self,
+        conn: ConnId,
+        user: &Option<Arc<str>>,
+        update: Bytes,
+        relay: Option<Bytes>,
+    ) -> bool {
         let limit = self.registry.deps.limits.max_document_bytes;
         match self.doc.apply_update(&update, limit) {
             Ok(Applied::Changed) => {
@@ -354,7 +430,10 @@ impl Room {
                 metrics.update_bytes_received.increment(update.len() as u64);
                 let frame = relay.unwrap_or_else(|| protocol::encode_update(&update));
                 self.broadcast(Some(conn), &frame);
-                self.registry.deps.persister.enqueue(self.doc_id, update);
+                self.registry
+                    .deps
+                    .persister
+                    .enqueue(self.doc_id, update, user.clone());
                 true
             }
             Ok(Applied::Empty) => true,
@@ -388,10 +467,7 @@ impl Room {
             }
             Err(e) => {
                 tracing::error!(error = %e, "reloading failed; closing the room");
-                for p in self.peers.drain(..) {
-                    p.outbox
-                        .close(CloseCode::InternalError, "document unavailable");
-                }
+                self.close_all(CloseCode::InternalError, "document unavailable");
                 self.registry.remove_if(&self.name, self.id, || true);
             }
         }
@@ -434,6 +510,7 @@ impl Room {
     fn drop_peer(&mut self, i: usize) {
         let peer = self.peers.swap_remove(i);
         self.count_clients();
+        self.client_event(&peer, false, self.peers.len());
         if peer.outbox.close_code() == Some(CloseCode::TryAgainLater) {
             self.registry.deps.metrics.clients_dropped_slow.increment(1);
         }
@@ -441,6 +518,15 @@ impl Room {
         if let Some(removal) = self.awareness.remove_owner(peer.conn.0) {
             self.broadcast(None, &protocol::encode_awareness(&removal));
         }
+    }
+
+    /// Closes every connection (each gets its `client.disconnected`).
+    fn close_all(&mut self, code: CloseCode, reason: &'static str) {
+        while let Some(peer) = self.peers.pop() {
+            peer.outbox.close(code, reason);
+            self.client_event(&peer, false, self.peers.len());
+        }
+        self.count_clients();
     }
 
     fn close_peer(&mut self, conn: ConnId, code: CloseCode, reason: &'static str) {

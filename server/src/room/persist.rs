@@ -16,7 +16,8 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{DocId, PendingUpdate, Store};
+use crate::store::{now_ms, DocId, PendingUpdate, Store};
+use crate::webhooks::Webhooks;
 
 #[derive(Clone)]
 pub struct Persister {
@@ -25,6 +26,7 @@ pub struct Persister {
 
 struct Inner {
     store: Arc<dyn Store>,
+    webhooks: Arc<Webhooks>,
     metrics: crate::metrics::Metrics,
     queue: Mutex<Queue>,
     wake: Notify,
@@ -43,10 +45,15 @@ const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Persister {
-    pub fn new(store: Arc<dyn Store>, metrics: crate::metrics::Metrics) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: crate::metrics::Metrics,
+        webhooks: Arc<Webhooks>,
+    ) -> Self {
         Persister {
             inner: Arc::new(Inner {
                 store,
+                webhooks,
                 metrics,
                 queue: Mutex::new(Queue::default()),
                 wake: Notify::new(),
@@ -56,10 +63,10 @@ impl Persister {
     }
 
     /// Queues an update for the next commit and returns its sequence number.
-    pub fn enqueue(&self, doc_id: DocId, data: Bytes) -> u64 {
+    pub fn enqueue(&self, doc_id: DocId, data: Bytes, user: Option<Arc<str>>) -> u64 {
         let seq = {
             let mut q = lock(&self.inner.queue);
-            q.updates.push(PendingUpdate { doc_id, data });
+            q.updates.push(PendingUpdate { doc_id, data, user });
             q.last_seq += 1;
             q.last_seq
         };
@@ -105,8 +112,14 @@ impl Persister {
                 continue;
             }
             let started = std::time::Instant::now();
-            match self.inner.store.append(&batch).await {
+            // Changes are counted for `document.updated` only when someone listens.
+            let webhooks = &self.inner.webhooks;
+            let track = webhooks.wants(crate::webhooks::events::DOCUMENT_UPDATED);
+            match self.inner.store.append(&batch, track).await {
                 Ok(()) => {
+                    if track {
+                        webhooks.note_changes(batch.iter().map(|u| u.doc_id), now_ms());
+                    }
                     backoff = RETRY_BACKOFF_MIN;
                     let metrics = &self.inner.metrics;
                     metrics

@@ -50,6 +50,7 @@ pub struct RoomDeps {
     /// Rooms run here, apart from the HTTP workers that drive the sockets,
     /// so a busy room never delays the writing of its own frames.
     pub runtime: tokio::runtime::Handle,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 pub struct Registry {

@@ -37,6 +37,8 @@ pub struct Session {
     pub conn: ConnId,
     pub name: DocName,
     pub read_only: bool,
+    /// The token's `sub`, if any.
+    pub user: Option<Arc<str>>,
     /// When the connection's token expires (unix seconds): it is closed then with 4401.
     pub expires_at: Option<u64>,
     /// Set by the connection's `FrameGuard` when a frame was over the limit.
@@ -158,6 +160,8 @@ impl Session {
             let (reply, answer) = oneshot::channel();
             let cmd = RoomCmd::Join {
                 conn: self.conn,
+                user: self.user.clone(),
+                read_only: self.read_only,
                 outbox: Arc::clone(&self.outbox),
                 reply,
             };
@@ -197,6 +201,7 @@ impl Session {
         let cmd = RoomCmd::Frame {
             conn: self.conn,
             read_only: self.read_only,
+            user: self.user.clone(),
             frame,
             messages,
         };

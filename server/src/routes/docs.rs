@@ -18,6 +18,7 @@ use crate::doc_name::DocName;
 use crate::error::ApiError;
 use crate::room::actor::RoomCmd;
 use crate::store::DocMeta;
+use crate::webhooks::events;
 
 /// How long `POST …/update` waits for its write to become durable.
 const DURABLE_WAIT: Duration = Duration::from_secs(30);
@@ -139,11 +140,19 @@ pub async fn create(
         Some(id) => parse_name(&id)?,
         None => parse_name(&uuid::Uuid::new_v4().to_string())?,
     };
+    let now = crate::store::now_ms();
+    let created = state
+        .webhooks
+        .wants(events::DOCUMENT_CREATED)
+        .then(|| events::document_created(name.as_str(), now, events::Source::Api));
     let meta = state
         .store
-        .create(name.as_str())
+        .create(name.as_str(), now, created.as_ref())
         .await?
         .ok_or_else(|| ApiError::Conflict(format!("a document named {name:?} exists")))?;
+    if created.is_some() {
+        state.webhooks.messages_written();
+    }
     tracing::info!(doc = %name, "document created through the API");
     Ok(HttpResponse::Created().json(info(&state, meta)))
 }

@@ -7,6 +7,7 @@ pub mod editor;
 pub mod health;
 pub mod openapi;
 pub mod tokens;
+pub mod webhooks;
 pub mod ws;
 
 use actix_web::body::MessageBody;
@@ -67,6 +68,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/docs/{id}/update", web::get().to(docs::read_update))
             .route("/docs/{id}/update", web::post().to(docs::apply_update))
             .route("/docs/{id}/json", web::get().to(docs::json))
+            .route("/webhooks", web::post().to(webhooks::create))
+            .route("/webhooks", web::get().to(webhooks::list))
+            .route("/webhooks/{id}", web::get().to(webhooks::get))
+            .route("/webhooks/{id}", web::patch().to(webhooks::update))
+            .route("/webhooks/{id}", web::delete().to(webhooks::delete))
+            .route(
+                "/webhooks/{id}/rotate-secret",
+                web::post().to(webhooks::rotate_secret),
+            )
+            .route("/webhooks/{id}/test", web::post().to(webhooks::test))
+            .route(
+                "/webhooks/{id}/deliveries",
+                web::get().to(webhooks::deliveries),
+            )
+            .route(
+                "/webhooks/{id}/deliveries/{delivery}/retry",
+                web::post().to(webhooks::retry),
+            )
             .default_service(web::to(not_found)),
     );
 }

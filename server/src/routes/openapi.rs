@@ -5,20 +5,25 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{docs, health, tokens, ws};
+use super::{docs, health, tokens, webhooks, ws};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tandem", description = "Self-hosted real-time collaboration server: the document API."),
+    info(title = "Tandem", description = "Self-hosted real-time collaboration server: the document and webhook API."),
     paths(
         docs::create, docs::list, docs::get, docs::delete,
         docs::read_update, docs::apply_update, docs::json,
         tokens::mint, ws::connect,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
+        webhooks::rotate_secret, webhooks::test, webhooks::deliveries, webhooks::retry,
         health::healthz, health::readyz, health::metrics, document,
     ),
     components(schemas(
         docs::DocInfo, docs::DocList, docs::CreateDoc, docs::Applied,
         tokens::TokenRequest, tokens::TokenResponse, crate::auth::Perm, ErrorBody, ErrorDetail,
+        webhooks::Endpoint, webhooks::EndpointList, webhooks::CreateEndpoint,
+        webhooks::UpdateEndpoint, webhooks::DeliveryRef, webhooks::Attempt, webhooks::Delivery,
+        webhooks::DeliveryList,
     )),
     modifiers(&ApiKey),
     security(("api_key" = [])),

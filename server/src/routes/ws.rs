@@ -91,6 +91,7 @@ pub async fn connect(
         conn,
         name: name.clone(),
         read_only: access.perm == Perm::Read,
+        user: access.user.as_deref().map(Arc::from),
         expires_at: access.expires_at,
         oversize,
         outbox,

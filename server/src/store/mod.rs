@@ -53,15 +53,153 @@ pub struct DocMeta {
 pub struct PendingUpdate {
     pub doc_id: DocId,
     pub data: bytes::Bytes,
+    /// Who wrote it (a token's `sub`), for `document.updated`.
+    pub user: Option<std::sync::Arc<str>>,
 }
+
+/// A webhook event for the outbox. Writing it creates one message for each
+/// enabled endpoint subscribed to `event_type`, in the same transaction.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: &'static str,
+    /// The JSON body endpoints receive.
+    pub payload: String,
+    /// The body for endpoints that asked for the document's content.
+    pub payload_with_content: Option<String>,
+}
+
+/// A webhook endpoint as stored. `Debug` hides the secrets.
+#[derive(Clone)]
+pub struct EndpointRow {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    pub include_content: bool,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    /// Unix milliseconds.
+    pub previous_secret_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for EndpointRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointRow")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change to an endpoint; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+    pub description: Option<Option<String>>,
+    pub include_content: Option<bool>,
+}
+
+/// A message leased for an attempt.
+#[derive(Debug, Clone)]
+pub struct DueMessage {
+    pub id: String,
+    pub endpoint_id: String,
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// What became of an attempt, and so of its message.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Delivered,
+    /// Failed; the next attempt is due at this time (unix ms).
+    RetryAt(i64),
+    /// Failed for the last time. The endpoint is disabled with this reason
+    /// unless something was delivered to it since the message's first attempt.
+    GaveUp {
+        disable_reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub message_id: String,
+    pub endpoint_id: String,
+    /// Unix milliseconds.
+    pub attempted_at: i64,
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// One message in an endpoint's delivery log, with its attempts.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub event_type: String,
+    pub status: String,
+    pub payload: String,
+    pub created_at: i64,
+    pub next_attempt_at: Option<i64>,
+    /// Position in the log, for the cursor.
+    pub seq: i64,
+    pub attempts: Vec<AttemptRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub attempted_at: i64,
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    pub next_retry_at: Option<i64>,
+}
+
+/// A document's changes not yet reported in a `document.updated` event.
+#[derive(Debug, Clone)]
+pub struct DocChanges {
+    pub doc_id: DocId,
+    pub name: String,
+    pub updates: i64,
+    pub bytes: i64,
+    /// Sorted, distinct.
+    pub users: Vec<String>,
+    pub first_change_at: i64,
+    pub last_change_at: i64,
+}
+
+/// Builds a `document.updated` event from the changes it reports.
+pub type ChangesEvent<'a> = &'a (dyn Fn(&DocChanges) -> NewEvent + Send + Sync);
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Loads the document named `name`, creating it (empty) when absent.
-    async fn load_or_create(&self, name: &str) -> Result<LoadedDoc, StoreError>;
+    /// Loads the document named `name`, creating it (empty, at `now`) when
+    /// absent; `created` is written with the document when it is created.
+    async fn load_or_create(
+        &self,
+        name: &str,
+        now: i64,
+        created: Option<&NewEvent>,
+    ) -> Result<LoadedDoc, StoreError>;
 
-    /// Creates an empty document; `None` when the name is taken.
-    async fn create(&self, name: &str) -> Result<Option<DocMeta>, StoreError>;
+    /// Creates an empty document at `now`, with its `created` event; `None`
+    /// when the name is taken.
+    async fn create(
+        &self,
+        name: &str,
+        now: i64,
+        created: Option<&NewEvent>,
+    ) -> Result<Option<DocMeta>, StoreError>;
 
     /// The document named `name`, if it exists.
     async fn get(&self, name: &str) -> Result<Option<DocMeta>, StoreError>;
@@ -77,13 +215,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<DocMeta>, StoreError>;
 
-    /// Deletes the document, its log and its snapshot in one transaction.
-    /// Returns whether it existed.
-    async fn delete(&self, name: &str) -> Result<bool, StoreError>;
+    /// Deletes the document, its log and its snapshot in one transaction,
+    /// with its `deleted` event. Returns whether it existed.
+    async fn delete(&self, name: &str, deleted: Option<&NewEvent>) -> Result<bool, StoreError>;
 
     /// Appends a batch of updates in one transaction: all or nothing.
-    /// Updates of documents that no longer exist are skipped.
-    async fn append(&self, batch: &[PendingUpdate]) -> Result<(), StoreError>;
+    /// Updates of documents that no longer exist are skipped. With
+    /// `track_changes`, the same transaction adds them to `doc_changes`.
+    async fn append(&self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError>;
 
     /// Documents whose log holds at least `min_updates` updates.
     async fn compaction_candidates(&self, min_updates: u32) -> Result<Vec<DocId>, StoreError>;
@@ -99,6 +238,87 @@ pub trait Store: Send + Sync + 'static {
         snapshot: &[u8],
         upto_id: i64,
     ) -> Result<(), StoreError>;
+
+    // --- webhooks ---
+
+    /// Writes events to the outbox in one transaction.
+    async fn enqueue_events(&self, events: &[NewEvent], now: i64) -> Result<(), StoreError>;
+
+    /// Writes one message for one endpoint (the test event).
+    async fn enqueue_message(
+        &self,
+        endpoint_id: &str,
+        message_id: &str,
+        event: &NewEvent,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    async fn create_endpoint(&self, endpoint: &EndpointRow) -> Result<(), StoreError>;
+    async fn list_endpoints(&self) -> Result<Vec<EndpointRow>, StoreError>;
+    async fn get_endpoint(&self, id: &str) -> Result<Option<EndpointRow>, StoreError>;
+    async fn update_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+        now: i64,
+    ) -> Result<Option<EndpointRow>, StoreError>;
+    /// Replaces the secret, keeping the old one until `previous_expires_at`.
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        previous_expires_at: i64,
+        now: i64,
+    ) -> Result<Option<EndpointRow>, StoreError>;
+    async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Leases up to `limit` due messages of enabled endpoints (at most
+    /// `per_endpoint` each, none of `busy` endpoints) until `lease_until`.
+    async fn lease_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        per_endpoint: u32,
+        busy: &[String],
+    ) -> Result<Vec<DueMessage>, StoreError>;
+
+    /// Records an attempt and its outcome in one transaction. Returns
+    /// whether the endpoint was disabled by it.
+    async fn record_attempt(&self, attempt: &AttemptRecord) -> Result<bool, StoreError>;
+
+    /// An endpoint's delivery log, newest first, before position `before`.
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        status: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// Makes a message due now. Returns false when the endpoint has no such message.
+    async fn retry_message(
+        &self,
+        endpoint_id: &str,
+        message_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Documents with unreported changes: `(doc_id, first_change_at, last_change_at)`.
+    async fn pending_changes(&self) -> Result<Vec<(DocId, i64, i64)>, StoreError>;
+
+    /// The name of the document `doc_id`, if it exists.
+    async fn doc_name(&self, doc_id: DocId) -> Result<Option<String>, StoreError>;
+
+    /// Turns a document's unreported changes into an event (built by
+    /// `event`) and clears them, in one transaction. Returns false when
+    /// there were none.
+    async fn report_changes(
+        &self,
+        doc_id: DocId,
+        now: i64,
+        event: ChangesEvent<'_>,
+    ) -> Result<bool, StoreError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -9,7 +9,13 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
-use super::{now_ms, DocId, DocLog, DocMeta, LoadedDoc, PendingUpdate, Store, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    now_ms, AttemptRecord, AttemptRow, ChangesEvent, DeliveryRow, DocChanges, DocId, DocLog,
+    DocMeta, DueMessage, EndpointPatch, EndpointRow, LoadedDoc, NewEvent, Outcome, PendingUpdate,
+    Store, StoreError,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -61,14 +67,70 @@ fn meta(row: &sqlx::sqlite::SqliteRow) -> Result<DocMeta, StoreError> {
     })
 }
 
+const ENDPOINT_COLUMNS: &str = "id, url, events, description, include_content, enabled, \
+    disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at";
+
+fn endpoint(row: &sqlx::sqlite::SqliteRow) -> Result<EndpointRow, StoreError> {
+    let events: String = row.try_get(2)?;
+    Ok(EndpointRow {
+        id: row.try_get(0)?,
+        url: row.try_get(1)?,
+        // A row this server wrote; an unreadable one subscribes to nothing.
+        events: serde_json::from_str(&events).unwrap_or_default(),
+        description: row.try_get(3)?,
+        include_content: row.try_get(4)?,
+        enabled: row.try_get(5)?,
+        disabled_reason: row.try_get(6)?,
+        secret: row.try_get(7)?,
+        previous_secret: row.try_get(8)?,
+        previous_secret_expires_at: row.try_get(9)?,
+        created_at: row.try_get(10)?,
+        updated_at: row.try_get(11)?,
+    })
+}
+
+fn events_json(events: &[String]) -> String {
+    serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
+}
+
+/// Writes one message per enabled endpoint subscribed to the event's type.
+async fn fan_out(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    event: &NewEvent,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO webhook_messages
+           (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
+         SELECT 'msg_' || lower(hex(randomblob(16))), e.id, $1,
+           CASE WHEN e.include_content AND $3 IS NOT NULL THEN $3 ELSE $2 END,
+           'pending', $4, $4
+         FROM webhook_endpoints e
+         WHERE e.enabled = 1
+           AND EXISTS (SELECT 1 FROM json_each(e.events) j WHERE j.value IN ($1, '*'))",
+    )
+    .bind(event.event_type)
+    .bind(&event.payload)
+    .bind(&event.payload_with_content)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 fn create_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn load_or_create(&self, name: &str) -> Result<LoadedDoc, StoreError> {
-        if let Some(meta) = self.create(name).await? {
+    async fn load_or_create(
+        &self,
+        name: &str,
+        now: i64,
+        created: Option<&NewEvent>,
+    ) -> Result<LoadedDoc, StoreError> {
+        if let Some(meta) = self.create(name, now, created).await? {
             return Ok(LoadedDoc {
                 id: meta.id,
                 created: true,
@@ -86,26 +148,35 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn create(&self, name: &str) -> Result<Option<DocMeta>, StoreError> {
-        let now = now_ms();
+    async fn create(
+        &self,
+        name: &str,
+        now: i64,
+        created: Option<&NewEvent>,
+    ) -> Result<Option<DocMeta>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "INSERT INTO documents (name, created_at, updated_at) VALUES ($1, $2, $2)
              ON CONFLICT (name) DO NOTHING RETURNING id",
         )
         .bind(name)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        match row {
-            Some(row) => Ok(Some(DocMeta {
-                id: row.try_get(0)?,
-                name: name.to_string(),
-                created_at: now,
-                updated_at: now,
-                size_bytes: 0,
-            })),
-            None => Ok(None),
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if let Some(event) = created {
+            fan_out(&mut tx, event, now).await?;
         }
+        tx.commit().await?;
+        Ok(Some(DocMeta {
+            id: row.try_get(0)?,
+            name: name.to_string(),
+            created_at: now,
+            updated_at: now,
+            size_bytes: 0,
+        }))
     }
 
     async fn get(&self, name: &str) -> Result<Option<DocMeta>, StoreError> {
@@ -138,16 +209,22 @@ impl Store for SqliteStore {
         rows.iter().map(meta).collect()
     }
 
-    async fn delete(&self, name: &str) -> Result<bool, StoreError> {
-        // Foreign keys cascade to the log and the snapshot.
+    async fn delete(&self, name: &str, deleted: Option<&NewEvent>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Foreign keys cascade to the log, the snapshot and unreported changes.
         let done = sqlx::query("DELETE FROM documents WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        let existed = done.rows_affected() > 0;
+        if let (true, Some(event)) = (existed, deleted) {
+            fan_out(&mut tx, event, now_ms()).await?;
+        }
+        tx.commit().await?;
+        Ok(existed)
     }
 
-    async fn append(&self, batch: &[PendingUpdate]) -> Result<(), StoreError> {
+    async fn append(&self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -168,14 +245,44 @@ impl Store for SqliteStore {
             q.push(") AS v JOIN documents d ON d.id = v.column1");
             q.build().execute(&mut *tx).await?;
         }
-        let mut per_doc: std::collections::BTreeMap<DocId, (i64, i64)> = Default::default();
+        let mut per_doc: BTreeMap<DocId, (i64, i64, BTreeSet<&str>)> = BTreeMap::new();
         for u in batch {
             let e = per_doc.entry(u.doc_id).or_default();
             e.0 += 1;
             e.1 += i64::try_from(u.data.len()).unwrap_or(i64::MAX);
+            if let Some(user) = &u.user {
+                e.2.insert(user);
+            }
         }
         let now = now_ms();
-        for (doc_id, (count, bytes)) in per_doc {
+        if track_changes {
+            for (doc_id, (count, bytes, users)) in &per_doc {
+                sqlx::query(
+                    "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at)
+                     SELECT $1, $2, $3, $4, $4 WHERE EXISTS (SELECT 1 FROM documents WHERE id = $1)
+                     ON CONFLICT (doc_id) DO UPDATE SET updates = updates + excluded.updates,
+                       bytes = bytes + excluded.bytes, last_change_at = excluded.last_change_at",
+                )
+                .bind(doc_id)
+                .bind(count)
+                .bind(bytes)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                for user in users {
+                    sqlx::query(
+                        "INSERT INTO doc_change_users (doc_id, user)
+                         SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM doc_changes WHERE doc_id = $1)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(doc_id)
+                    .bind(*user)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        for (doc_id, (count, bytes, _)) in per_doc {
             sqlx::query(
                 "UPDATE documents SET updated_at = $1, log_count = log_count + $2,
                  size_bytes = size_bytes + $3 WHERE id = $4",
@@ -251,6 +358,407 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn enqueue_events(&self, events: &[NewEvent], now: i64) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for event in events {
+            fan_out(&mut tx, event, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enqueue_message(
+        &self,
+        endpoint_id: &str,
+        message_id: &str,
+        event: &NewEvent,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_messages
+               (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
+        )
+        .bind(message_id)
+        .bind(endpoint_id)
+        .bind(event.event_type)
+        .bind(&event.payload)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_endpoint(&self, e: &EndpointRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, url, events, description, include_content, enabled,
+               disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&e.id)
+        .bind(&e.url)
+        .bind(events_json(&e.events))
+        .bind(&e.description)
+        .bind(e.include_content)
+        .bind(e.enabled)
+        .bind(&e.disabled_reason)
+        .bind(&e.secret)
+        .bind(&e.previous_secret)
+        .bind(e.previous_secret_expires_at)
+        .bind(e.created_at)
+        .bind(e.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_endpoints(&self) -> Result<Vec<EndpointRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(endpoint).collect()
+    }
+
+    async fn get_endpoint(&self, id: &str) -> Result<Option<EndpointRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(endpoint).transpose()
+    }
+
+    async fn update_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+        now: i64,
+    ) -> Result<Option<EndpointRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(mut e) = row.as_ref().map(endpoint).transpose()? else {
+            return Ok(None);
+        };
+        if let Some(url) = &patch.url {
+            e.url = url.clone();
+        }
+        if let Some(events) = &patch.events {
+            e.events = events.clone();
+        }
+        if let Some(description) = &patch.description {
+            e.description = description.clone();
+        }
+        if let Some(include_content) = patch.include_content {
+            e.include_content = include_content;
+        }
+        if let Some(enabled) = patch.enabled {
+            if enabled {
+                e.disabled_reason = None;
+            } else if e.enabled {
+                e.disabled_reason = Some("disabled through the API".into());
+            }
+            e.enabled = enabled;
+        }
+        e.updated_at = now;
+        sqlx::query(
+            "UPDATE webhook_endpoints SET url = $2, events = $3, description = $4,
+               include_content = $5, enabled = $6, disabled_reason = $7, updated_at = $8
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&e.url)
+        .bind(events_json(&e.events))
+        .bind(&e.description)
+        .bind(e.include_content)
+        .bind(e.enabled)
+        .bind(&e.disabled_reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(e))
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        previous_expires_at: i64,
+        now: i64,
+    ) -> Result<Option<EndpointRow>, StoreError> {
+        let done = sqlx::query(
+            "UPDATE webhook_endpoints SET previous_secret = secret,
+               previous_secret_expires_at = $3, secret = $2, updated_at = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(secret)
+        .bind(previous_expires_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_endpoint(id).await
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn lease_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        per_endpoint: u32,
+        busy: &[String],
+    ) -> Result<Vec<DueMessage>, StoreError> {
+        let mut q = QueryBuilder::new("UPDATE webhook_messages SET next_attempt_at = ");
+        q.push_bind(lease_until);
+        q.push(", first_attempt_at = COALESCE(first_attempt_at, ");
+        q.push_bind(now);
+        q.push(
+            ") WHERE id IN (SELECT id FROM (
+               SELECT m.id, m.next_attempt_at,
+                 ROW_NUMBER() OVER (PARTITION BY m.endpoint_id ORDER BY m.next_attempt_at) AS rn
+               FROM webhook_messages m JOIN webhook_endpoints e ON e.id = m.endpoint_id
+               WHERE m.status = 'pending' AND e.enabled = 1 AND m.next_attempt_at <= ",
+        );
+        q.push_bind(now);
+        if !busy.is_empty() {
+            q.push(" AND m.endpoint_id NOT IN (");
+            let mut sep = q.separated(", ");
+            for id in busy {
+                sep.push_bind(id);
+            }
+            q.push(")");
+        }
+        q.push(") WHERE rn <= ");
+        q.push_bind(i64::from(per_endpoint));
+        q.push(" ORDER BY next_attempt_at LIMIT ");
+        q.push_bind(i64::from(limit));
+        q.push(") RETURNING id, endpoint_id, payload, attempts");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueMessage {
+                    id: r.try_get(0)?,
+                    endpoint_id: r.try_get(1)?,
+                    payload: r.try_get(2)?,
+                    attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    async fn record_attempt(&self, a: &AttemptRecord) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let next_retry_at = match a.outcome {
+            Outcome::RetryAt(at) => Some(at),
+            _ => None,
+        };
+        // The message may have been deleted with its endpoint meanwhile.
+        sqlx::query(
+            "INSERT INTO webhook_attempts (message_id, attempted_at, status_code, latency_ms, error, next_retry_at)
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhook_messages WHERE id = $1)",
+        )
+        .bind(&a.message_id)
+        .bind(a.attempted_at)
+        .bind(a.status_code.map(i64::from))
+        .bind(a.latency_ms)
+        .bind(&a.error)
+        .bind(next_retry_at)
+        .execute(&mut *tx)
+        .await?;
+        let (status, next) = match a.outcome {
+            Outcome::Delivered => ("delivered", None),
+            Outcome::RetryAt(at) => ("pending", Some(at)),
+            Outcome::GaveUp { .. } => ("failed", None),
+        };
+        sqlx::query(
+            "UPDATE webhook_messages SET status = $2, next_attempt_at = $3, attempts = attempts + 1
+             WHERE id = $1",
+        )
+        .bind(&a.message_id)
+        .bind(status)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+        let mut disabled = false;
+        match &a.outcome {
+            Outcome::Delivered => {
+                sqlx::query("UPDATE webhook_endpoints SET last_success_at = $2 WHERE id = $1")
+                    .bind(&a.endpoint_id)
+                    .bind(a.attempted_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Outcome::GaveUp { disable_reason } => {
+                let done = sqlx::query(
+                    "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = $2, updated_at = $3
+                     WHERE id = $1 AND enabled = 1 AND (last_success_at IS NULL OR last_success_at <
+                       (SELECT COALESCE(first_attempt_at, 0) FROM webhook_messages WHERE id = $4))",
+                )
+                .bind(&a.endpoint_id)
+                .bind(disable_reason)
+                .bind(a.attempted_at)
+                .bind(&a.message_id)
+                .execute(&mut *tx)
+                .await?;
+                disabled = done.rows_affected() > 0;
+            }
+            Outcome::RetryAt(_) => {}
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    }
+
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        status: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rowid, id, event_type, status, payload, created_at, next_attempt_at
+             FROM webhook_messages
+             WHERE endpoint_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR rowid < $3)
+             ORDER BY rowid DESC LIMIT $4",
+        )
+        .bind(endpoint_id)
+        .bind(status)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get(1)?;
+            let attempts = sqlx::query(
+                "SELECT attempted_at, status_code, latency_ms, error, next_retry_at
+                 FROM webhook_attempts WHERE message_id = $1 ORDER BY id",
+            )
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|a| {
+                Ok(AttemptRow {
+                    attempted_at: a.try_get(0)?,
+                    status_code: a.try_get(1)?,
+                    latency_ms: a.try_get(2)?,
+                    error: a.try_get(3)?,
+                    next_retry_at: a.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            out.push(DeliveryRow {
+                seq: r.try_get(0)?,
+                id,
+                event_type: r.try_get(2)?,
+                status: r.try_get(3)?,
+                payload: r.try_get(4)?,
+                created_at: r.try_get(5)?,
+                next_attempt_at: r.try_get(6)?,
+                attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn retry_message(
+        &self,
+        endpoint_id: &str,
+        message_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE webhook_messages SET status = 'pending', next_attempt_at = $3
+             WHERE id = $2 AND endpoint_id = $1",
+        )
+        .bind(endpoint_id)
+        .bind(message_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn pending_changes(&self) -> Result<Vec<(DocId, i64, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT doc_id, first_change_at, last_change_at FROM doc_changes")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    async fn doc_name(&self, doc_id: DocId) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM documents WHERE id = $1")
+                .bind(doc_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn report_changes(
+        &self,
+        doc_id: DocId,
+        now: i64,
+        event: ChangesEvent<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at
+             FROM doc_changes c JOIN documents d ON d.id = c.doc_id WHERE c.doc_id = $1",
+        )
+        .bind(doc_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let users: Vec<String> =
+            sqlx::query_scalar("SELECT user FROM doc_change_users WHERE doc_id = $1 ORDER BY user")
+                .bind(doc_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let changes = DocChanges {
+            doc_id,
+            name: row.try_get(0)?,
+            updates: row.try_get(1)?,
+            bytes: row.try_get(2)?,
+            users,
+            first_change_at: row.try_get(3)?,
+            last_change_at: row.try_get(4)?,
+        };
+        fan_out(&mut tx, &event(&changes), now).await?;
+        sqlx::query("DELETE FROM doc_changes WHERE doc_id = $1")
+            .bind(doc_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,483 @@
+//! The webhook API (SPEC §5): endpoints, secret rotation, the test event,
+//! the delivery log and manual retries. Every change to an endpoint
+//! refreshes what the server knows endpoints listen to.
+
+use actix_web::{web, HttpResponse};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::store::{now_ms, DeliveryRow, EndpointPatch, EndpointRow};
+use crate::webhooks::events::{self, rfc3339};
+use crate::webhooks::{signer, ssrf};
+
+/// How long a rotated-out secret keeps signing beside the new one.
+const ROTATION_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 200;
+const MAX_URL_LEN: usize = 2048;
+const MAX_DESCRIPTION_LEN: usize = 1024;
+
+/// A webhook endpoint. `secret` appears only when it is created or rotated.
+#[derive(Serialize, ToSchema)]
+pub struct Endpoint {
+    /// `ep_…`
+    pub id: String,
+    pub url: String,
+    /// Event types, or `["*"]`.
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    /// Whether `document.updated` carries the document's JSON.
+    pub include_content: bool,
+    pub enabled: bool,
+    /// Why it was disabled, when it was.
+    pub disabled_reason: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// The signing secret (`whsec_…`): shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Until when the previous secret also signs (RFC 3339), after a rotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EndpointList {
+    pub items: Vec<Endpoint>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    /// Absolute `http://` or `https://` URL.
+    pub url: String,
+    /// Event types, or `["*"]`.
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub include_content: bool,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEndpoint {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    /// `true` re-enables a disabled endpoint and clears its reason.
+    pub enabled: Option<bool>,
+    pub description: Option<String>,
+    pub include_content: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryRef {
+    /// The message id (the `webhook-id` header).
+    pub delivery: String,
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Attempt {
+    /// RFC 3339.
+    pub attempted_at: String,
+    /// The HTTP status answered, if any.
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    /// RFC 3339: when the next attempt is due, after a failure.
+    pub next_retry_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Delivery {
+    /// The message id: the `webhook-id` header, the same on every attempt.
+    pub id: String,
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, while pending.
+    pub next_attempt_at: Option<String>,
+    /// The JSON body sent.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    /// Oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub items: Vec<Delivery>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct DeliveryQuery {
+    /// `pending`, `delivered` or `failed`.
+    pub status: Option<String>,
+    /// 1–200 (default 50).
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+fn view(e: EndpointRow, show_secret: bool) -> Endpoint {
+    Endpoint {
+        previous_secret_expires_at: show_secret
+            .then_some(e.previous_secret_expires_at)
+            .flatten()
+            .map(rfc3339),
+        secret: show_secret.then_some(e.secret),
+        id: e.id,
+        url: e.url,
+        events: e.events,
+        description: e.description,
+        include_content: e.include_content,
+        enabled: e.enabled,
+        disabled_reason: e.disabled_reason,
+        created_at: rfc3339(e.created_at),
+        updated_at: rfc3339(e.updated_at),
+    }
+}
+
+fn delivery(d: DeliveryRow) -> Delivery {
+    Delivery {
+        payload: serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null),
+        id: d.id,
+        event_type: d.event_type,
+        status: d.status,
+        created_at: rfc3339(d.created_at),
+        next_attempt_at: d.next_attempt_at.map(rfc3339),
+        attempts: d
+            .attempts
+            .into_iter()
+            .map(|a| Attempt {
+                attempted_at: rfc3339(a.attempted_at),
+                status_code: a.status_code,
+                latency_ms: a.latency_ms,
+                error: a.error,
+                next_retry_at: a.next_retry_at.map(rfc3339),
+            })
+            .collect(),
+    }
+}
+
+/// An absolute http(s) URL, not a literal internal address unless allowed.
+fn check_url(state: &AppState, raw: &str) -> Result<String, ApiError> {
+    let bad = |m: String| ApiError::bad_request("invalid_url", m);
+    if raw.len() > MAX_URL_LEN {
+        return Err(bad(format!("the URL is longer than {MAX_URL_LEN} bytes")));
+    }
+    let url = reqwest::Url::parse(raw).map_err(|e| bad(format!("not an absolute URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad(
+            "the URL must be absolute and start with http:// or https://".into(),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("the URL may not carry credentials".into()));
+    }
+    if !state.webhooks.settings.allow_private {
+        if let Some(ip) = ssrf::literal_ip(&url).filter(|ip| ssrf::is_forbidden(*ip)) {
+            return Err(ApiError::bad_request(
+                "forbidden_address",
+                format!("{ip} is a loopback, private or internal address; set TANDEM_WEBHOOK_ALLOW_PRIVATE to allow it"),
+            ));
+        }
+    }
+    Ok(url.to_string())
+}
+
+fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
+    let bad = |m: String| ApiError::bad_request("invalid_events", m);
+    if events.is_empty() {
+        return Err(bad(format!(
+            "events must list at least one of {} or be [\"*\"]",
+            events::ALL.join(", ")
+        )));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for e in events {
+        if e != "*" && !events::ALL.contains(&e.as_str()) {
+            return Err(bad(format!(
+                "unknown event type {e:?}; known: {}, or \"*\"",
+                events::ALL.join(", ")
+            )));
+        }
+        if !out.contains(e) {
+            out.push(e.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn check_description(d: Option<String>) -> Result<Option<String>, ApiError> {
+    match d {
+        Some(d) if d.len() > MAX_DESCRIPTION_LEN => Err(ApiError::bad_request(
+            "invalid_description",
+            format!("the description is longer than {MAX_DESCRIPTION_LEN} bytes"),
+        )),
+        d => Ok(d),
+    }
+}
+
+async fn found(state: &AppState, id: &str) -> Result<EndpointRow, ApiError> {
+    state
+        .store
+        .get_endpoint(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no webhook endpoint {id:?}")))
+}
+
+async fn refresh(state: &AppState) -> Result<(), ApiError> {
+    state.webhooks.refresh().await.map_err(ApiError::from)
+}
+
+#[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", request_body = CreateEndpoint,
+    responses((status = 201, body = Endpoint, description = "created; the only time `secret` is shown"), (status = 400), (status = 401)))]
+pub async fn create(
+    state: web::Data<AppState>,
+    body: web::Json<CreateEndpoint>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let now = now_ms();
+    let row = EndpointRow {
+        id: format!("ep_{}", uuid::Uuid::now_v7().simple()),
+        url: check_url(&state, &body.url)?,
+        events: check_events(&body.events)?,
+        description: check_description(body.description)?,
+        include_content: body.include_content,
+        enabled: true,
+        disabled_reason: None,
+        secret: signer::new_secret(),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.create_endpoint(&row).await?;
+    refresh(&state).await?;
+    tracing::info!(endpoint = %row.id, url = %row.url, events = ?row.events, "webhook endpoint created");
+    Ok(HttpResponse::Created().json(view(row, true)))
+}
+
+#[utoipa::path(get, path = "/api/webhooks", tag = "webhooks",
+    responses((status = 200, body = EndpointList), (status = 401)))]
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let items = state
+        .store
+        .list_endpoints()
+        .await?
+        .into_iter()
+        .map(|e| view(e, false))
+        .collect();
+    Ok(HttpResponse::Ok().json(EndpointList { items }))
+}
+
+#[utoipa::path(get, path = "/api/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 200, body = Endpoint), (status = 401), (status = 404)))]
+pub async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(view(found(&state, &id).await?, false)))
+}
+
+#[utoipa::path(patch, path = "/api/webhooks/{id}", tag = "webhooks", request_body = UpdateEndpoint,
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 200, body = Endpoint), (status = 400), (status = 401), (status = 404)))]
+pub async fn update(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<UpdateEndpoint>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let patch = EndpointPatch {
+        url: body
+            .url
+            .as_deref()
+            .map(|u| check_url(&state, u))
+            .transpose()?,
+        events: body.events.as_deref().map(check_events).transpose()?,
+        enabled: body.enabled,
+        description: body
+            .description
+            .map(|d| check_description(Some(d)))
+            .transpose()?,
+        include_content: body.include_content,
+    };
+    let row = state
+        .store
+        .update_endpoint(&id, &patch, now_ms())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no webhook endpoint {:?}", id.as_str())))?;
+    refresh(&state).await?;
+    tracing::info!(endpoint = %row.id, enabled = row.enabled, "webhook endpoint changed");
+    Ok(HttpResponse::Ok().json(view(row, false)))
+}
+
+#[utoipa::path(delete, path = "/api/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 204, description = "deleted, with its pending messages and log"), (status = 401), (status = 404)))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.store.delete_endpoint(&id).await? {
+        return Err(ApiError::NotFound(format!(
+            "no webhook endpoint {:?}",
+            id.as_str()
+        )));
+    }
+    refresh(&state).await?;
+    tracing::info!(endpoint = %id, "webhook endpoint deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(post, path = "/api/webhooks/{id}/rotate-secret", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 200, body = Endpoint, description = "the new `secret`; the old one signs beside it for 24 h"), (status = 401), (status = 404)))]
+pub async fn rotate_secret(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let now = now_ms();
+    let row = state
+        .store
+        .rotate_secret(&id, &signer::new_secret(), now + ROTATION_OVERLAP_MS, now)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no webhook endpoint {:?}", id.as_str())))?;
+    tracing::info!(endpoint = %row.id, "webhook secret rotated");
+    Ok(HttpResponse::Ok().json(view(row, true)))
+}
+
+#[utoipa::path(post, path = "/api/webhooks/{id}/test", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 202, body = DeliveryRef), (status = 401), (status = 404), (status = 409, description = "the endpoint is disabled")))]
+pub async fn test(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = found(&state, &id).await?;
+    enabled(&endpoint)?;
+    let now = now_ms();
+    let message = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    state
+        .store
+        .enqueue_message(
+            &endpoint.id,
+            &message,
+            &events::test(&endpoint.id, now),
+            now,
+        )
+        .await?;
+    state.webhooks.messages_written();
+    Ok(HttpResponse::Accepted().json(DeliveryRef {
+        delivery: message,
+        status: "pending".into(),
+    }))
+}
+
+fn enabled(endpoint: &EndpointRow) -> Result<(), ApiError> {
+    if endpoint.enabled {
+        Ok(())
+    } else {
+        Err(ApiError::WrongState {
+            code: "endpoint_disabled",
+            message: format!(
+                "the endpoint is disabled ({}); enable it with PATCH {{\"enabled\": true}} first",
+                endpoint
+                    .disabled_reason
+                    .as_deref()
+                    .unwrap_or("no reason given")
+            ),
+        })
+    }
+}
+
+#[utoipa::path(get, path = "/api/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id"), DeliveryQuery),
+    responses((status = 200, body = DeliveryList), (status = 400), (status = 401), (status = 404)))]
+pub async fn deliveries(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<DeliveryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1-{MAX_PAGE}"),
+        ));
+    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s @ ("pending" | "delivered" | "failed")) => Some(s),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_status",
+                format!("status {other:?} is not one of pending, delivered, failed"),
+            ))
+        }
+    };
+    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let endpoint = found(&state, &id).await?;
+    let page = state
+        .store
+        .list_deliveries(&endpoint.id, status, before, limit)
+        .await?;
+    let next_cursor = (page.len() == limit as usize)
+        .then(|| page.last().map(|d| encode_cursor(d.seq)))
+        .flatten();
+    let items = page.into_iter().map(delivery).collect();
+    Ok(HttpResponse::Ok().json(DeliveryList { items, next_cursor }))
+}
+
+fn encode_cursor(seq: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("d{seq}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+    let bad =
+        || ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    text.strip_prefix('d')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(bad)
+}
+
+#[utoipa::path(post, path = "/api/webhooks/{id}/deliveries/{delivery}/retry", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id"), ("delivery" = String, Path, description = "message id from the delivery log")),
+    responses((status = 202, body = DeliveryRef), (status = 401), (status = 404), (status = 409, description = "the endpoint is disabled")))]
+pub async fn retry(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, message) = path.into_inner();
+    let endpoint = found(&state, &id).await?;
+    enabled(&endpoint)?;
+    if !state
+        .store
+        .retry_message(&endpoint.id, &message, now_ms())
+        .await?
+    {
+        return Err(ApiError::NotFound(format!(
+            "no delivery {message:?} for this endpoint"
+        )));
+    }
+    state.webhooks.messages_written();
+    tracing::info!(endpoint = %endpoint.id, %message, "webhook delivery retried by hand");
+    Ok(HttpResponse::Accepted().json(DeliveryRef {
+        delivery: message,
+        status: "pending".into(),
+    }))
+}

@@ -1,0 +1,265 @@
+//! Delivery: leases due messages from the outbox, sends each signed
+//! (Standard Webhooks) with a bounded number in flight per endpoint, and
+//! records every attempt with its outcome. A lease moves the message's next
+//! attempt past the time an attempt can take, so a crash mid-attempt only
+//! delays it (at-least-once); several nodes sharing a database never send
+//! the same attempt twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{signer, ssrf, Webhooks};
+use crate::store::{now_ms, AttemptRecord, DueMessage, EndpointRow, Outcome};
+
+/// How often the outbox is polled when nothing wakes the dispatcher: new
+/// messages get their first attempt well within a second.
+const POLL: Duration = Duration::from_millis(250);
+/// Messages leased per round.
+const BATCH: u32 = 256;
+/// Kept from a receiver's answer, for the delivery log.
+const MAX_ERROR_CHARS: usize = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+pub struct Dispatcher {
+    hooks: Arc<Webhooks>,
+    client: reqwest::Client,
+    /// Attempts in flight per endpoint.
+    in_flight: Mutex<HashMap<String, u32>>,
+}
+
+impl Dispatcher {
+    pub fn new(hooks: Arc<Webhooks>) -> Result<Arc<Self>, DeliveryError> {
+        let settings = &hooks.settings;
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .no_proxy()
+            .user_agent(concat!("Tandem-Webhooks/", env!("CARGO_PKG_VERSION")));
+        if !settings.allow_private {
+            builder = builder.dns_resolver(Arc::new(ssrf::GuardedResolver));
+        }
+        Ok(Arc::new(Dispatcher {
+            client: builder.build()?,
+            hooks,
+            in_flight: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leases and sends until shutdown; attempts in flight then finish
+    /// (they are bounded by the timeout) and are recorded.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let per_endpoint = self.hooks.settings.concurrency;
+        // Long enough for an attempt to wait for its endpoint's slot and run.
+        let lease = i64::try_from((self.hooks.settings.timeout * 2).as_millis())
+            .unwrap_or(i64::MAX)
+            .saturating_add(10_000);
+        loop {
+            let busy: Vec<String> = self
+                .in_flight()
+                .iter()
+                .filter(|(_, n)| **n >= per_endpoint)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let now = now_ms();
+            let leased = self
+                .hooks
+                .store
+                .lease_due(now, now.saturating_add(lease), BATCH, per_endpoint, &busy)
+                .await;
+            match leased {
+                Ok(messages) => {
+                    let full_batch = messages.len() == BATCH as usize;
+                    let mut endpoints: HashMap<String, Option<Arc<EndpointRow>>> = HashMap::new();
+                    for message in messages {
+                        let endpoint = match endpoints.get(&message.endpoint_id) {
+                            Some(e) => e.clone(),
+                            None => {
+                                let e = self
+                                    .hooks
+                                    .store
+                                    .get_endpoint(&message.endpoint_id)
+                                    .await
+                                    .ok()
+                                    .flatten()
+                                    .map(Arc::new);
+                                endpoints.insert(message.endpoint_id.clone(), e.clone());
+                                e
+                            }
+                        };
+                        // Deleted meanwhile: its messages went with it.
+                        let Some(endpoint) = endpoint else { continue };
+                        *self.in_flight().entry(endpoint.id.clone()).or_default() += 1;
+                        let this = Arc::clone(&self);
+                        tracker.spawn(async move {
+                            let id = endpoint.id.clone();
+                            this.attempt(&endpoint, message).await;
+                            let mut in_flight = this.in_flight();
+                            if let Some(n) = in_flight.get_mut(&id) {
+                                *n = n.saturating_sub(1);
+                                if *n == 0 {
+                                    in_flight.remove(&id);
+                                }
+                            }
+                            drop(in_flight);
+                            this.hooks.dispatch_wake.notify_one();
+                        });
+                    }
+                    if full_batch {
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the webhook outbox failed"),
+            }
+            tokio::select! {
+                _ = self.hooks.dispatch_wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// One attempt: send, then record the outcome.
+    async fn attempt(&self, endpoint: &EndpointRow, message: DueMessage) {
+        let started = Instant::now();
+        let attempted_at = now_ms();
+        let result = self.send(endpoint, &message, attempted_at).await;
+        let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let (status_code, error) = match result {
+            Ok(status) if (200..300).contains(&status) => (Some(status), None),
+            Ok(status) => (
+                Some(status),
+                Some(format!("the endpoint answered {status}")),
+            ),
+            Err(e) => (None, Some(e)),
+        };
+        let schedule = &self.hooks.settings.retry_schedule.0;
+        let made = message.attempts.saturating_add(1);
+        let outcome = if error.is_none() {
+            Outcome::Delivered
+        } else if let Some(wait) = schedule.get(made as usize - 1) {
+            Outcome::RetryAt(now_ms().saturating_add(jittered(*wait)))
+        } else {
+            Outcome::GaveUp {
+                disable_reason: format!(
+                    "message {} failed all {made} attempts, the last: {}",
+                    message.id,
+                    error.as_deref().unwrap_or("unknown error")
+                ),
+            }
+        };
+        match &outcome {
+            Outcome::Delivered => {
+                tracing::debug!(endpoint = %endpoint.id, message = %message.id, latency_ms, "webhook delivered")
+            }
+            _ => {
+                tracing::info!(endpoint = %endpoint.id, message = %message.id, attempt = made, error = error.as_deref().unwrap_or(""), "webhook attempt failed")
+            }
+        }
+        let record = AttemptRecord {
+            message_id: message.id.clone(),
+            endpoint_id: endpoint.id.clone(),
+            attempted_at,
+            status_code,
+            latency_ms,
+            error,
+            outcome,
+        };
+        match self.hooks.store.record_attempt(&record).await {
+            Ok(true) => {
+                tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled: every attempt of a message failed");
+                if let Err(e) = self.hooks.refresh().await {
+                    tracing::warn!(error = %e, "reloading webhook endpoints failed");
+                }
+            }
+            Ok(false) => {}
+            // The lease runs out and the message is tried again.
+            Err(e) => {
+                tracing::error!(message = %message.id, error = %e, "recording a webhook attempt failed")
+            }
+        }
+    }
+
+    /// Sends one message; the HTTP status, or why there was none.
+    async fn send(
+        &self,
+        endpoint: &EndpointRow,
+        message: &DueMessage,
+        now_ms: i64,
+    ) -> Result<u16, String> {
+        let url = reqwest::Url::parse(&endpoint.url).map_err(|e| format!("invalid URL: {e}"))?;
+        if !self.hooks.settings.allow_private {
+            // Literal addresses are connected to without resolving.
+            if let Some(ip) = ssrf::literal_ip(&url).filter(|ip| ssrf::is_forbidden(*ip)) {
+                return Err(format!("the address {ip} is forbidden: loopback, private and internal addresses are refused unless TANDEM_WEBHOOK_ALLOW_PRIVATE is set"));
+            }
+        }
+        let timestamp = now_ms / 1000;
+        let mut secrets = vec![endpoint.secret.as_str()];
+        if let (Some(previous), Some(until)) = (
+            endpoint.previous_secret.as_deref(),
+            endpoint.previous_secret_expires_at,
+        ) {
+            if until > now_ms {
+                secrets.push(previous);
+            }
+        }
+        let signature =
+            signer::signature_header(&secrets, &message.id, timestamp, &message.payload);
+        let response = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &message.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(message.payload.clone())
+            .send()
+            .await
+            .map_err(describe)?;
+        Ok(response.status().as_u16())
+    }
+}
+
+/// A request error with its causes, which say what went wrong (the SSRF
+/// guard's refusal is one of them).
+fn describe(e: reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+/// `wait` ±20 %, in milliseconds.
+fn jittered(wait: Duration) -> i64 {
+    let ms = wait.as_millis() as f64;
+    let factor = rand::rng().random_range(0.8..=1.2);
+    (ms * factor) as i64
+}

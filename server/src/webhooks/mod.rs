@@ -1,0 +1,151 @@
+//! Outbound webhooks (SPEC §5).
+//!
+//! Events become rows of a durable outbox, one message per subscribed
+//! endpoint, in the transaction of the change that caused them where there is
+//! one (`store`): a document's creation and deletion, and its updates, whose
+//! counts accumulate in `doc_changes` beside the updates themselves until the
+//! debouncer (`outbox`) reports them. Connection events, which change nothing
+//! stored, go through a coalescing queue that `outbox` writes in batches.
+//! The `dispatcher` leases due messages, signs (`signer`) and sends them
+//! through an HTTP client that cannot reach internal addresses (`ssrf`), and
+//! records each attempt. Nothing here is awaited by the relay path.
+
+pub mod dispatcher;
+pub mod events;
+pub mod outbox;
+pub mod signer;
+pub mod ssrf;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::Notify;
+
+use crate::config::WebhookSettings;
+use crate::store::{DocId, NewEvent, Store, StoreError};
+
+/// The handle every part of the server uses to report events.
+pub struct Webhooks {
+    store: Arc<dyn Store>,
+    pub settings: WebhookSettings,
+    subscriptions: RwLock<Subscriptions>,
+    /// Events waiting for the outbox writer.
+    queue: Mutex<Vec<NewEvent>>,
+    queue_wake: Notify,
+    /// Wakes the dispatcher when new messages are in the outbox.
+    dispatch_wake: Notify,
+    /// Documents with unreported changes: `(first, last)` change times.
+    changes: Mutex<HashMap<DocId, (i64, i64)>>,
+    /// Makes connection ids unique across restarts.
+    instance: String,
+}
+
+/// What the enabled endpoints listen to, so that work nobody wants is skipped.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    types: HashSet<String>,
+    all: bool,
+    updated_with_content: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Webhooks {
+    /// Loads the endpoints and the changes left unreported by the last run.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        settings: WebhookSettings,
+    ) -> Result<Arc<Self>, StoreError> {
+        let pending = store.pending_changes().await?;
+        let hooks = Arc::new(Webhooks {
+            store,
+            settings,
+            subscriptions: RwLock::new(Subscriptions::default()),
+            queue: Mutex::new(Vec::new()),
+            queue_wake: Notify::new(),
+            dispatch_wake: Notify::new(),
+            changes: Mutex::new(
+                pending
+                    .into_iter()
+                    .map(|(doc, first, last)| (doc, (first, last)))
+                    .collect(),
+            ),
+            instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+        });
+        hooks.refresh().await?;
+        Ok(hooks)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Re-reads which events enabled endpoints subscribe to; called after
+    /// every change to an endpoint.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let mut subs = Subscriptions::default();
+        for e in self
+            .store
+            .list_endpoints()
+            .await?
+            .iter()
+            .filter(|e| e.enabled)
+        {
+            let wants_updates = e
+                .events
+                .iter()
+                .any(|t| t == "*" || t == events::DOCUMENT_UPDATED);
+            subs.updated_with_content |= wants_updates && e.include_content;
+            subs.all |= e.events.iter().any(|t| t == "*");
+            subs.types.extend(e.events.iter().cloned());
+        }
+        *self
+            .subscriptions
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = subs;
+        self.dispatch_wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether some enabled endpoint listens to `event_type`.
+    pub fn wants(&self, event_type: &str) -> bool {
+        let subs = self.subscriptions.read().unwrap_or_else(|p| p.into_inner());
+        subs.all || subs.types.contains(event_type)
+    }
+
+    fn wants_content(&self) -> bool {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .updated_with_content
+    }
+
+    /// Queues an event for the outbox writer; never blocks, never drops.
+    pub fn emit(&self, event: NewEvent) {
+        lock(&self.queue).push(event);
+        self.queue_wake.notify_one();
+    }
+
+    /// Notes that these documents' changes were committed at `now`.
+    pub fn note_changes(&self, docs: impl IntoIterator<Item = DocId>, now: i64) {
+        let mut changes = lock(&self.changes);
+        for doc in docs {
+            changes
+                .entry(doc)
+                .and_modify(|(_, last)| *last = now)
+                .or_insert((now, now));
+        }
+    }
+
+    /// Wakes the dispatcher: messages were written.
+    pub fn messages_written(&self) {
+        self.dispatch_wake.notify_one();
+    }
+
+    /// A connection's id in events: unique across restarts.
+    pub fn connection_id(&self, conn: crate::room::ConnId) -> String {
+        format!("{}-{}", self.instance, conn.0)
+    }
+}

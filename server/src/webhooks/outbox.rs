@@ -1,0 +1,127 @@
+//! Writing events into the outbox, off the relay path: the writer drains the
+//! queue of connection events in one transaction per batch, and the
+//! debouncer turns accumulated document changes into `document.updated`
+//! when a document has been quiet for `debounce`, or changing for `max_wait`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{events, lock, Webhooks};
+use crate::store::{now_ms, DocId};
+
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// How often the debouncer looks for documents due a report.
+const DEBOUNCE_TICK: Duration = Duration::from_millis(50);
+
+/// Writes queued events; after shutdown, once more, so none is left behind.
+pub async fn run_writer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
+    loop {
+        let batch = std::mem::take(&mut *lock(&hooks.queue));
+        if batch.is_empty() {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = hooks.queue_wake.notified() => {}
+                _ = shutdown.cancelled() => {}
+            }
+            continue;
+        }
+        match hooks.store.enqueue_events(&batch, now_ms()).await {
+            Ok(()) => hooks.messages_written(),
+            Err(e) => {
+                tracing::error!(error = %e, events = batch.len(), "writing webhook events failed; retrying");
+                {
+                    let mut queue = lock(&hooks.queue);
+                    let newer = std::mem::replace(&mut *queue, batch);
+                    queue.extend(newer);
+                }
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                tokio::time::sleep(RETRY_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Reports document changes as `document.updated` events.
+pub async fn run_debouncer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
+    let debounce = millis(hooks.settings.debounce);
+    let max_wait = millis(hooks.settings.max_wait);
+    let mut tick = tokio::time::interval(DEBOUNCE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = now_ms();
+        let due: Vec<(DocId, (i64, i64))> = lock(&hooks.changes)
+            .iter()
+            .filter(|(_, (first, last))| now >= last + debounce || now >= first + max_wait)
+            .map(|(doc, seen)| (*doc, *seen))
+            .collect();
+        for (doc, seen) in due {
+            match report(&hooks, doc).await {
+                Ok(()) => {
+                    let mut changes = lock(&hooks.changes);
+                    match changes.get(&doc).copied() {
+                        Some(now_seen) if now_seen != seen => {
+                            // Changes noted meanwhile may have missed this report.
+                            changes.insert(doc, (now_seen.1, now_seen.1));
+                        }
+                        _ => {
+                            changes.remove(&doc);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(doc_id = doc, error = %e, "reporting document changes failed; will retry")
+                }
+            }
+        }
+    }
+}
+
+async fn report(
+    hooks: &Webhooks,
+    doc: DocId,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // The content is rendered from storage, which holds every reported change.
+    let content = if hooks.wants_content() {
+        render(hooks, doc).await?
+    } else {
+        None
+    };
+    let now = now_ms();
+    let build = |changes: &crate::store::DocChanges| {
+        events::document_updated(changes, content.as_ref(), now)
+    };
+    if hooks.store.report_changes(doc, now, &build).await? {
+        hooks.messages_written();
+    }
+    Ok(())
+}
+
+async fn render(
+    hooks: &Webhooks,
+    doc: DocId,
+) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
+    let log = hooks.store.read_log(doc).await?;
+    let value = tokio::task::spawn_blocking(move || {
+        tandem_crdt::DocState::load(
+            log.snapshot.as_deref(),
+            log.updates.iter().map(|(_, u)| u.as_slice()),
+        )
+        .map(|(state, _)| state.to_json())
+    })
+    .await??;
+    Ok(Some(value))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
