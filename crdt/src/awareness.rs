@@ -69,17 +69,26 @@ impl Awareness {
                         || (incoming.clock == cur.clock && is_null && cur.state.is_some())
                 }
             };
-            if newer {
-                self.clients.insert(
-                    incoming.client,
-                    Entry {
-                        clock: incoming.clock,
-                        state: (!is_null).then(|| incoming.json.clone()),
-                        owner,
-                    },
-                );
-                changed = true;
+            if !newer {
+                // A client that reconnected re-announces its state with the same
+                // clock: it now belongs to the new connection, so that the old
+                // one's close (which may come much later) does not remove it.
+                if let Some(cur) = self.clients.get_mut(&incoming.client) {
+                    if incoming.clock == cur.clock && !is_null && cur.owner != owner {
+                        cur.owner = owner;
+                    }
+                }
+                continue;
             }
+            self.clients.insert(
+                incoming.client,
+                Entry {
+                    clock: incoming.clock,
+                    state: (!is_null).then(|| incoming.json.clone()),
+                    owner,
+                },
+            );
+            changed = true;
         }
         changed
     }
@@ -172,6 +181,18 @@ mod tests {
         assert!(a.apply(1, &update(&[(10, 2, r#"{"n":3}"#)])));
         assert!(a.apply(1, &update(&[(10, 2, "null")])));
         assert_eq!(a.len(), 0);
+    }
+
+    #[test]
+    fn a_reconnected_client_is_not_removed_by_its_old_connection() {
+        let mut a = Awareness::new();
+        let state = update(&[(7, 3, r#"{"user":"ada"}"#)]);
+        assert!(a.apply(1, &state));
+        // The same client, same clock, on a new connection.
+        assert!(!a.apply(2, &state));
+        assert!(a.remove_owner(1).is_none());
+        assert!(a.encode_all().is_some());
+        assert!(a.remove_owner(2).is_some());
     }
 
     #[test]

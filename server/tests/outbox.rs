@@ -1,0 +1,336 @@
+//! The webhook outbox against a real SQLite file: fan-out by subscription,
+//! leases that keep two senders from sending one attempt twice, the retry
+//! and give-up bookkeeping, and document changes written with the updates.
+
+use std::sync::Arc;
+
+use tandem::store::sqlite::SqliteStore;
+use tandem::store::{
+    AttemptRecord, EndpointPatch, EndpointRow, NewEvent, Outcome, PendingUpdate, Store,
+};
+use tandem::webhooks::events;
+
+async fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    (dir, store)
+}
+
+fn endpoint(id: &str, events: &[&str], include_content: bool) -> EndpointRow {
+    EndpointRow {
+        id: id.into(),
+        url: format!("http://example.com/{id}"),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        description: None,
+        include_content,
+        enabled: true,
+        disabled_reason: None,
+        secret: "whsec_AAAA".into(),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn event(event_type: &'static str) -> NewEvent {
+    NewEvent {
+        event_type,
+        payload: format!(r#"{{"type":"{event_type}"}}"#),
+        payload_with_content: Some(format!(r#"{{"type":"{event_type}","content":1}}"#)),
+    }
+}
+
+async fn all_due(store: &SqliteStore, now: i64) -> Vec<tandem::store::DueMessage> {
+    store
+        .lease_due(now, now + 60_000, 1000, 1000, &[])
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn events_fan_out_to_enabled_subscribers_only() {
+    let (_dir, store) = store().await;
+    store
+        .create_endpoint(&endpoint("ep_all", &["*"], true))
+        .await
+        .unwrap();
+    store
+        .create_endpoint(&endpoint("ep_deleted", &[events::DOCUMENT_DELETED], false))
+        .await
+        .unwrap();
+    store
+        .create_endpoint(&endpoint("ep_off", &["*"], false))
+        .await
+        .unwrap();
+    store
+        .update_endpoint(
+            "ep_off",
+            &EndpointPatch {
+                enabled: Some(false),
+                ..Default::default()
+            },
+            2,
+        )
+        .await
+        .unwrap();
+
+    store
+        .enqueue_events(
+            &[
+                event(events::DOCUMENT_UPDATED),
+                event(events::DOCUMENT_DELETED),
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    let mut due: Vec<(String, String)> = all_due(&store, 10)
+        .await
+        .into_iter()
+        .map(|m| (m.endpoint_id, m.payload))
+        .collect();
+    due.sort();
+    assert_eq!(
+        due,
+        vec![
+            (
+                "ep_all".into(),
+                r#"{"type":"document.deleted","content":1}"#.into()
+            ),
+            (
+                "ep_all".into(),
+                r#"{"type":"document.updated","content":1}"#.into()
+            ),
+            ("ep_deleted".into(), r#"{"type":"document.deleted"}"#.into()),
+        ],
+        "include_content picks the content body; disabled and unsubscribed endpoints get nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_leased_message_is_not_leased_again_until_the_lease_ends() {
+    let (_dir, store) = store().await;
+    store
+        .create_endpoint(&endpoint("ep", &["*"], false))
+        .await
+        .unwrap();
+    store
+        .enqueue_events(&[event(events::WEBHOOK_TEST)], 100)
+        .await
+        .unwrap();
+    let first = store.lease_due(100, 5_000, 10, 10, &[]).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store
+        .lease_due(4_999, 9_000, 10, 10, &[])
+        .await
+        .unwrap()
+        .is_empty());
+    // A sender that crashed mid-attempt: the message comes back after the lease.
+    let again = store.lease_due(5_000, 9_000, 10, 10, &[]).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, first[0].id);
+    // A busy endpoint is skipped.
+    store
+        .enqueue_events(&[event(events::WEBHOOK_TEST)], 100)
+        .await
+        .unwrap();
+    assert!(store
+        .lease_due(100, 200, 10, 10, &["ep".to_string()])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn at_most_per_endpoint_messages_are_leased_per_endpoint() {
+    let (_dir, store) = store().await;
+    for id in ["a", "b"] {
+        store
+            .create_endpoint(&endpoint(id, &["*"], false))
+            .await
+            .unwrap();
+    }
+    let burst: Vec<NewEvent> = (0..10).map(|_| event(events::WEBHOOK_TEST)).collect();
+    store.enqueue_events(&burst, 1).await.unwrap();
+    let leased = store.lease_due(1, 100, 100, 3, &[]).await.unwrap();
+    let count = |id: &str| leased.iter().filter(|m| m.endpoint_id == id).count();
+    assert_eq!((count("a"), count("b")), (3, 3));
+}
+
+#[tokio::test]
+async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
+    let (_dir, store) = store().await;
+    store
+        .create_endpoint(&endpoint("ep", &["*"], false))
+        .await
+        .unwrap();
+    store
+        .enqueue_events(
+            &[event(events::WEBHOOK_TEST), event(events::WEBHOOK_TEST)],
+            1,
+        )
+        .await
+        .unwrap();
+    let leased = store.lease_due(10, 20, 10, 10, &[]).await.unwrap();
+    let (m1, m2) = (&leased[0], &leased[1]);
+    let record = |m: &str, at: i64, outcome: Outcome| AttemptRecord {
+        message_id: m.to_string(),
+        endpoint_id: "ep".into(),
+        attempted_at: at,
+        status_code: Some(500),
+        latency_ms: 3,
+        error: Some("the endpoint answered 500".into()),
+        outcome,
+    };
+    // m2 succeeds after m1's first attempt: m1 giving up does not disable.
+    let mut ok = record(&m2.id, 15, Outcome::Delivered);
+    ok.status_code = Some(200);
+    ok.error = None;
+    assert!(!store.record_attempt(&ok).await.unwrap());
+    let gave_up = Outcome::GaveUp {
+        disable_reason: "all failed".into(),
+    };
+    assert!(!store
+        .record_attempt(&record(&m1.id, 30, gave_up.clone()))
+        .await
+        .unwrap());
+    assert!(store.get_endpoint("ep").await.unwrap().unwrap().enabled);
+
+    // A message whose every attempt failed with no success since: disabled.
+    store
+        .enqueue_events(&[event(events::WEBHOOK_TEST)], 40)
+        .await
+        .unwrap();
+    let m3 = store
+        .lease_due(50, 60, 10, 10, &[])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!store
+        .record_attempt(&record(&m3.id, 50, Outcome::RetryAt(55)))
+        .await
+        .unwrap());
+    assert!(store
+        .record_attempt(&record(&m3.id, 56, gave_up))
+        .await
+        .unwrap());
+    let e = store.get_endpoint("ep").await.unwrap().unwrap();
+    assert!(!e.enabled);
+    assert_eq!(e.disabled_reason.as_deref(), Some("all failed"));
+
+    let log = store.list_deliveries("ep", None, None, 10).await.unwrap();
+    let m3_log = log.iter().find(|d| d.id == m3.id).unwrap();
+    assert_eq!(m3_log.status, "failed");
+    assert_eq!(m3_log.attempts.len(), 2);
+    assert_eq!(m3_log.attempts[0].next_retry_at, Some(55));
+    // A disabled endpoint's messages are not leased; re-enabling clears the reason.
+    store
+        .enqueue_events(&[event(events::WEBHOOK_TEST)], 70)
+        .await
+        .unwrap();
+    assert!(store
+        .enqueue_events(&[event(events::WEBHOOK_TEST)], 70)
+        .await
+        .is_ok());
+    assert!(all_due(&store, 80).await.is_empty());
+    let e = store
+        .update_endpoint(
+            "ep",
+            &EndpointPatch {
+                enabled: Some(true),
+                ..Default::default()
+            },
+            90,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(e.enabled && e.disabled_reason.is_none());
+    // A manual retry makes the failed message due again, same id.
+    assert!(store.retry_message("ep", &m3.id, 100).await.unwrap());
+    assert!(all_due(&store, 100).await.iter().any(|m| m.id == m3.id));
+    assert!(!store.retry_message("ep", "msg_nope", 100).await.unwrap());
+}
+
+#[tokio::test]
+async fn document_changes_are_written_with_the_updates_and_reported_once() {
+    let (_dir, store) = store().await;
+    store
+        .create_endpoint(&endpoint("ep", &[events::DOCUMENT_UPDATED], false))
+        .await
+        .unwrap();
+    let doc = store.create("d", 1, None).await.unwrap().unwrap();
+    let update = |user: Option<&str>| PendingUpdate {
+        doc_id: doc.id,
+        data: bytes::Bytes::from_static(&[0, 0]),
+        user: user.map(Arc::from),
+    };
+    store
+        .append(&[update(Some("bob")), update(Some("alice"))], true)
+        .await
+        .unwrap();
+    store
+        .append(&[update(None), update(Some("bob"))], true)
+        .await
+        .unwrap();
+    // Not tracked: nobody listened when it was written.
+    store.append(&[update(Some("carol"))], false).await.unwrap();
+    let pending = store.pending_changes().await.unwrap();
+    assert_eq!(pending.len(), 1);
+
+    let seen = std::sync::Mutex::new(None);
+    let build = |c: &tandem::store::DocChanges| {
+        *seen.lock().unwrap() = Some(c.clone());
+        events::document_updated(c, None, 5)
+    };
+    assert!(store.report_changes(doc.id, 5, &build).await.unwrap());
+    let c = seen.lock().unwrap().clone().unwrap();
+    assert_eq!((c.updates, c.bytes), (4, 8));
+    assert_eq!(c.users, vec!["alice".to_string(), "bob".to_string()]);
+    assert_eq!(c.name, "d");
+    assert!(!store.report_changes(doc.id, 6, &build).await.unwrap());
+    assert!(store.pending_changes().await.unwrap().is_empty());
+    let due = all_due(&store, 10).await;
+    assert_eq!(due.len(), 1);
+    assert!(due[0].payload.contains(r#""users":["alice","bob"]"#));
+
+    // Deleting the document takes its unreported changes with it.
+    store.append(&[update(Some("x"))], true).await.unwrap();
+    assert!(store.delete("d", None).await.unwrap());
+    assert!(store.pending_changes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn created_and_deleted_events_share_the_documents_transaction() {
+    let (_dir, store) = store().await;
+    store
+        .create_endpoint(&endpoint("ep", &["*"], false))
+        .await
+        .unwrap();
+    let created = events::document_created("d", 7, events::Source::Api);
+    assert!(store
+        .create("d", 7, Some(&created))
+        .await
+        .unwrap()
+        .is_some());
+    // The name is taken: no document, and no second event.
+    assert!(store
+        .create("d", 8, Some(&created))
+        .await
+        .unwrap()
+        .is_none());
+    let deleted = events::document_deleted("d", 9);
+    assert!(store.delete("d", Some(&deleted)).await.unwrap());
+    assert!(!store.delete("d", Some(&deleted)).await.unwrap());
+    let mut types: Vec<String> = store
+        .list_deliveries("ep", None, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.event_type)
+        .collect();
+    types.sort();
+    assert_eq!(types, vec!["document.created", "document.deleted"]);
+}
