@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs Tandem's whole test suite on a fresh machine: Rust unit and
-# integration tests, then the end-to-end tests (stock y-websocket client
-# against the release binary), then a short smoke run of the load benchmark.
-# Installs what it needs (Node packages with `npm ci`).
+# Runs Tandem's whole test suite on a fresh machine: a check that the
+# committed web bundle is up to date, Rust unit and integration tests, then
+# the end-to-end tests (stock y-websocket client and the browser editor in
+# Chromium against the release binary), then a short smoke run of the load
+# benchmark. Installs what it needs (Node packages with `npm ci`, Debian's
+# `chromium` with apt-get).
 #
 # The cargo target directory defaults to ~/.cache/tandem/target so that a
 # fresh clone on the same machine reuses earlier builds; set
@@ -14,6 +16,11 @@ mkdir -p "$CARGO_TARGET_DIR"
 
 step() { printf '\n== %s\n' "$*"; }
 
+# The binary embeds web/dist, which is committed: it must be what the sources
+# in web/ build to.
+step "web bundle (web/dist) up to date"
+(cd web && npm ci --no-audit --no-fund --loglevel=error && npm run check)
+
 # One release build serves both: `cargo test` builds the `tandem` binary for
 # the integration tests, and the end-to-end tests use that same binary.
 step "build (release, target dir: $CARGO_TARGET_DIR)"
@@ -22,6 +29,16 @@ export TANDEM_BIN="$CARGO_TARGET_DIR/release/tandem"
 
 step "Rust unit and integration tests"
 cargo test --release --locked --workspace
+
+# The browser tests drive Debian's chromium through playwright-core (which
+# downloads no browser of its own).
+if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM_PATH:-}" ]; then
+  step "install chromium (for the browser tests)"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+fi
 
 step "end-to-end tests (stock y-websocket client, real binary)"
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)
