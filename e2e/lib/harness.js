@@ -10,9 +10,13 @@ import { makeTmpDir, removeDir, startServer } from './server.js'
 import { waitUntil } from './wait.js'
 
 export class Harness {
-  /** @param {{ env?: Record<string,string> }} opts settings passed to every server start */
-  constructor ({ env = {} } = {}) {
+  /**
+   * @param {{ env?: Record<string,string>, maxLogLines?: number }} opts settings passed to
+   *   every server start; `maxLogLines` as in startServer (default: the last 400)
+   */
+  constructor ({ env = {}, maxLogLines } = {}) {
     this.env = env
+    this.maxLogLines = maxLogLines
     this.dataDir = makeTmpDir()
     this.server = null
     this.clients = new Set()
@@ -20,7 +24,7 @@ export class Harness {
   }
 
   async start (extraEnv = {}) {
-    this.server = await startServer({ dataDir: this.dataDir, env: { ...this.env, ...extraEnv } })
+    this.server = await startServer({ dataDir: this.dataDir, env: { ...this.env, ...extraEnv }, maxLogLines: this.maxLogLines })
     return this.server
   }
 

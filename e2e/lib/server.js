@@ -36,11 +36,13 @@ export function removeDir (dir) {
 }
 
 export class TandemServer {
-  constructor ({ proc, port, dataDir, env, logLines }) {
+  constructor ({ proc, port, dataDir, env, logLines, maxLogLines = MAX_LOG_LINES }) {
     this.proc = proc
     this.port = port
     this.dataDir = dataDir
     this.env = env
+    this.maxLogLines = maxLogLines
+    /** the last `maxLogLines` lines of stdout and stderr (all of them with maxLogLines: Infinity) */
     this.logLines = logLines
     this.httpUrl = `http://127.0.0.1:${port}`
     /** base URL for WebsocketProvider: the doc name is appended as /ws/{doc} */
@@ -84,15 +86,16 @@ export class TandemServer {
 
   /** Start a new server process on the same database (and environment). */
   restart (extraEnv = {}) {
-    return startServer({ dataDir: this.dataDir, env: { ...this.env, ...extraEnv } })
+    return startServer({ dataDir: this.dataDir, env: { ...this.env, ...extraEnv }, maxLogLines: this.maxLogLines })
   }
 }
 
 /**
  * Start a server whose database lives in `dataDir` (which must exist).
- * `env` adds or overrides TANDEM_* settings.
+ * `env` adds or overrides TANDEM_* settings. `maxLogLines` is how many of the
+ * last log lines are kept (Infinity: all of them, e.g. to scan a whole log).
  */
-export async function startServer ({ dataDir, env = {}, timeoutMs = 20_000 }) {
+export async function startServer ({ dataDir, env = {}, timeoutMs = 20_000, maxLogLines = MAX_LOG_LINES }) {
   if (!fs.existsSync(TANDEM_BIN)) {
     throw new Error(`TANDEM_BIN does not exist: ${TANDEM_BIN} (build it, or set TANDEM_BIN)`)
   }
@@ -123,10 +126,15 @@ export async function startServer ({ dataDir, env = {}, timeoutMs = 20_000 }) {
       pending = lines.pop()
       for (const line of lines) {
         logLines.push(line)
-        if (logLines.length > MAX_LOG_LINES) logLines.shift()
+        if (logLines.length > maxLogLines) logLines.shift()
         const m = LISTENING.exec(line)
         if (m) resolvePort(Number(m[1]))
       }
+    })
+    // a last line without a newline (e.g. when the process is killed)
+    stream.on('end', () => {
+      if (pending.length > 0) logLines.push(pending)
+      pending = ''
     })
   }
   onData(proc.stdout)
@@ -146,7 +154,7 @@ export async function startServer ({ dataDir, env = {}, timeoutMs = 20_000 }) {
   if (started.error) return fail(started.error.message)
   if (started.exit) return fail(`server exited during startup: ${JSON.stringify(started.exit)}`)
 
-  const server = new TandemServer({ proc, port: started.port, dataDir, env, logLines })
+  const server = new TandemServer({ proc, port: started.port, dataDir, env, logLines, maxLogLines })
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const status = await fetch(`${server.httpUrl}/healthz`).then((r) => r.status, () => 0)

@@ -33,7 +33,7 @@ CREATE TABLE webhook_messages (
     created_at       INTEGER NOT NULL
 );
 CREATE INDEX webhook_messages_due ON webhook_messages (status, next_attempt_at);
-CREATE INDEX webhook_messages_by_endpoint ON webhook_messages (endpoint_id); -- rowid order within an endpoint: creation order
+CREATE INDEX webhook_messages_by_endpoint ON webhook_messages (endpoint_id, created_at); -- the delivery log
 
 CREATE TABLE webhook_attempts (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -6,9 +6,16 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::error::ApiError;
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process answers")))]
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+/// Also says whether `/api` needs the API key (`auth`: `api_key` or `open`),
+/// so that the editor's start page knows what to show.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process answers: `{status, auth}`")))]
+pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    let auth = if state.auth.dev_mode() {
+        "open"
+    } else {
+        "api_key"
+    };
+    HttpResponse::Ok().json(json!({ "status": "ok", "auth": auth }))
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "the database answers"), (status = 503)))]

@@ -433,17 +433,17 @@ pub async fn deliveries(
         .list_deliveries(&endpoint.id, status, before, limit)
         .await?;
     let next_cursor = (page.len() == limit as usize)
-        .then(|| page.last().map(|d| encode_cursor(d.seq)))
+        .then(|| page.last().map(|d| encode_cursor(d.created_at, d.seq)))
         .flatten();
     let items = page.into_iter().map(delivery).collect();
     Ok(HttpResponse::Ok().json(DeliveryList { items, next_cursor }))
 }
 
-fn encode_cursor(seq: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("d{seq}"))
+fn encode_cursor(created_at: i64, seq: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("d{created_at}.{seq}"))
 }
 
-fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+fn decode_cursor(cursor: &str) -> Result<(i64, i64), ApiError> {
     let bad =
         || ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -451,7 +451,8 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     text.strip_prefix('d')
-        .and_then(|n| n.parse().ok())
+        .and_then(|rest| rest.split_once('.'))
+        .and_then(|(at, seq)| Some((at.parse().ok()?, seq.parse().ok()?)))
         .ok_or_else(bad)
 }
 

@@ -287,12 +287,13 @@ pub trait Store: Send + Sync + 'static {
     /// whether the endpoint was disabled by it.
     async fn record_attempt(&self, attempt: &AttemptRecord) -> Result<bool, StoreError>;
 
-    /// An endpoint's delivery log, newest first, before position `before`.
+    /// An endpoint's delivery log, newest first (by `created_at`, then
+    /// position), after the `(created_at, seq)` of the previous page's last.
     async fn list_deliveries(
         &self,
         endpoint_id: &str,
         status: Option<&str>,
-        before: Option<i64>,
+        before: Option<(i64, i64)>,
         limit: u32,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
 

@@ -55,6 +55,13 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         Ok(SqliteStore { pool })
     }
+
+    /// A transaction that reads before it writes must take the write lock
+    /// up front: a deferred one fails at once ("database is locked") when
+    /// another connection wrote since its read, busy timeout or not.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }
 
 fn meta(row: &sqlx::sqlite::SqliteRow) -> Result<DocMeta, StoreError> {
@@ -442,7 +449,7 @@ impl Store for SqliteStore {
         patch: &EndpointPatch,
         now: i64,
     ) -> Result<Option<EndpointRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
         ))
@@ -635,18 +642,20 @@ impl Store for SqliteStore {
         &self,
         endpoint_id: &str,
         status: Option<&str>,
-        before: Option<i64>,
+        before: Option<(i64, i64)>,
         limit: u32,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT rowid, id, event_type, status, payload, created_at, next_attempt_at
              FROM webhook_messages
-             WHERE endpoint_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR rowid < $3)
-             ORDER BY rowid DESC LIMIT $4",
+             WHERE endpoint_id = $1 AND ($2 IS NULL OR status = $2)
+               AND ($3 IS NULL OR created_at < $3 OR (created_at = $3 AND rowid < $4))
+             ORDER BY created_at DESC, rowid DESC LIMIT $5",
         )
         .bind(endpoint_id)
         .bind(status)
-        .bind(before)
+        .bind(before.map(|(at, _)| at))
+        .bind(before.map(|(_, seq)| seq))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -727,7 +736,7 @@ impl Store for SqliteStore {
         now: i64,
         event: ChangesEvent<'_>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at
              FROM doc_changes c JOIN documents d ON d.id = c.doc_id WHERE c.doc_id = $1",

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +22,8 @@ use crate::store::{now_ms, AttemptRecord, DueMessage, EndpointRow, Outcome};
 const POLL: Duration = Duration::from_millis(250);
 /// Messages leased per round.
 const BATCH: u32 = 256;
+/// Added to the timeout to make a lease.
+const LEASE_MARGIN_MS: i64 = 5_000;
 /// Kept from a receiver's answer, for the delivery log.
 const MAX_ERROR_CHARS: usize = 300;
 
@@ -33,8 +36,10 @@ pub enum DeliveryError {
 pub struct Dispatcher {
     hooks: Arc<Webhooks>,
     client: reqwest::Client,
-    /// Attempts in flight per endpoint.
+    /// Attempts leased per endpoint (sent, or waiting for a slot).
     in_flight: Mutex<HashMap<String, u32>>,
+    /// The slots: `TANDEM_WEBHOOK_CONCURRENCY` attempts at once per endpoint.
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Dispatcher {
@@ -53,6 +58,7 @@ impl Dispatcher {
             client: builder.build()?,
             hooks,
             in_flight: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -60,15 +66,28 @@ impl Dispatcher {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn slots(&self, endpoint: &str) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let per_endpoint = self.hooks.settings.concurrency as usize;
+        Arc::clone(
+            slots
+                .entry(endpoint.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(per_endpoint))),
+        )
+    }
+
     /// Leases and sends until shutdown; attempts in flight then finish
     /// (they are bounded by the timeout) and are recorded.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let per_endpoint = self.hooks.settings.concurrency;
-        // Long enough for an attempt to wait for its endpoint's slot and run.
+        // Longer than an attempt can wait for its slot (a batch leases at
+        // most `concurrency` per endpoint beyond those in flight) and then
+        // take; after a crash mid-attempt the message is due again once it
+        // runs out.
         let lease = i64::try_from((self.hooks.settings.timeout * 2).as_millis())
             .unwrap_or(i64::MAX)
-            .saturating_add(10_000);
+            .saturating_add(LEASE_MARGIN_MS);
         loop {
             let busy: Vec<String> = self
                 .in_flight()
@@ -106,9 +125,13 @@ impl Dispatcher {
                         let Some(endpoint) = endpoint else { continue };
                         *self.in_flight().entry(endpoint.id.clone()).or_default() += 1;
                         let this = Arc::clone(&self);
+                        let slots = self.slots(&endpoint.id);
                         tracker.spawn(async move {
                             let id = endpoint.id.clone();
-                            this.attempt(&endpoint, message).await;
+                            // Never closed, so acquiring cannot fail.
+                            if let Ok(_slot) = slots.acquire().await {
+                                this.attempt(&endpoint, message).await;
+                            }
                             let mut in_flight = this.in_flight();
                             if let Some(n) = in_flight.get_mut(&id) {
                                 *n = n.saturating_sub(1);
