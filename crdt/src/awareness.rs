@@ -69,15 +69,12 @@ impl Awareness {
                         || (incoming.clock == cur.clock && is_null && cur.state.is_some())
                 }
             };
+            // Same clock from another connection is a peer's echo (the stock
+            // provider re-sends every remote change), not a claim: ownership
+            // stays with the connection that announced the state. A client
+            // that reconnected before its old connection closed sees its own
+            // removal when that one closes, and re-announces at once.
             if !newer {
-                // A client that reconnected re-announces its state with the same
-                // clock: it now belongs to the new connection, so that the old
-                // one's close (which may come much later) does not remove it.
-                if let Some(cur) = self.clients.get_mut(&incoming.client) {
-                    if incoming.clock == cur.clock && !is_null && cur.owner != owner {
-                        cur.owner = owner;
-                    }
-                }
                 continue;
             }
             self.clients.insert(
@@ -184,15 +181,14 @@ mod tests {
     }
 
     #[test]
-    fn a_reconnected_client_is_not_removed_by_its_old_connection() {
+    fn an_echo_from_a_peer_does_not_take_over_a_client() {
         let mut a = Awareness::new();
         let state = update(&[(7, 3, r#"{"user":"ada"}"#)]);
         assert!(a.apply(1, &state));
-        // The same client, same clock, on a new connection.
+        // A peer echoes the same state, same clock.
         assert!(!a.apply(2, &state));
-        assert!(a.remove_owner(1).is_none());
-        assert!(a.encode_all().is_some());
-        assert!(a.remove_owner(2).is_some());
+        assert!(a.remove_owner(2).is_none());
+        assert!(a.remove_owner(1).is_some());
     }
 
     #[test]

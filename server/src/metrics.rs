@@ -60,6 +60,18 @@ impl Default for Metrics {
     }
 }
 
+/// Counts one webhook attempt (`delivered` or `failed`) and its duration.
+pub fn webhook_attempt(delivered: bool, seconds: f64) {
+    let outcome = if delivered { "delivered" } else { "failed" };
+    metrics::counter!("tandem_webhook_attempts_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("tandem_webhook_attempt_seconds").record(seconds);
+}
+
+/// Messages in the webhook outbox not yet delivered (read at scrape time).
+pub fn set_webhook_outbox(pending: i64) {
+    metrics::gauge!("tandem_webhook_outbox_pending").set(pending as f64);
+}
+
 /// Sets the gauges that are read at scrape time.
 pub fn set_gauges(connections: usize, rooms: usize, persist_backlog: usize) {
     metrics::gauge!("tandem_connections").set(connections as f64);

@@ -38,6 +38,10 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         registry.loaded(),
         registry.deps.persister.backlog(),
     );
+    match state.store.outbox_depth().await {
+        Ok(pending) => crate::metrics::set_webhook_outbox(pending),
+        Err(e) => tracing::warn!(error = %e, "counting the webhook outbox failed"),
+    }
     let body = state
         .metrics
         .as_ref()

@@ -305,6 +305,9 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Messages waiting for delivery (pending), across endpoints.
+    async fn outbox_depth(&self) -> Result<i64, StoreError>;
+
     /// Documents with unreported changes: `(doc_id, first_change_at, last_change_at)`.
     async fn pending_changes(&self) -> Result<Vec<(DocId, i64, i64)>, StoreError>;
 

@@ -712,6 +712,14 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_messages WHERE status = 'pending'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn pending_changes(&self) -> Result<Vec<(DocId, i64, i64)>, StoreError> {
         let rows = sqlx::query("SELECT doc_id, first_change_at, last_change_at FROM doc_changes")
             .fetch_all(&self.pool)

@@ -164,7 +164,8 @@ impl Dispatcher {
         let started = Instant::now();
         let attempted_at = now_ms();
         let result = self.send(endpoint, &message, attempted_at).await;
-        let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let elapsed = started.elapsed();
+        let latency_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
         let (status_code, error) = match result {
             Ok(status) if (200..300).contains(&status) => (Some(status), None),
             Ok(status) => (
@@ -173,6 +174,7 @@ impl Dispatcher {
             ),
             Err(e) => (None, Some(e)),
         };
+        crate::metrics::webhook_attempt(error.is_none(), elapsed.as_secs_f64());
         let schedule = &self.hooks.settings.retry_schedule.0;
         let made = message.attempts.saturating_add(1);
         let outcome = if error.is_none() {
