@@ -17,8 +17,9 @@ use tokio_util::task::TaskTracker;
 use super::{signer, ssrf, Webhooks};
 use crate::store::{now_ms, AttemptRecord, DueMessage, EndpointRow, Outcome};
 
-/// How often the outbox is polled when nothing wakes the dispatcher: new
-/// messages get their first attempt well within a second.
+/// How often the outbox is polled, while some endpoint is enabled, when
+/// nothing wakes the dispatcher (retries falling due, messages written by
+/// another process): new messages get their first attempt within a second.
 const POLL: Duration = Duration::from_millis(250);
 /// Messages leased per round.
 const BATCH: u32 = 256;
@@ -149,9 +150,16 @@ impl Dispatcher {
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the webhook outbox failed"),
             }
+            // With no endpoint enabled there is nothing to send until one is
+            // (which wakes the dispatcher): an idle server does not poll.
+            let poll = if self.hooks.any_enabled() {
+                POLL
+            } else {
+                Duration::from_secs(3600)
+            };
             tokio::select! {
                 _ = self.hooks.dispatch_wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = shutdown.cancelled() => break,
             }
         }

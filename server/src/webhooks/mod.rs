@@ -36,6 +36,8 @@ pub struct Webhooks {
     dispatch_wake: Notify,
     /// Documents with unreported changes: `(first, last)` change times.
     changes: Mutex<HashMap<DocId, (i64, i64)>>,
+    /// Wakes the debouncer when `changes` stops being empty.
+    changes_wake: Notify,
     /// Makes connection ids unique across restarts.
     instance: String,
 }
@@ -43,6 +45,8 @@ pub struct Webhooks {
 /// What the enabled endpoints listen to, so that work nobody wants is skipped.
 #[derive(Debug, Default)]
 struct Subscriptions {
+    /// Some endpoint is enabled (so the dispatcher has something to poll for).
+    any: bool,
     types: HashSet<String>,
     all: bool,
     updated_with_content: bool,
@@ -72,6 +76,7 @@ impl Webhooks {
                     .map(|(doc, first, last)| (doc, (first, last)))
                     .collect(),
             ),
+            changes_wake: Notify::new(),
             instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         });
         hooks.refresh().await?;
@@ -97,6 +102,7 @@ impl Webhooks {
                 .events
                 .iter()
                 .any(|t| t == "*" || t == events::DOCUMENT_UPDATED);
+            subs.any = true;
             subs.updated_with_content |= wants_updates && e.include_content;
             subs.all |= e.events.iter().any(|t| t == "*");
             subs.types.extend(e.events.iter().cloned());
@@ -115,6 +121,14 @@ impl Webhooks {
         subs.all || subs.types.contains(event_type)
     }
 
+    /// Whether any endpoint is enabled.
+    fn any_enabled(&self) -> bool {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .any
+    }
+
     fn wants_content(&self) -> bool {
         self.subscriptions
             .read()
@@ -131,6 +145,9 @@ impl Webhooks {
     /// Notes that these documents' changes were committed at `now`.
     pub fn note_changes(&self, docs: impl IntoIterator<Item = DocId>, now: i64) {
         let mut changes = lock(&self.changes);
+        if changes.is_empty() {
+            self.changes_wake.notify_one();
+        }
         for doc in docs {
             changes
                 .entry(doc)

@@ -12,8 +12,6 @@ use super::{events, lock, Webhooks};
 use crate::store::{now_ms, DocId};
 
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
-/// How often the debouncer looks for documents due a report.
-const DEBOUNCE_TICK: Duration = Duration::from_millis(50);
 
 /// Writes queued events; after shutdown, once more, so none is left behind.
 pub async fn run_writer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
@@ -47,21 +45,30 @@ pub async fn run_writer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
     }
 }
 
-/// Reports document changes as `document.updated` events.
+/// Reports document changes as `document.updated` events. It sleeps until
+/// the earliest report is due (a change noted later is never due earlier:
+/// its time is at least every earlier change's), or until changes appear.
 pub async fn run_debouncer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
     let debounce = millis(hooks.settings.debounce);
     let max_wait = millis(hooks.settings.max_wait);
-    let mut tick = tokio::time::interval(DEBOUNCE_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let due_at = |(first, last): (i64, i64)| (last + debounce).min(first + max_wait);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
+        let earliest = lock(&hooks.changes).values().map(|c| due_at(*c)).min();
+        let wait = match earliest {
+            None => Duration::from_secs(3600),
+            Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = hooks.changes_wake.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
         let now = now_ms();
         let due: Vec<(DocId, (i64, i64))> = lock(&hooks.changes)
             .iter()
-            .filter(|(_, (first, last))| now >= last + debounce || now >= first + max_wait)
+            .filter(|(_, c)| due_at(**c) <= now)
             .map(|(doc, seen)| (*doc, *seen))
             .collect();
         for (doc, seen) in due {
@@ -79,7 +86,8 @@ pub async fn run_debouncer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(doc_id = doc, error = %e, "reporting document changes failed; will retry")
+                    tracing::warn!(doc_id = doc, error = %e, "reporting document changes failed; will retry");
+                    tokio::time::sleep(RETRY_BACKOFF).await;
                 }
             }
         }
