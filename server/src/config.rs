@@ -94,7 +94,7 @@ pub struct AuthSettings {
     pub token_secret: Option<Secret>,
 
     /// Allow dev mode (no API key) on a non-loopback address.
-    #[arg(long, env = "TANDEM_INSECURE_NO_AUTH")]
+    #[arg(long, env = "TANDEM_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_no_auth: bool,
 }
 
@@ -180,7 +180,7 @@ pub struct WebhookSettings {
 
     /// Allow webhooks to loopback, private, link-local and other internal
     /// addresses (self-hosted intranets, tests). Off: such deliveries fail.
-    #[arg(long = "webhook-allow-private", env = "TANDEM_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long = "webhook-allow-private", env = "TANDEM_WEBHOOK_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private: bool,
 
     /// Deliveries in flight to one endpoint at once.
