@@ -15,4 +15,5 @@ pub mod room;
 pub mod routes;
 pub mod store;
 pub mod telemetry;
+pub mod time;
 pub mod webhooks;

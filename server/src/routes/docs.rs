@@ -18,6 +18,9 @@ use crate::doc_name::DocName;
 use crate::error::ApiError;
 use crate::room::actor::RoomCmd;
 use crate::store::DocMeta;
+use crate::time::rfc3339;
+
+use super::{decode_cursor, encode_cursor};
 use crate::webhooks::events;
 
 /// How long `POST …/update` waits for its write to become durable.
@@ -92,11 +95,6 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, Api
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
-}
-
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn info(state: &AppState, meta: DocMeta) -> DocInfo {
@@ -181,19 +179,6 @@ pub async fn list(
         .flatten();
     let items = page.into_iter().map(|m| info(&state, m)).collect();
     Ok(HttpResponse::Ok().json(DocList { items, next_cursor }))
-}
-
-fn encode_cursor(name: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
-}
-
-fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
-    let bad =
-        || ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| bad())?;
-    String::from_utf8(bytes).map_err(|_| bad())
 }
 
 #[utoipa::path(get, path = "/api/docs/{id}", tag = "documents",

@@ -111,6 +111,25 @@ async fn require_api_key(
     next.call(req).await
 }
 
+/// An opaque page cursor: the position, base64url-encoded.
+pub(crate) fn encode_cursor(position: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position)
+}
+
+/// The position a cursor of `encode_cursor` holds.
+pub(crate) fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad_cursor())?;
+    String::from_utf8(bytes).map_err(|_| bad_cursor())
+}
+
+pub(crate) fn bad_cursor() -> ApiError {
+    ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued")
+}
+
 /// Unknown paths get the JSON error shape too.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))

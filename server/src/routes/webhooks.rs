@@ -3,14 +3,16 @@
 //! refreshes what the server knows endpoints listen to.
 
 use actix_web::{web, HttpResponse};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::{now_ms, DeliveryRow, EndpointPatch, EndpointRow};
-use crate::webhooks::events::{self, rfc3339};
+use crate::time::rfc3339;
+use crate::webhooks::events;
+
+use super::{decode_cursor, encode_cursor};
 use crate::webhooks::{signer, ssrf};
 
 /// How long a rotated-out secret keeps signing beside the new one.
@@ -426,34 +428,29 @@ pub async fn deliveries(
             ))
         }
     };
-    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let before = query.cursor.as_deref().map(log_position).transpose()?;
     let endpoint = found(&state, &id).await?;
     let page = state
         .store
         .list_deliveries(&endpoint.id, status, before, limit)
         .await?;
     let next_cursor = (page.len() == limit as usize)
-        .then(|| page.last().map(|d| encode_cursor(d.created_at, d.seq)))
+        .then(|| page.last().map(|d| log_cursor(d.created_at, d.seq)))
         .flatten();
     let items = page.into_iter().map(delivery).collect();
     Ok(HttpResponse::Ok().json(DeliveryList { items, next_cursor }))
 }
 
-fn encode_cursor(created_at: i64, seq: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("d{created_at}.{seq}"))
+/// The log's position: `(created_at, seq)` of the last delivery shown.
+fn log_cursor(created_at: i64, seq: i64) -> String {
+    encode_cursor(&format!("{created_at}.{seq}"))
 }
 
-fn decode_cursor(cursor: &str) -> Result<(i64, i64), ApiError> {
-    let bad =
-        || ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    text.strip_prefix('d')
-        .and_then(|rest| rest.split_once('.'))
+fn log_position(cursor: &str) -> Result<(i64, i64), ApiError> {
+    decode_cursor(cursor)?
+        .split_once('.')
         .and_then(|(at, seq)| Some((at.parse().ok()?, seq.parse().ok()?)))
-        .ok_or_else(bad)
+        .ok_or_else(super::bad_cursor)
 }
 
 #[utoipa::path(post, path = "/api/webhooks/{id}/deliveries/{delivery}/retry", tag = "webhooks",

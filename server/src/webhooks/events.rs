@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::store::{DocChanges, NewEvent};
+use crate::time::rfc3339;
 
 pub const DOCUMENT_CREATED: &str = "document.created";
 pub const DOCUMENT_UPDATED: &str = "document.updated";
@@ -28,12 +29,6 @@ pub const ALL: [&str; 6] = [
 pub enum Source {
     WebSocket,
     Api,
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    let t =
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn envelope(event_type: &'static str, now: i64, data: Value) -> String {
