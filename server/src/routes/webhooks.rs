@@ -21,6 +21,8 @@ const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
 const MAX_URL_LEN: usize = 2048;
 const MAX_DESCRIPTION_LEN: usize = 1024;
+/// More than every type there is, repeats included; bounds the work per call.
+const MAX_EVENTS: usize = 32;
 
 /// A webhook endpoint. `secret` appears only when it is created or rotated.
 #[derive(Serialize, ToSchema)]
@@ -197,6 +199,11 @@ fn check_url(state: &AppState, raw: &str) -> Result<String, ApiError> {
 
 fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
     let bad = |m: String| ApiError::bad_request("invalid_events", m);
+    if events.len() > MAX_EVENTS {
+        return Err(bad(format!(
+            "at most {MAX_EVENTS} event types may be listed"
+        )));
+    }
     if events.is_empty() {
         return Err(bad(format!(
             "events must list at least one of {} or be [\"*\"]",
@@ -478,4 +485,24 @@ pub async fn retry(
         delivery: message,
         status: "pending".into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn event_lists_are_checked_and_deduplicated() {
+        assert_eq!(
+            check_events(&strings(&["document.updated", "*", "document.updated"])).unwrap(),
+            strings(&["document.updated", "*"])
+        );
+        assert!(check_events(&[]).is_err());
+        assert!(check_events(&strings(&["document.upserted"])).is_err());
+        assert!(check_events(&vec!["*".to_string(); MAX_EVENTS + 1]).is_err());
+    }
 }
