@@ -4,11 +4,16 @@
 //! sockets with 1001, let rooms finish, flush the persister, close the pool.
 
 use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
-use actix_web::{web, HttpServer};
+use actix_http::HttpService;
+use actix_service::{
+    fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
+};
+use actix_web::dev::{AppConfig, Server};
+use actix_web::web;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -159,24 +164,52 @@ impl App {
             addr: settings.bind.clone(),
             source,
         })?;
-        let server = HttpServer::new(move || {
+        let make_app = move || {
             actix_web::App::new()
                 .app_data(state.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
-        })
-        .workers(workers)
-        // Small frames must leave at once: Nagle's algorithm would hold one
-        // back until the previous is acknowledged (tens of milliseconds).
-        .tcp_nodelay(true)
-        .disable_signals()
-        .shutdown_timeout(settings.rooms.shutdown_timeout.as_secs().max(1))
-        .listen(listener)
-        .map_err(|source| StartError::Bind {
-            addr: settings.bind.clone(),
-            source,
-        })?
-        .run();
+        };
+        // actix-web's `HttpServer` has no upgrade hook, so the same HTTP
+        // service is assembled here with one: WebSocket upgrades go to
+        // `ws::take_over`, which answers them through the app and keeps the
+        // socket (see routes/ws.rs).
+        let server = Server::build()
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(settings.rooms.shutdown_timeout.as_secs().max(1))
+            .listen("tandem-http", listener, move || {
+                let upgrade_app = make_app.clone();
+                let upgrade = fn_factory(move || {
+                    let app = upgrade_app()
+                        .into_factory()
+                        .new_service(AppConfig::default());
+                    async move {
+                        let app = Rc::new(app.await?);
+                        Ok::<_, ()>(fn_service(move |(req, framed)| {
+                            routes::ws::take_over(Rc::clone(&app), req, framed)
+                        }))
+                    }
+                });
+                let app = make_app()
+                    .into_factory()
+                    .map_err(|e: actix_web::Error| e.error_response());
+                HttpService::build()
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    // Small frames must leave at once: Nagle's algorithm would hold
+                    // one back until the previous is acknowledged.
+                    .tcp_nodelay(true)
+                    .local_addr(addr)
+                    .upgrade(upgrade)
+                    .h1(map_config(app, |()| AppConfig::default()))
+                    .tcp()
+            })
+            .map_err(|source| StartError::Bind {
+                addr: settings.bind.clone(),
+                source,
+            })?
+            .run();
         tracing::info!("listening on http://{addr}");
         Ok(App {
             grace: settings.rooms.shutdown_timeout,

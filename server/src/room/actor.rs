@@ -113,7 +113,7 @@ pub fn spawn_args(
     }
 }
 
-pub async fn run(room: Room, rx: mpsc::Receiver<RoomCmd>) {
+pub async fn run(room: Room, rx: mpsc::Receiver<Box<RoomCmd>>) {
     let span = tracing::info_span!("room", doc = %room.name);
     room.run(rx).instrument(span).await
 }
@@ -161,7 +161,7 @@ async fn load(registry: &Registry, name: &DocName) -> Result<(DocId, DocState), 
 }
 
 impl Room {
-    async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Box<RoomCmd>>) {
         match load(&self.registry, &self.name).await {
             Ok((doc_id, doc)) => {
                 self.doc_id = doc_id;
@@ -212,8 +212,8 @@ impl Room {
         }
     }
 
-    async fn handle(&mut self, cmd: RoomCmd) -> Flow {
-        match cmd {
+    async fn handle(&mut self, cmd: Box<RoomCmd>) -> Flow {
+        match *cmd {
             RoomCmd::Join {
                 conn,
                 user,
@@ -540,10 +540,10 @@ impl Room {
 /// Closes the mailbox and answers every queued join: with `refusal`, or,
 /// when `None`, by dropping the reply so that the session retries on a
 /// fresh room.
-fn drain(rx: &mut mpsc::Receiver<RoomCmd>, refusal: Option<JoinRefused>) {
+fn drain(rx: &mut mpsc::Receiver<Box<RoomCmd>>, refusal: Option<JoinRefused>) {
     rx.close();
     while let Ok(cmd) = rx.try_recv() {
-        if let (RoomCmd::Join { reply, .. }, Some(refusal)) = (cmd, refusal) {
+        if let (RoomCmd::Join { reply, .. }, Some(refusal)) = (*cmd, refusal) {
             let _ = reply.send(Err(refusal));
         }
     }

@@ -1,44 +1,38 @@
-//! Per-peer send queues and the WebSocket response body that drains them.
+//! A peer's outgoing side: the socket's write half and its send queue.
 //!
-//! The room pushes frames into a peer's `Outbox` without waiting: `push`
-//! takes a short lock and never blocks. A peer whose backlog would pass the
-//! limit is closed with 1013 instead (it resyncs on reconnect), so a slow
-//! client never stalls its room and never silently misses an update.
-//!
-//! `OutboxBody` is the HTTP response body of the upgraded connection: it
-//! turns queued payloads into WebSocket frames itself. Server frames are not
-//! masked, so a payload goes out as the very `Bytes` the room shared between
-//! all peers (no copy per peer), in slices of `CHUNK` bytes so that the HTTP
-//! layer never buffers a whole large frame per connection.
+//! The room calls `push` without ever waiting. When nothing is queued the
+//! frame is written to the socket right there, with one non-blocking
+//! `writev` of its header and the payload the room shares between all peers
+//! (no copy, no task to wake). Whatever the socket does not take at once is
+//! queued, and the connection's writer (`run_writer`, on the session's task)
+//! sends it as the socket drains. A peer whose backlog would pass the limit
+//! is closed with 1013 instead (it resyncs on reconnect), so a slow client
+//! never stalls its room and never silently misses an update.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::pin::Pin;
+use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use actix_web::body::{BodySize, MessageBody};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::wire::{self, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
 use crate::error::CloseCode;
 
-/// Largest slice of a payload handed to the HTTP layer at once.
-const CHUNK: usize = 64 * 1024;
-/// Payloads up to this size are copied next to their header (one write).
-const INLINE: usize = 1024;
-
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+/// At most this many frames go into one `writev`.
+const MAX_SLICES: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
 
 pub struct Outbox {
+    stream: Arc<TcpStream>,
     state: Mutex<State>,
+    /// Wakes the writer when frames wait in the queue.
+    queued: Notify,
     /// Cancelled when the connection is closing or gone: the session and the
     /// room stop using it.
     closed: CancellationToken,
@@ -46,66 +40,111 @@ pub struct Outbox {
 }
 
 struct State {
-    frames: VecDeque<(u8, Bytes)>,
-    /// Control frames (ping, pong) jump the queue.
-    control: VecDeque<(u8, Bytes)>,
+    /// Frames not yet wholly written, in order; the front may be partly written.
+    queue: VecDeque<Pending>,
+    /// Payload bytes of the queued frames not yet begun: the backlog the
+    /// limit applies to (a large frame being written counts as sent, as
+    /// sync step 2 of a big document must not overflow a new peer).
     queued_bytes: usize,
     close: Option<(CloseCode, &'static str)>,
-    waker: Option<Waker>,
+    /// The close frame is queued or written; nothing else may follow it.
+    close_queued: bool,
+    /// The socket failed: nothing more can be written.
+    broken: bool,
     last_push: Instant,
 }
 
+struct Pending {
+    header: [u8; 10],
+    header_len: u8,
+    payload: Bytes,
+    /// Bytes of header and payload already written.
+    written: usize,
+}
+
+impl Pending {
+    fn new(op: u8, payload: Bytes) -> Self {
+        let (header, len) = wire::header(op, payload.len());
+        Pending {
+            header,
+            header_len: len as u8, // at most 10
+            payload,
+            written: 0,
+        }
+    }
+
+    fn header(&self) -> &[u8] {
+        &self.header[..usize::from(self.header_len)]
+    }
+
+    fn len(&self) -> usize {
+        self.header().len() + self.payload.len()
+    }
+
+    /// The unwritten parts, as at most two slices.
+    fn unwritten(&self) -> [&[u8]; 2] {
+        let h = self.header();
+        if self.written < h.len() {
+            [&h[self.written..], &self.payload]
+        } else {
+            [&[], &self.payload[self.written - h.len()..]]
+        }
+    }
+}
+
+/// What one pass of the writer achieved.
+pub enum Flushed {
+    /// The queue is empty.
+    Empty,
+    /// The socket takes no more for now.
+    Blocked,
+    /// The close frame is out: the connection is done sending.
+    CloseSent,
+}
+
 impl Outbox {
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub fn new(stream: Arc<TcpStream>, limit: usize) -> Arc<Self> {
         Arc::new(Outbox {
+            stream,
             state: Mutex::new(State {
-                frames: VecDeque::new(),
-                control: VecDeque::new(),
+                queue: VecDeque::new(),
                 queued_bytes: 0,
                 close: None,
-                waker: None,
+                close_queued: false,
+                broken: false,
                 last_push: Instant::now(),
             }),
+            queued: Notify::new(),
             closed: CancellationToken::new(),
             limit,
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Held only to push or pop; a poisoned queue is still a valid queue.
+        // Held only to queue or write without blocking; a poisoned queue is still a valid queue.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a binary frame. A frame that would take the backlog over the
-    /// limit closes the connection with 1013 and returns `Overflow`; a frame
-    /// of any size is accepted when the backlog is empty.
+    /// Sends a binary frame, or queues what the socket does not take at once.
+    /// A frame that would take the backlog over the limit closes the
+    /// connection with 1013 and returns `Overflow`; a frame of any size is
+    /// accepted when the backlog is empty.
     pub fn push(&self, frame: Bytes) -> Result<(), Overflow> {
-        let waker = {
-            let mut s = self.lock();
-            if s.close.is_some() {
-                return Err(Overflow);
-            }
-            if !s.frames.is_empty() && s.queued_bytes + frame.len() > self.limit {
-                s.frames.clear();
-                s.queued_bytes = 0;
-                s.close = Some((
-                    CloseCode::TryAgainLater,
-                    "too slow to keep up; reconnect to resync",
-                ));
-                self.closed.cancel();
-                s.waker.take()
-            } else {
-                s.queued_bytes += frame.len();
-                s.frames.push_back((OP_BINARY, frame));
-                s.last_push = Instant::now();
-                s.waker.take()
-            }
-        };
-        let overflowed = self.closed.is_cancelled();
-        if let Some(w) = waker {
-            w.wake();
+        let mut s = self.lock();
+        if s.close.is_some() || s.broken {
+            return Err(Overflow);
         }
-        if overflowed {
+        s.last_push = Instant::now();
+        if !s.queue.is_empty() && s.queued_bytes + frame.len() > self.limit {
+            self.close_locked(
+                &mut s,
+                CloseCode::TryAgainLater,
+                "too slow to keep up; reconnect to resync",
+            );
+            return Err(Overflow);
+        }
+        self.send_locked(&mut s, Pending::new(OP_BINARY, frame));
+        if s.broken {
             Err(Overflow)
         } else {
             Ok(())
@@ -121,35 +160,134 @@ impl Outbox {
     }
 
     fn push_control(&self, op: u8, payload: Bytes) {
-        let waker = {
-            let mut s = self.lock();
-            if s.close.is_some() {
-                return;
-            }
-            s.control.push_back((op, payload));
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
+        let mut s = self.lock();
+        if s.close.is_none() && !s.broken {
+            self.send_locked(&mut s, Pending::new(op, payload));
         }
     }
 
-    /// Closes the connection with `code`: frames still queued are dropped and
-    /// the close frame goes out next. The first close wins.
-    pub fn close(&self, code: CloseCode, reason: &'static str) {
-        let waker = {
-            let mut s = self.lock();
-            if s.close.is_none() {
-                s.close = Some((code, reason));
-                s.frames.clear();
-                s.control.clear();
-                s.queued_bytes = 0;
+    /// Writes `frame` now if nothing is queued ahead of it; queues the rest.
+    fn send_locked(&self, s: &mut State, mut frame: Pending) {
+        if s.queue.is_empty() {
+            let [a, b] = frame.unwritten();
+            match self
+                .stream
+                .try_write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            {
+                Ok(n) if n == frame.len() => return,
+                Ok(n) => frame.written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.fail_locked(s, &e);
+                    return;
+                }
             }
-            s.waker.take()
-        };
+        }
+        if frame.written == 0 {
+            s.queued_bytes += frame.payload.len();
+        }
+        s.queue.push_back(frame);
+        self.queued.notify_one();
+    }
+
+    /// Closes the connection with `code`: frames still queued are dropped
+    /// (but for one already partly written) and the close frame goes next.
+    /// The first close wins.
+    pub fn close(&self, code: CloseCode, reason: &'static str) {
+        let mut s = self.lock();
+        self.close_locked(&mut s, code, reason);
+    }
+
+    fn close_locked(&self, s: &mut State, code: CloseCode, reason: &'static str) {
+        if s.close.is_none() {
+            s.close = Some((code, reason));
+            let started = s.queue.front().is_some_and(|f| f.written > 0);
+            s.queue.truncate(usize::from(started));
+            s.queued_bytes = 0;
+            if !s.broken {
+                s.close_queued = true;
+                let frame = Pending::new(OP_CLOSE, wire::close_payload(code, reason));
+                self.send_locked(s, frame);
+            }
+        }
         self.closed.cancel();
-        if let Some(w) = waker {
-            w.wake();
+        self.queued.notify_one();
+    }
+
+    fn fail_locked(&self, s: &mut State, e: &io::Error) {
+        tracing::debug!(error = %e, "writing to the socket failed");
+        s.broken = true;
+        s.queue.clear();
+        s.queued_bytes = 0;
+        self.closed.cancel();
+        self.queued.notify_one();
+    }
+
+    /// Writes as much of the queue as the socket takes now.
+    fn flush(&self) -> io::Result<Flushed> {
+        let mut s = self.lock();
+        loop {
+            if s.broken {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            if s.queue.is_empty() {
+                return Ok(if s.close_queued {
+                    Flushed::CloseSent
+                } else {
+                    Flushed::Empty
+                });
+            }
+            let mut slices = Vec::with_capacity(2 * MAX_SLICES.min(s.queue.len()));
+            for frame in s.queue.iter().take(MAX_SLICES) {
+                for part in frame.unwritten() {
+                    if !part.is_empty() {
+                        slices.push(IoSlice::new(part));
+                    }
+                }
+            }
+            let written = self.stream.try_write_vectored(&slices);
+            drop(slices);
+            let mut n = match written {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) => {
+                    self.fail_locked(&mut s, &e);
+                    return Err(e);
+                }
+            };
+            let State {
+                queue,
+                queued_bytes,
+                ..
+            } = &mut *s;
+            while n > 0 {
+                let Some(front) = queue.front_mut() else {
+                    break;
+                };
+                if front.written == 0 {
+                    *queued_bytes -= front.payload.len();
+                }
+                let left = front.len() - front.written;
+                if n < left {
+                    front.written += n;
+                    break;
+                }
+                n -= left;
+                queue.pop_front();
+            }
+        }
+    }
+
+    /// The connection's writer: sends what `push` queued whenever the socket
+    /// can take it. It returns once the close frame is out, or with the
+    /// error that broke the socket.
+    pub async fn run_writer(&self) -> io::Result<()> {
+        loop {
+            match self.flush()? {
+                Flushed::Empty => self.queued.notified().await,
+                Flushed::Blocked => self.stream.writable().await?,
+                Flushed::CloseSent => return Ok(()),
+            }
         }
     }
 
@@ -163,6 +301,16 @@ impl Outbox {
         self.closed.cancelled()
     }
 
+    /// Marks the connection gone (the client hung up): the room drops it.
+    pub fn gone(&self) {
+        let mut s = self.lock();
+        s.broken = true;
+        s.queue.clear();
+        s.queued_bytes = 0;
+        self.closed.cancel();
+        self.queued.notify_one();
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
     }
@@ -171,190 +319,107 @@ impl Outbox {
     pub fn idle_for(&self) -> std::time::Duration {
         self.lock().last_push.elapsed()
     }
-
-    fn pop(&self, waker: &Waker) -> Next {
-        let mut s = self.lock();
-        if let Some((op, payload)) = s.control.pop_front() {
-            return Next::Frame(op, payload);
-        }
-        if let Some((op, payload)) = s.frames.pop_front() {
-            s.queued_bytes -= payload.len();
-            return Next::Frame(op, payload);
-        }
-        if let Some((code, reason)) = s.close {
-            return Next::Close(code, reason);
-        }
-        s.waker = Some(waker.clone());
-        Next::Empty
-    }
-}
-
-enum Next {
-    Frame(u8, Bytes),
-    Close(CloseCode, &'static str),
-    Empty,
-}
-
-/// The response body of an upgraded WebSocket connection.
-pub struct OutboxBody {
-    outbox: Arc<Outbox>,
-    /// The rest of a large payload being sent in slices.
-    rest: Bytes,
-    done: bool,
-}
-
-impl OutboxBody {
-    pub fn new(outbox: Arc<Outbox>) -> Self {
-        OutboxBody {
-            outbox,
-            rest: Bytes::new(),
-            done: false,
-        }
-    }
-}
-
-impl Drop for OutboxBody {
-    fn drop(&mut self) {
-        // The connection is gone: let the session and the room know.
-        self.outbox.closed.cancel();
-    }
-}
-
-impl MessageBody for OutboxBody {
-    type Error = Infallible;
-
-    fn size(&self) -> BodySize {
-        BodySize::Stream
-    }
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let this = self.get_mut();
-        if !this.rest.is_empty() {
-            let n = this.rest.len().min(CHUNK);
-            return Poll::Ready(Some(Ok(this.rest.split_to(n))));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match this.outbox.pop(cx.waker()) {
-            Next::Frame(op, payload) => {
-                let mut out = BytesMut::with_capacity(10 + payload.len().min(INLINE));
-                put_header(&mut out, op, payload.len());
-                if payload.len() <= INLINE {
-                    out.put_slice(&payload);
-                } else {
-                    this.rest = payload;
-                }
-                Poll::Ready(Some(Ok(out.freeze())))
-            }
-            Next::Close(code, reason) => {
-                this.done = true;
-                Poll::Ready(Some(Ok(close_frame(code, reason))))
-            }
-            Next::Empty => Poll::Pending,
-        }
-    }
-}
-
-/// An unmasked server frame header (RFC 6455 §5.2) with FIN set.
-fn put_header(out: &mut BytesMut, op: u8, len: usize) {
-    out.put_u8(0x80 | op);
-    if len < 126 {
-        out.put_u8(len as u8); // lossless: len < 126
-    } else if let Ok(len16) = u16::try_from(len) {
-        out.put_u8(126);
-        out.put_u16(len16);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64); // usize fits u64 on every supported target
-    }
-}
-
-fn close_frame(code: CloseCode, reason: &str) -> Bytes {
-    // Control frames carry at most 125 bytes: 2 for the code, 123 for the reason.
-    let reason = &reason.as_bytes()[..reason.len().min(123)];
-    let mut out = BytesMut::with_capacity(4 + reason.len());
-    put_header(&mut out, OP_CLOSE, 2 + reason.len());
-    out.put_u16(code.code());
-    out.put_slice(reason);
-    out.freeze()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use actix_http::ws::{Codec, Frame};
-    use actix_web::web::BytesMut as ActixBytesMut;
+    use bytes::BytesMut;
+    use tokio::io::AsyncReadExt;
     use tokio_util::codec::Decoder;
 
-    /// Drains the body the way the HTTP layer would, then decodes what it
-    /// wrote with actix's own client-side WebSocket codec.
-    fn drain(body: &mut OutboxBody) -> Vec<Frame> {
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut wire = ActixBytesMut::new();
-        loop {
-            match Pin::new(&mut *body).poll_next(&mut cx) {
-                Poll::Ready(Some(Ok(chunk))) => wire.extend_from_slice(&chunk),
-                Poll::Ready(None) | Poll::Pending => break,
-                Poll::Ready(Some(Err(never))) => match never {},
-            }
-        }
+    /// A connected pair: the server end in an `Outbox`, the client end raw.
+    async fn pair(limit: usize) -> (Arc<Outbox>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (Outbox::new(Arc::new(server), limit), client)
+    }
+
+    /// Reads frames with actix's client-side codec until `count` arrived.
+    async fn read_frames(client: &mut tokio::net::TcpStream, count: usize) -> Vec<Frame> {
         let mut codec = Codec::new().client_mode().max_size(64 << 20);
+        let mut wire = BytesMut::new();
         let mut frames = Vec::new();
-        while let Some(frame) = codec.decode(&mut wire).expect("valid frames") {
-            frames.push(frame);
+        while frames.len() < count {
+            while let Some(frame) = codec.decode(&mut wire).expect("valid frames") {
+                frames.push(frame);
+            }
+            if frames.len() < count && client.read_buf(&mut wire).await.expect("read") == 0 {
+                break;
+            }
         }
         frames
     }
 
-    #[test]
-    fn frames_of_every_length_class_decode() {
-        let outbox = Outbox::new(1 << 30);
-        let sizes = [0usize, 125, 126, 1000, 65535, 65536, 300_000];
+    #[tokio::test]
+    async fn frames_of_every_length_class_arrive_in_order() {
+        let (outbox, mut client) = pair(1 << 30).await;
+        let sizes = [0usize, 125, 126, 1000, 65535, 65536, 3_000_000];
         for n in sizes {
             outbox.push(Bytes::from(vec![7u8; n])).expect("fits");
         }
         outbox.ping();
-        let mut body = OutboxBody::new(outbox.clone());
-        let frames = drain(&mut body);
-        assert!(
-            matches!(frames[0], Frame::Ping(_)),
-            "control frames go first"
-        );
-        for (frame, n) in frames[1..].iter().zip(sizes) {
+        let writer = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.run_writer().await })
+        };
+        let frames = read_frames(&mut client, sizes.len() + 1).await;
+        for (frame, n) in frames.iter().zip(sizes) {
             match frame {
-                Frame::Binary(b) => assert_eq!(b.len(), n),
+                Frame::Binary(b) => {
+                    assert_eq!(b.len(), n);
+                    assert!(b.iter().all(|&x| x == 7));
+                }
                 other => panic!("expected binary, got {other:?}"),
             }
         }
+        assert!(matches!(frames[sizes.len()], Frame::Ping(_)));
+        writer.abort();
     }
 
-    #[test]
-    fn close_sends_the_code_and_ends_the_body() {
-        let outbox = Outbox::new(1 << 20);
+    #[tokio::test]
+    async fn close_sends_the_code_after_a_partly_written_frame() {
+        let (outbox, mut client) = pair(1 << 30).await;
+        // Large enough that the socket cannot take it at once.
+        outbox
+            .push(Bytes::from(vec![1u8; 8 << 20]))
+            .expect("an empty queue takes any frame");
         outbox.push(Bytes::from_static(b"dropped")).expect("fits");
         outbox.close(CloseCode::Malformed, "bad frame");
-        let mut body = OutboxBody::new(outbox.clone());
-        let frames = drain(&mut body);
-        assert_eq!(frames.len(), 1);
-        match &frames[0] {
+        assert!(outbox.is_closed());
+        let writer = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.run_writer().await })
+        };
+        let frames = read_frames(&mut client, 2).await;
+        assert!(matches!(&frames[0], Frame::Binary(b) if b.len() == 8 << 20));
+        match &frames[1] {
             Frame::Close(Some(reason)) => assert_eq!(u16::from(reason.code), 4400),
             other => panic!("expected close, got {other:?}"),
         }
-        assert!(outbox.is_closed());
+        writer
+            .await
+            .expect("joins")
+            .expect("the close frame went out");
     }
 
-    #[test]
-    fn overflow_closes_with_1013() {
-        let outbox = Outbox::new(100);
-        outbox
-            .push(Bytes::from(vec![0u8; 500]))
-            .expect("an empty queue takes any frame");
-        assert_eq!(outbox.push(Bytes::from(vec![0u8; 10])), Err(Overflow));
+    #[tokio::test]
+    async fn overflow_closes_with_1013() {
+        let (outbox, _client) = pair(100).await;
+        // The client never reads: the socket's buffers fill, then the queue.
+        let mut result = Ok(());
+        for _ in 0..10_000 {
+            result = outbox.push(Bytes::from(vec![0u8; 64 << 10]));
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(Overflow));
         assert_eq!(outbox.close_code(), Some(CloseCode::TryAgainLater));
         assert!(outbox.is_closed());
     }

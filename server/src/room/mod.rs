@@ -1,18 +1,20 @@
 //! Rooms: one task per loaded document owns its `DocState`, its awareness
 //! and its peers (`actor`); the `registry` finds or loads rooms; each socket
-//! runs a `session`; `fanout` holds the per-peer queues; `persist` writes
-//! accepted updates to the store with group commit.
+//! runs a `session` on the TCP stream it took over at the upgrade, reading
+//! frames with `wire`; `fanout` is each peer's outgoing side; `persist`
+//! writes accepted updates to the store with group commit.
 //!
 //! Architecture invariant: a room never awaits storage, a peer or the
 //! network while relaying; it hands updates to the persister and frames to
-//! outboxes, both without blocking.
+//! outboxes, both without blocking (an outbox writes to its socket with a
+//! non-blocking `writev` and queues what the socket does not take).
 
 pub mod actor;
 pub mod fanout;
-pub mod frame_guard;
 pub mod persist;
 pub mod registry;
 pub mod session;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

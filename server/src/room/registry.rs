@@ -25,7 +25,9 @@ const ROOM_MAILBOX: usize = 1024;
 #[derive(Clone)]
 pub struct RoomHandle {
     pub id: u64,
-    pub tx: mpsc::Sender<RoomCmd>,
+    /// Commands are boxed so that the mailbox's slots stay small: an idle
+    /// room's mailbox is one block of 32 slots.
+    pub tx: mpsc::Sender<Box<RoomCmd>>,
     /// Connections in the room, kept by the room.
     pub clients: Arc<AtomicUsize>,
 }
@@ -133,7 +135,7 @@ impl Registry {
         for _ in 0..CALL_ATTEMPTS {
             let room = self.handle(name);
             let (reply, answer) = oneshot::channel();
-            if room.tx.send(make(reply)).await.is_err() {
+            if room.tx.send(Box::new(make(reply))).await.is_err() {
                 continue;
             }
             if let Ok(value) = answer.await {

@@ -1,24 +1,36 @@
-//! `GET /ws/{doc}`: checks the document name (400 before the upgrade),
-//! upgrades, and hands the connection to a `Session`.
-//!
-//! The upgrade's response body is replaced by an `OutboxBody`, which writes
-//! the room's frames without a copy per peer; actix-ws still parses what the
-//! client sends.
+//! `GET /ws/{doc}`: the handler checks the document name (400), the token
+//! (401, 403) and the handshake, and answers 101 with the admitted
+//! `Session` attached. `take_over`, the HTTP server's upgrade service, sends
+//! that answer and hands the TCP stream itself to the session, which reads
+//! and writes WebSocket frames on it directly: no HTTP buffers, channels or
+//! tasks stay between a room and its sockets.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::convert::Infallible;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use actix_web::{dev, web, FromRequest, HttpRequest, HttpResponse};
+use actix_codec::Framed;
+use actix_http::body::BodySize;
+use actix_http::h1::{self, SendResponse};
+use actix_http::ws::{hash_key, verify_handshake};
+use actix_http::{ConnectionType, Request, Response, StatusCode};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::SinkExt;
+use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::auth::{bearer, Perm};
 use crate::doc_name::DocName;
-use crate::error::{ApiError, CloseCode};
-use crate::room::fanout::{Outbox, OutboxBody};
-use crate::room::frame_guard::FrameGuard;
+use crate::error::ApiError;
 use crate::room::session::Session;
 use crate::room::ConnId;
+
+/// Rides on a 101 response from `connect` to `take_over`.
+struct Admitted(Session);
 
 /// The client token: `?token=` or `Authorization: Bearer`.
 fn token(req: &HttpRequest) -> Option<&str> {
@@ -41,7 +53,6 @@ fn token(req: &HttpRequest) -> Option<&str> {
 pub async fn connect(
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = DocName::parse(&path)
@@ -50,61 +61,86 @@ pub async fn connect(
         tracing::warn!(doc = %name, "WebSocket refused: {e}");
         ApiError::from(e)
     })?;
-    let limits = &state.registry.deps.limits;
-    // Frames over the size limit are refused from their header (see FrameGuard).
-    let oversize = Arc::new(AtomicBool::new(false));
-    let guarded = FrameGuard::new(
-        body.into_inner(),
-        limits.max_message_bytes,
-        Arc::clone(&oversize),
-    );
-    let guarded: actix_http::BoxedPayloadStream = Box::pin(guarded);
-    let mut guarded = dev::Payload::Stream { payload: guarded };
-    let body = web::Payload::from_request(&req, &mut guarded)
-        .await
-        .map_err(|e| ApiError::Unexpected(e.to_string().into()))?;
-    let (response, _unused_session, stream) = actix_ws::handle(&req, body).map_err(|e| {
+    let upgrade_required = |detail: String| {
         ApiError::bad_request(
             "websocket_upgrade_required",
-            format!("expected a WebSocket upgrade: {e}"),
+            format!("expected a WebSocket upgrade: {detail}"),
         )
-    })?;
-    let stream = stream
-        .max_frame_size(limits.max_message_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(limits.max_message_bytes);
-
-    let outbox = Outbox::new(limits.send_queue_bytes);
-    let (head, original_body) = response.into_parts();
-    let response = head.set_body(OutboxBody::new(Arc::clone(&outbox)));
-
-    let conn = ConnId::next();
-    let registry = Arc::clone(&state.registry);
-    let open = registry.connections.fetch_add(1, Ordering::Relaxed) + 1;
-    if open > limits.max_connections {
-        registry.connections.fetch_sub(1, Ordering::Relaxed);
-        tracing::warn!(doc = %name, open, "server full; refusing the connection");
-        outbox.close(CloseCode::TryAgainLater, "server full");
-        return Ok(response.map_into_boxed_body());
-    }
-    let session = Session {
-        conn,
-        name: name.clone(),
+    };
+    verify_handshake(req.head()).map_err(|e| upgrade_required(e.to_string()))?;
+    let accept = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|key| hash_key(key.as_bytes()))
+        .and_then(|accept| HeaderValue::from_bytes(&accept).ok())
+        .ok_or_else(|| upgrade_required("no usable Sec-WebSocket-Key".into()))?;
+    let mut response = HttpResponse::SwitchingProtocols()
+        .upgrade("websocket")
+        .insert_header((header::SEC_WEBSOCKET_ACCEPT, accept))
+        .finish();
+    response.extensions_mut().insert(Admitted(Session {
+        conn: ConnId::next(),
+        name,
         read_only: access.perm == Perm::Read,
         user: access.user.as_deref().map(Arc::from),
         expires_at: access.expires_at,
-        oversize,
-        outbox,
-        registry,
+        registry: Arc::clone(&state.registry),
+    }));
+    Ok(response)
+}
+
+/// The upgrade service: every WebSocket upgrade request comes here with its
+/// connection. The app answers it as any request; a 101 from `connect` is
+/// sent and the connection becomes the session's, anything else is sent
+/// and the connection closed.
+pub async fn take_over<S, B>(
+    app: Rc<S>,
+    req: Request,
+    mut framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), Infallible>
+where
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody + 'static,
+{
+    let mut response = match app.call(req).await {
+        Ok(res) => res.into_parts().1.map_into_boxed_body(),
+        Err(e) => e.error_response(),
     };
-    let user = access.user.as_deref().unwrap_or("");
-    let span = tracing::info_span!("conn", doc = %name, %conn, user);
-    // The original body must outlive the session: dropping it would tell
-    // actix-ws' reader that the connection closed.
-    state
-        .registry
-        .deps
-        .tracker
-        .spawn_local(session.run(stream, original_body).instrument(span));
-    Ok(response.map_into_boxed_body())
+    let admitted = response.extensions_mut().remove::<Admitted>();
+    let mut response: Response<_> = response.into();
+    match admitted {
+        Some(Admitted(session)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let (head, _) = response.into_parts();
+            if let Err(e) = framed.send(h1::Message::Item((head, BodySize::None))).await {
+                tracing::debug!(error = %e, "the upgrade response could not be sent");
+                return Ok(());
+            }
+            // Keep the stream and any early bytes; the HTTP codec and its
+            // write buffer are freed now, not when the session ends.
+            let (io, early) = {
+                let parts = framed.into_parts();
+                (parts.io, parts.read_buf)
+            };
+            let user = session.user.as_deref().unwrap_or("").to_owned();
+            let span = tracing::info_span!("conn", doc = %session.name, conn = %session.conn, user);
+            // Graceful shutdown waits for sessions through the tracker.
+            let _tracked = session.registry.deps.tracker.token();
+            // Boxed: this future lives as long as the connection, and inline it
+            // would make the HTTP layer's task as large as the largest state.
+            Box::pin(session.run(io, early).instrument(span)).await;
+        }
+        _ => {
+            response
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
+            let (head, body) = response.into_parts();
+            // The app's bodies here are short (errors, or a page asked for
+            // with an upgrade header); a body that fails is sent empty.
+            let body = actix_web::body::to_bytes(body).await.unwrap_or_default();
+            if let Err(e) = SendResponse::new(framed, head.set_body(body)).await {
+                tracing::debug!(error = %e, "a refusal could not be sent");
+            }
+        }
+    }
+    Ok(())
 }
