@@ -235,34 +235,27 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
+        // The common case is one statement, its own transaction: a trigger
+        // keeps the documents' counters (migration 0003).
+        if !track_changes && batch.len() <= ROWS_PER_INSERT {
+            insert_updates(batch).build().execute(&self.pool).await?;
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         for chunk in batch.chunks(ROWS_PER_INSERT) {
-            // INSERT … SELECT skips the rows of documents deleted meanwhile.
-            let mut q = QueryBuilder::new(
-                "INSERT INTO doc_updates (doc_id, data) SELECT v.column1, v.column2 FROM (VALUES ",
-            );
-            let mut sep = q.separated(", ");
-            for u in chunk {
-                sep.push("(");
-                sep.push_bind_unseparated(u.doc_id);
-                sep.push_unseparated(", ");
-                sep.push_bind_unseparated(u.data.as_ref());
-                sep.push_unseparated(")");
-            }
-            q.push(") AS v JOIN documents d ON d.id = v.column1");
-            q.build().execute(&mut *tx).await?;
+            insert_updates(chunk).build().execute(&mut *tx).await?;
         }
-        let mut per_doc: BTreeMap<DocId, (i64, i64, BTreeSet<&str>)> = BTreeMap::new();
-        for u in batch {
-            let e = per_doc.entry(u.doc_id).or_default();
-            e.0 += 1;
-            e.1 += i64::try_from(u.data.len()).unwrap_or(i64::MAX);
-            if let Some(user) = &u.user {
-                e.2.insert(user);
-            }
-        }
-        let now = now_ms();
         if track_changes {
+            let mut per_doc: BTreeMap<DocId, (i64, i64, BTreeSet<&str>)> = BTreeMap::new();
+            for u in batch {
+                let e = per_doc.entry(u.doc_id).or_default();
+                e.0 += 1;
+                e.1 += i64::try_from(u.data.len()).unwrap_or(i64::MAX);
+                if let Some(user) = &u.user {
+                    e.2.insert(user);
+                }
+            }
+            let now = now_ms();
             for (doc_id, (count, bytes, users)) in &per_doc {
                 sqlx::query(
                     "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at)
@@ -288,18 +281,6 @@ impl Store for SqliteStore {
                     .await?;
                 }
             }
-        }
-        for (doc_id, (count, bytes, _)) in per_doc {
-            sqlx::query(
-                "UPDATE documents SET updated_at = $1, log_count = log_count + $2,
-                 size_bytes = size_bytes + $3 WHERE id = $4",
-            )
-            .bind(now)
-            .bind(count)
-            .bind(bytes)
-            .bind(doc_id)
-            .execute(&mut *tx)
-            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -786,4 +767,22 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// One INSERT of a batch of updates. `INSERT … SELECT … JOIN documents`
+/// skips the rows of documents deleted meanwhile.
+fn insert_updates(batch: &[PendingUpdate]) -> QueryBuilder<'_, sqlx::Sqlite> {
+    let mut q = QueryBuilder::new(
+        "INSERT INTO doc_updates (doc_id, data) SELECT v.column1, v.column2 FROM (VALUES ",
+    );
+    let mut sep = q.separated(", ");
+    for u in batch {
+        sep.push("(");
+        sep.push_bind_unseparated(u.doc_id);
+        sep.push_unseparated(", ");
+        sep.push_bind_unseparated(u.data.as_ref());
+        sep.push_unseparated(")");
+    }
+    q.push(") AS v JOIN documents d ON d.id = v.column1");
+    q
 }
