@@ -2,6 +2,8 @@
 //! sends right behind its upgrade request is read, and an upgrade request
 //! the app does not answer with 101 gets the app's own response.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
 mod common;
 
 use std::time::Duration;
