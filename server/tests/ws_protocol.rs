@@ -124,3 +124,27 @@ async fn invalid_names_are_refused_with_400_before_the_upgrade() {
     }
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn an_idle_connection_gets_the_keepalive_every_ping_interval() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app(&["--ping-interval", "1s", "--ping-timeout", "3s"]).await;
+    let mut c = app.client("quiet").await;
+    c.sync().await;
+    // Ticks at 1, 2 and 3 s: the first follows the join's own frames; the
+    // next two must each carry a keepalive (the stock client reconnects
+    // after 30 s without an application message).
+    let mut keepalives = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(3600);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, c.ws.next()).await {
+        if let Message::Binary(bytes) = msg.expect("valid frame") {
+            if bytes.as_ref() == [protocol::MSG_AWARENESS, 1, 0] {
+                keepalives += 1;
+            }
+        }
+    }
+    assert!(keepalives >= 2, "{keepalives} keepalives in 3.6 s");
+    app.stop().await;
+}

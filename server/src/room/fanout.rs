@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -51,7 +50,8 @@ struct State {
     close_queued: bool,
     /// The socket failed: nothing more can be written.
     broken: bool,
-    last_push: Instant,
+    /// A data frame was queued or sent since the session last asked.
+    sent_since_asked: bool,
 }
 
 struct Pending {
@@ -112,7 +112,7 @@ impl Outbox {
                 close: None,
                 close_queued: false,
                 broken: false,
-                last_push: Instant::now(),
+                sent_since_asked: false,
             }),
             queued: Notify::new(),
             closed: CancellationToken::new(),
@@ -134,7 +134,7 @@ impl Outbox {
         if s.close.is_some() || s.broken {
             return Err(Overflow);
         }
-        s.last_push = Instant::now();
+        s.sent_since_asked = true;
         if !s.queue.is_empty() && s.queued_bytes + frame.len() > self.limit {
             self.close_locked(
                 &mut s,
@@ -315,9 +315,10 @@ impl Outbox {
         self.closed.is_cancelled()
     }
 
-    /// Time since a data frame was last queued.
-    pub fn idle_for(&self) -> std::time::Duration {
-        self.lock().last_push.elapsed()
+    /// Whether a data frame went out since the last call (a flag, not a
+    /// clock read: `push` runs per peer per update).
+    pub fn take_sent(&self) -> bool {
+        std::mem::take(&mut self.lock().sent_since_asked)
     }
 }
 

@@ -104,16 +104,14 @@ impl Session {
         // A closing connection no longer counts against the limits.
         drop(counted);
         match end {
-            End::Gone => tracing::debug!("connection lost"),
-            End::CloseSent => {
-                linger(&stream, tokio::time::Instant::now() + CLOSE_GRACE).await;
-                tracing::debug!(close = ?outbox.close_code(), "connection ended");
+            End::Gone => {
+                tracing::debug!("connection lost");
+                return;
             }
-            End::Closing => {
-                finish(&stream, &outbox, writer).await;
-                tracing::debug!(close = ?outbox.close_code(), "connection ended");
-            }
+            End::CloseSent => linger(&stream, tokio::time::Instant::now() + CLOSE_GRACE).await,
+            End::Closing => finish(&stream, &outbox, writer).await,
         }
+        tracing::debug!(close = ?outbox.close_code(), "connection ended");
     }
 
     async fn serve(
@@ -187,8 +185,10 @@ impl Session {
                         return End::Closing;
                     }
                     outbox.ping();
-                    if outbox.idle_for() >= ping_interval {
+                    if !outbox.take_sent() {
                         let _ = outbox.push(Bytes::from_static(KEEPALIVE));
+                        // The keepalive itself does not count as traffic.
+                        outbox.take_sent();
                     }
                 }
                 _ = &mut expiry => {
