@@ -6,8 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, SqlitePool};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, SqlitePool};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +26,12 @@ const ROWS_PER_INSERT: usize = 4000;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The persister's own connection, opened on first use and reopened
+    /// after an error. Through the pool, every group commit would cost two
+    /// more round trips to SQLite's thread: sqlx pings a connection when it
+    /// is returned (and, by default, when it is handed out).
+    appender: tokio::sync::Mutex<Option<SqliteConnection>>,
+    options: SqliteConnectOptions,
 }
 
 impl SqliteStore {
@@ -49,11 +57,17 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            // A local file does not drop connections behind our back.
+            .test_before_acquire(false)
+            .connect_with(options.clone())
             .await
             .map_err(|e| config_err(format!("cannot open {}: {e}", path.display())))?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            appender: tokio::sync::Mutex::new(None),
+            options,
+        })
     }
 
     /// A transaction that reads before it writes must take the write lock
@@ -235,55 +249,17 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        // The common case is one statement, its own transaction: a trigger
-        // keeps the documents' counters (migration 0003).
-        if !track_changes && batch.len() <= ROWS_PER_INSERT {
-            insert_updates(batch).build().execute(&self.pool).await?;
-            return Ok(());
+        let mut slot = self.appender.lock().await;
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            None => slot.insert(self.options.connect().await?),
+        };
+        let result = append_on(conn, batch, track_changes).await;
+        if result.is_err() {
+            // It may be broken or inside a transaction: the retry gets a new one.
+            *slot = None;
         }
-        let mut tx = self.pool.begin().await?;
-        for chunk in batch.chunks(ROWS_PER_INSERT) {
-            insert_updates(chunk).build().execute(&mut *tx).await?;
-        }
-        if track_changes {
-            let mut per_doc: BTreeMap<DocId, (i64, i64, BTreeSet<&str>)> = BTreeMap::new();
-            for u in batch {
-                let e = per_doc.entry(u.doc_id).or_default();
-                e.0 += 1;
-                e.1 += i64::try_from(u.data.len()).unwrap_or(i64::MAX);
-                if let Some(user) = &u.user {
-                    e.2.insert(user);
-                }
-            }
-            let now = now_ms();
-            for (doc_id, (count, bytes, users)) in &per_doc {
-                sqlx::query(
-                    "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at)
-                     SELECT $1, $2, $3, $4, $4 WHERE EXISTS (SELECT 1 FROM documents WHERE id = $1)
-                     ON CONFLICT (doc_id) DO UPDATE SET updates = updates + excluded.updates,
-                       bytes = bytes + excluded.bytes, last_change_at = excluded.last_change_at",
-                )
-                .bind(doc_id)
-                .bind(count)
-                .bind(bytes)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                for user in users {
-                    sqlx::query(
-                        "INSERT INTO doc_change_users (doc_id, user)
-                         SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM doc_changes WHERE doc_id = $1)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(doc_id)
-                    .bind(*user)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        result
     }
 
     async fn compaction_candidates(&self, min_updates: u32) -> Result<Vec<DocId>, StoreError> {
@@ -767,6 +743,63 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Appends a batch in one transaction on `conn`.
+async fn append_on(
+    conn: &mut SqliteConnection,
+    batch: &[PendingUpdate],
+    track_changes: bool,
+) -> Result<(), StoreError> {
+    // The common case is one statement, its own transaction: a trigger
+    // keeps the documents' counters (migration 0003).
+    if !track_changes && batch.len() <= ROWS_PER_INSERT {
+        insert_updates(batch).build().execute(&mut *conn).await?;
+        return Ok(());
+    }
+    let mut tx = conn.begin().await?;
+    for chunk in batch.chunks(ROWS_PER_INSERT) {
+        insert_updates(chunk).build().execute(&mut *tx).await?;
+    }
+    if track_changes {
+        let mut per_doc: BTreeMap<DocId, (i64, i64, BTreeSet<&str>)> = BTreeMap::new();
+        for u in batch {
+            let e = per_doc.entry(u.doc_id).or_default();
+            e.0 += 1;
+            e.1 += i64::try_from(u.data.len()).unwrap_or(i64::MAX);
+            if let Some(user) = &u.user {
+                e.2.insert(user);
+            }
+        }
+        let now = now_ms();
+        for (doc_id, (count, bytes, users)) in &per_doc {
+            sqlx::query(
+                "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at)
+                 SELECT $1, $2, $3, $4, $4 WHERE EXISTS (SELECT 1 FROM documents WHERE id = $1)
+                 ON CONFLICT (doc_id) DO UPDATE SET updates = updates + excluded.updates,
+                   bytes = bytes + excluded.bytes, last_change_at = excluded.last_change_at",
+            )
+            .bind(doc_id)
+            .bind(count)
+            .bind(bytes)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for user in users {
+                sqlx::query(
+                    "INSERT INTO doc_change_users (doc_id, user)
+                     SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM doc_changes WHERE doc_id = $1)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(doc_id)
+                .bind(*user)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// One INSERT of a batch of updates. `INSERT … SELECT … JOIN documents`
