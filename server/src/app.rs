@@ -102,6 +102,7 @@ impl App {
             Arc::clone(&store),
             metrics_handles.clone(),
             Arc::clone(&webhooks),
+            settings.sync_interval,
         );
         // The persister outlives the rooms: it drains its queue after shutdown.
         let core_handle = core.handle();
@@ -260,7 +261,7 @@ impl App {
             tracing::warn!("some rooms did not stop in time");
         }
         let backlog = self.persister.backlog();
-        if tokio::time::timeout(self.grace, self.persister.flush())
+        if tokio::time::timeout(self.grace, self.persister.flush_durable())
             .await
             .is_err()
         {

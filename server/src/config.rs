@@ -25,6 +25,14 @@ pub struct Settings {
     )]
     pub database_url: String,
 
+    /// How long an edit received over a WebSocket may wait to be put on the
+    /// disk (fsync). It is in the database file at once, so a crash or
+    /// `kill -9` of the server never loses it; this bounds what a power cut
+    /// or an OS crash can take. `0s`: every commit waits for the disk.
+    /// Updates through the HTTP API are on the disk before their 2xx.
+    #[arg(long, env = "TANDEM_SYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sync_interval: Duration,
+
     /// Log format: `pretty` (human) or `json` (one JSON object per line).
     /// Levels and filters come from `RUST_LOG` (default `info`).
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]

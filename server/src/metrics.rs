@@ -37,6 +37,7 @@ pub struct Metrics {
     pub malformed_messages: Counter,
     pub persist_seconds: Histogram,
     pub persist_batch_updates: Histogram,
+    pub sync_seconds: Histogram,
 }
 
 impl Metrics {
@@ -50,6 +51,7 @@ impl Metrics {
             malformed_messages: metrics::counter!("tandem_malformed_messages_total"),
             persist_seconds: metrics::histogram!("tandem_persist_seconds"),
             persist_batch_updates: metrics::histogram!("tandem_persist_batch_updates"),
+            sync_seconds: metrics::histogram!("tandem_sync_seconds"),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The real `tandem` binary as a child process: an update applied through
 //! the HTTP API is durable the moment its 2xx arrives (SIGKILL right after
-//! loses nothing), a deletion too, and a bad database URL stops the start
+//! loses nothing), a deletion too; WebSocket edits are put on the disk
+//! within `TANDEM_SYNC_INTERVAL`; and a bad database URL stops the start
 //! with a message and a non-zero exit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +23,12 @@ struct Server {
 }
 
 fn start(db: &std::path::Path) -> Server {
+    start_with(db, &[])
+}
+
+fn start_with(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .envs(env.iter().copied())
         .env("TANDEM_BIND", "127.0.0.1:0")
         .env("TANDEM_DATABASE_URL", format!("sqlite://{}", db.display()))
         .env("TANDEM_API_KEY", KEY)
@@ -44,6 +52,125 @@ fn start(db: &std::path::Path) -> Server {
         child,
         base: format!("http://{addr}"),
     }
+}
+
+impl Server {
+    /// A counter or a histogram's `_count` from `/metrics`; 0 when absent.
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0.0, |v| v.parse().unwrap())
+    }
+
+    /// Waits until `/metrics` shows `name` at `at_least`; panics after 10 s.
+    async fn metric_reaches(&self, name: &str, at_least: f64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let v = self.metric(name).await;
+            if v >= at_least {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} stayed at {v}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A WebSocket connection to `doc`, synced.
+    async fn client(&self, http: &reqwest::Client, doc: &str) -> common::Client {
+        let token: serde_json::Value = http
+            .post(format!("{}/api/tokens", self.base))
+            .bearer_auth(KEY)
+            .json(&json!({"doc": doc, "perm": "write"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ws = self.base.replacen("http", "ws", 1);
+        let token = token["token"].as_str().unwrap();
+        let mut c = common::Client::connect(&format!("{ws}/ws/{doc}?token={token}")).await;
+        c.sync().await;
+        c
+    }
+}
+
+const COMMITS: &str = "tandem_persist_batch_updates_count";
+const SYNCS: &str = "tandem_sync_seconds_count";
+
+#[tokio::test]
+async fn websocket_edits_wait_for_the_sync_interval_and_api_updates_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut server = start_with(
+        &dir.path().join("tandem.db"),
+        &[("TANDEM_SYNC_INTERVAL", "1h")],
+    );
+    let mut c = server.client(&http, "s").await;
+    c.insert(0, "ws").await;
+    server.metric_reaches(COMMITS, 1.0).await;
+    // Committed, but with an hour to go, not yet synced.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(server.metric(SYNCS).await, 0.0);
+
+    // An API update is on the disk before its 2xx: the sync comes at once.
+    let r = http
+        .post(format!("{}/api/docs/s/update", server.base))
+        .bearer_auth(KEY)
+        .body(update(0, "api", &Doc::new()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.metric(SYNCS).await, 1.0);
+    assert_eq!(server.metric(COMMITS).await, 2.0);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_websocket_edit_is_synced_after_the_interval_without_any_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut server = start_with(
+        &dir.path().join("tandem.db"),
+        &[("TANDEM_SYNC_INTERVAL", "300ms")],
+    );
+    let mut c = server.client(&http, "s").await;
+    c.insert(0, "a").await;
+    server.metric_reaches(COMMITS, 1.0).await;
+    server.metric_reaches(SYNCS, 1.0).await;
+    // Nothing new committed: no more syncs.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(server.metric(SYNCS).await, 1.0);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn with_an_interval_of_zero_every_commit_is_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut server = start_with(
+        &dir.path().join("tandem.db"),
+        &[("TANDEM_SYNC_INTERVAL", "0s")],
+    );
+    let mut c = server.client(&http, "s").await;
+    for i in 0..5u32 {
+        c.insert(i, "x").await;
+        server.metric_reaches(COMMITS, f64::from(i + 1)).await;
+        server.metric_reaches(SYNCS, f64::from(i + 1)).await;
+    }
+    assert_eq!(server.metric(SYNCS).await, server.metric(COMMITS).await);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
 }
 
 fn update(at: u32, s: &str, doc: &Doc) -> Vec<u8> {

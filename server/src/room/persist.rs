@@ -4,16 +4,25 @@
 //! grow, so the database sees a few transactions per second, not one per
 //! update; when idle an update is written as soon as it arrives.
 //!
+//! Two watermarks: *committed* (the write is in the database file, so no
+//! crash or `kill -9` of the process loses it) and *synced* (it is on the
+//! disk, so a power cut does not either). A commit does not wait for the
+//! disk; the persister syncs at most `sync_interval` after a commit, and at
+//! once when someone waits for it (an HTTP API update before its 2xx, a
+//! graceful stop). With an interval of zero every commit is synced.
+//!
 //! Invariants: `enqueue` never blocks and never drops an update; a failed
-//! write is retried (with backoff) until it succeeds or the process ends;
-//! `committed` only advances past a sequence number once its write is
-//! durable. The compactor folds long logs into snapshots off the relay path.
+//! write or sync is retried (with backoff) until it succeeds or the process
+//! ends; a watermark only advances past a sequence number once that state
+//! is reached. The compactor folds long logs into snapshots off the relay
+//! path.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{now_ms, DocId, PendingUpdate, Store};
@@ -28,10 +37,13 @@ struct Inner {
     store: Arc<dyn Store>,
     webhooks: Arc<Webhooks>,
     metrics: crate::metrics::Metrics,
+    sync_interval: Duration,
     queue: Mutex<Queue>,
     wake: Notify,
-    /// The highest sequence number whose write is durable.
+    /// The highest sequence number whose write is committed.
     committed: watch::Sender<u64>,
+    /// The highest sequence number whose write is on the disk.
+    synced: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -39,6 +51,8 @@ struct Queue {
     updates: Vec<PendingUpdate>,
     /// The sequence number of the last update enqueued.
     last_seq: u64,
+    /// The highest sequence number someone waits to see synced.
+    sync_wanted: u64,
 }
 
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -49,15 +63,18 @@ impl Persister {
         store: Arc<dyn Store>,
         metrics: crate::metrics::Metrics,
         webhooks: Arc<Webhooks>,
+        sync_interval: Duration,
     ) -> Self {
         Persister {
             inner: Arc::new(Inner {
                 store,
                 webhooks,
                 metrics,
+                sync_interval,
                 queue: Mutex::new(Queue::default()),
                 wake: Notify::new(),
                 committed: watch::channel(0).0,
+                synced: watch::channel(0).0,
             }),
         }
     }
@@ -74,79 +91,147 @@ impl Persister {
         seq
     }
 
-    /// Waits until the update with sequence number `seq` is durable.
+    /// Waits until the update with sequence number `seq` is on the disk,
+    /// asking for a sync rather than waiting for the interval.
     pub async fn wait_durable(&self, seq: u64) {
-        let mut rx = self.inner.committed.subscribe();
-        // An error means the persister is gone; callers then time out or shut down.
-        let _ = rx.wait_for(|&c| c >= seq).await;
+        {
+            let mut q = lock(&self.inner.queue);
+            q.sync_wanted = q.sync_wanted.max(seq);
+        }
+        self.inner.wake.notify_one();
+        wait_until(&self.inner.synced, seq).await;
     }
 
-    /// Waits until everything enqueued so far is durable.
+    /// Waits until everything enqueued so far is committed: readers of the
+    /// database see it.
     pub async fn flush(&self) {
+        let seq = lock(&self.inner.queue).last_seq;
+        wait_until(&self.inner.committed, seq).await;
+    }
+
+    /// Waits until everything enqueued so far is on the disk.
+    pub async fn flush_durable(&self) {
         let seq = lock(&self.inner.queue).last_seq;
         self.wait_durable(seq).await;
     }
 
-    /// Updates queued but not yet durable.
+    /// Updates queued but not yet committed.
     pub fn backlog(&self) -> usize {
         lock(&self.inner.queue).updates.len()
     }
 
     /// The writer loop. It keeps going after `shutdown` until the queue is
-    /// empty, so that a graceful stop loses nothing.
+    /// empty and synced, so that a graceful stop loses nothing.
     pub async fn run(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
         let mut backoff = RETRY_BACKOFF_MIN;
+        // When the oldest commit not yet synced was made.
+        let mut unsynced_since: Option<Instant> = None;
         loop {
-            let (batch, last_seq) = {
-                let mut q = lock(&self.inner.queue);
-                (std::mem::take(&mut q.updates), q.last_seq)
+            let (batch, last_seq, sync_wanted) = {
+                let mut q = lock(&inner.queue);
+                (std::mem::take(&mut q.updates), q.last_seq, q.sync_wanted)
             };
-            if batch.is_empty() {
-                if shutdown.is_cancelled() {
-                    return;
+            if !batch.is_empty() {
+                match self.commit(&batch).await {
+                    Ok(()) => {
+                        backoff = RETRY_BACKOFF_MIN;
+                        inner.committed.send_replace(last_seq);
+                        unsynced_since.get_or_insert_with(Instant::now);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, updates = batch.len(), retry_in_ms = backoff.as_millis() as u64, "writing updates failed; retrying");
+                        // Put the batch back in front of what arrived meanwhile.
+                        {
+                            let mut q = lock(&inner.queue);
+                            let newer = std::mem::replace(&mut q.updates, batch);
+                            q.updates.extend(newer);
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                        continue;
+                    }
                 }
-                tokio::select! {
-                    _ = self.inner.wake.notified() => {}
-                    _ = shutdown.cancelled() => {}
+            }
+            let committed = *inner.committed.borrow();
+            let synced = *inner.synced.borrow();
+            let sync_due = unsynced_since.map(|t| t + inner.sync_interval);
+            let wanted = sync_wanted > synced && committed > synced;
+            let stopping = shutdown.is_cancelled() && batch.is_empty();
+            if unsynced_since.is_some() && (wanted || stopping || sync_due <= Some(Instant::now()))
+            {
+                let started = std::time::Instant::now();
+                match inner.store.sync().await {
+                    Ok(()) => {
+                        backoff = RETRY_BACKOFF_MIN;
+                        unsynced_since = None;
+                        inner.synced.send_replace(committed);
+                        inner
+                            .metrics
+                            .sync_seconds
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "syncing the database to disk failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                    }
                 }
                 continue;
             }
-            let started = std::time::Instant::now();
-            // Changes are counted for `document.updated` only when someone listens.
-            let webhooks = &self.inner.webhooks;
-            let track = webhooks.wants(crate::webhooks::events::DOCUMENT_UPDATED);
-            match self.inner.store.append(&batch, track).await {
-                Ok(()) => {
-                    if track {
-                        webhooks.note_changes(batch.iter().map(|u| u.doc_id), now_ms());
-                    }
-                    backoff = RETRY_BACKOFF_MIN;
-                    let metrics = &self.inner.metrics;
-                    metrics
-                        .persist_seconds
-                        .record(started.elapsed().as_secs_f64());
-                    metrics.persist_batch_updates.record(batch.len() as f64);
-                    tracing::debug!(
-                        updates = batch.len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "committed"
-                    );
-                    self.inner.committed.send_replace(last_seq);
+            if !batch.is_empty() {
+                continue;
+            }
+            if stopping {
+                return;
+            }
+            let sleep_until_due = async {
+                match sync_due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, updates = batch.len(), retry_in_ms = backoff.as_millis() as u64, "writing updates failed; retrying");
-                    // Put the batch back in front of what arrived meanwhile.
-                    {
-                        let mut q = lock(&self.inner.queue);
-                        let newer = std::mem::replace(&mut q.updates, batch);
-                        q.updates.extend(newer);
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                }
+            };
+            tokio::select! {
+                _ = inner.wake.notified() => {}
+                _ = sleep_until_due => {}
+                _ = shutdown.cancelled() => {}
             }
         }
     }
+
+    /// Writes one batch and records its metrics.
+    async fn commit(&self, batch: &[PendingUpdate]) -> Result<(), crate::store::StoreError> {
+        let inner = &self.inner;
+        let started = std::time::Instant::now();
+        // Changes are counted for `document.updated` only when someone listens.
+        let track = inner
+            .webhooks
+            .wants(crate::webhooks::events::DOCUMENT_UPDATED);
+        inner.store.append(batch, track).await?;
+        if track {
+            inner
+                .webhooks
+                .note_changes(batch.iter().map(|u| u.doc_id), now_ms());
+        }
+        let metrics = &inner.metrics;
+        metrics
+            .persist_seconds
+            .record(started.elapsed().as_secs_f64());
+        metrics.persist_batch_updates.record(batch.len() as f64);
+        tracing::debug!(
+            updates = batch.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "committed"
+        );
+        Ok(())
+    }
+}
+
+/// Waits until a watermark reaches `seq`. An error means the persister is
+/// gone; callers then time out or shut down.
+async fn wait_until(watermark: &watch::Sender<u64>, seq: u64) {
+    let mut rx = watermark.subscribe();
+    let _ = rx.wait_for(|&c| c >= seq).await;
 }
 
 /// The queue's lock is only held to push or swap a `Vec`; a poisoned lock

@@ -18,6 +18,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot use the database at {url}: {reason}")]
     Config { url: String, reason: String },
+    #[error("cannot put the database on the disk: {0}")]
+    Sync(std::io::Error),
 }
 
 /// A document's stored state: a snapshot (if compacted) and the log after it.
@@ -223,6 +225,11 @@ pub trait Store: Send + Sync + 'static {
     /// Updates of documents that no longer exist are skipped. With
     /// `track_changes`, the same transaction adds them to `doc_changes`.
     async fn append(&self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError>;
+
+    /// Puts every committed `append` on the disk. Appends are committed
+    /// without waiting for the disk (a crash or `kill -9` of the process
+    /// loses none of them); this makes them survive a power cut too.
+    async fn sync(&self) -> Result<(), StoreError>;
 
     /// Documents whose log holds at least `min_updates` updates.
     async fn compaction_candidates(&self, min_updates: u32) -> Result<Vec<DocId>, StoreError>;
