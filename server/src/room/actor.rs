@@ -481,15 +481,16 @@ impl Room {
         }
     }
 
-    /// Sends `frame` to every peer except `except`. A peer whose queue
+    /// Sends `payload` to every peer except `except`. A peer whose queue
     /// overflows is closed (1013) and removed; the rest are not delayed.
-    fn broadcast(&mut self, except: Option<ConnId>, frame: &Bytes) {
+    fn broadcast(&mut self, except: Option<ConnId>, payload: &Bytes) {
+        let frame = super::wire::binary_frame(payload);
         let mut sent = 0u64;
         let mut i = 0;
         while i < self.peers.len() {
             let peer = &self.peers[i];
             if Some(peer.conn) != except {
-                if peer.outbox.push(frame.clone()).is_err() {
+                if peer.outbox.push_frame(frame.clone()).is_err() {
                     self.drop_peer(i);
                     continue; // swap_remove moved another peer into slot i
                 }
@@ -499,7 +500,7 @@ impl Room {
         }
         let metrics = &self.registry.deps.metrics;
         metrics.frames_relayed.increment(sent);
-        metrics.bytes_relayed.increment(sent * frame.len() as u64);
+        metrics.bytes_relayed.increment(sent * payload.len() as u64);
     }
 
     fn count_clients(&self) {

@@ -1,9 +1,10 @@
 //! A peer's outgoing side: the socket's write half and its send queue.
 //!
 //! The room calls `push` without ever waiting. When nothing is queued the
-//! frame is written to the socket right there, with one non-blocking
-//! `writev` of its header and the payload the room shares between all peers
-//! (no copy, no task to wake). Whatever the socket does not take at once is
+//! frame is written to the socket right there with one non-blocking system
+//! call (no task to wake): a `send` of a frame the room encoded once for all
+//! peers (`push_frame`), or a `writev` of a header and a payload shared
+//! without a copy (`push`, for a large sync step 2 that many joiners share). Whatever the socket does not take at once is
 //! queued, and the connection's writer (`run_writer`, on the session's task)
 //! sends it as the socket drains. A peer whose backlog would pass the limit
 //! is closed with 1013 instead (it resyncs on reconnect), so a slow client
@@ -56,6 +57,7 @@ struct State {
 
 struct Pending {
     header: [u8; 10],
+    /// 0 when `payload` is a whole encoded frame.
     header_len: u8,
     payload: Bytes,
     /// Bytes of header and payload already written.
@@ -69,6 +71,16 @@ impl Pending {
             header,
             header_len: len as u8, // at most 10
             payload,
+            written: 0,
+        }
+    }
+
+    /// A frame already encoded by `wire::binary_frame`.
+    fn encoded(frame: Bytes) -> Self {
+        Pending {
+            header: [0; 10],
+            header_len: 0,
+            payload: frame,
             written: 0,
         }
     }
@@ -125,17 +137,26 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends a binary frame, or queues what the socket does not take at once.
-    /// A frame that would take the backlog over the limit closes the
-    /// connection with 1013 and returns `Overflow`; a frame of any size is
-    /// accepted when the backlog is empty.
-    pub fn push(&self, frame: Bytes) -> Result<(), Overflow> {
+    /// Sends `payload` as a binary frame, or queues what the socket does not
+    /// take at once. A frame that would take the backlog over the limit
+    /// closes the connection with 1013 and returns `Overflow`; a frame of any
+    /// size is accepted when the backlog is empty.
+    pub fn push(&self, payload: Bytes) -> Result<(), Overflow> {
+        self.push_pending(Pending::new(OP_BINARY, payload))
+    }
+
+    /// As `push`, for a frame encoded by `wire::binary_frame`.
+    pub fn push_frame(&self, frame: Bytes) -> Result<(), Overflow> {
+        self.push_pending(Pending::encoded(frame))
+    }
+
+    fn push_pending(&self, frame: Pending) -> Result<(), Overflow> {
         let mut s = self.lock();
         if s.close.is_some() || s.broken {
             return Err(Overflow);
         }
         s.sent_since_asked = true;
-        if !s.queue.is_empty() && s.queued_bytes + frame.len() > self.limit {
+        if !s.queue.is_empty() && s.queued_bytes + frame.payload.len() > self.limit {
             self.close_locked(
                 &mut s,
                 CloseCode::TryAgainLater,
@@ -143,7 +164,7 @@ impl Outbox {
             );
             return Err(Overflow);
         }
-        self.send_locked(&mut s, Pending::new(OP_BINARY, frame));
+        self.send_locked(&mut s, frame);
         if s.broken {
             Err(Overflow)
         } else {
@@ -170,10 +191,13 @@ impl Outbox {
     fn send_locked(&self, s: &mut State, mut frame: Pending) {
         if s.queue.is_empty() {
             let [a, b] = frame.unwritten();
-            match self
-                .stream
-                .try_write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-            {
+            let written = if a.is_empty() {
+                self.stream.try_write(b)
+            } else {
+                self.stream
+                    .try_write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            };
+            match written {
                 Ok(n) if n == frame.len() => return,
                 Ok(n) => frame.written = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -361,16 +385,20 @@ mod tests {
     async fn frames_of_every_length_class_arrive_in_order() {
         let (outbox, mut client) = pair(1 << 30).await;
         let sizes = [0usize, 125, 126, 1000, 65535, 65536, 3_000_000];
+        // Each size twice: as a payload with a header, and encoded whole.
         for n in sizes {
             outbox.push(Bytes::from(vec![7u8; n])).expect("fits");
+            let frame = wire::binary_frame(&vec![7u8; n]);
+            outbox.push_frame(frame).expect("fits");
         }
         outbox.ping();
         let writer = {
             let outbox = Arc::clone(&outbox);
             tokio::spawn(async move { outbox.run_writer().await })
         };
-        let frames = read_frames(&mut client, sizes.len() + 1).await;
-        for (frame, n) in frames.iter().zip(sizes) {
+        let frames = read_frames(&mut client, 2 * sizes.len() + 1).await;
+        let doubled = sizes.iter().flat_map(|&n| [n, n]);
+        for (frame, n) in frames.iter().zip(doubled) {
             match frame {
                 Frame::Binary(b) => {
                     assert_eq!(b.len(), n);
@@ -379,7 +407,7 @@ mod tests {
                 other => panic!("expected binary, got {other:?}"),
             }
         }
-        assert!(matches!(frames[sizes.len()], Frame::Ping(_)));
+        assert!(matches!(frames[2 * sizes.len()], Frame::Ping(_)));
         writer.abort();
     }
 
@@ -388,7 +416,7 @@ mod tests {
         let (outbox, mut client) = pair(1 << 30).await;
         // Large enough that the socket cannot take it at once.
         outbox
-            .push(Bytes::from(vec![1u8; 8 << 20]))
+            .push_frame(wire::binary_frame(&vec![1u8; 8 << 20]))
             .expect("an empty queue takes any frame");
         outbox.push(Bytes::from_static(b"dropped")).expect("fits");
         outbox.close(CloseCode::Malformed, "bad frame");

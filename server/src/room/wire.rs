@@ -178,6 +178,17 @@ pub fn header(op: u8, len: usize) -> ([u8; 10], usize) {
     }
 }
 
+/// A whole binary frame, header and payload in one buffer: the room encodes
+/// a relayed message once and every peer's socket gets it with one `send`
+/// (cheaper in the kernel than a `writev` of two parts).
+pub fn binary_frame(payload: &[u8]) -> Bytes {
+    let (h, len) = header(OP_BINARY, payload.len());
+    let mut out = BytesMut::with_capacity(len + payload.len());
+    out.put_slice(&h[..len]);
+    out.put_slice(payload);
+    out.freeze()
+}
+
 /// The payload of a close frame: the code, then at most 123 bytes of reason
 /// (control frames carry at most 125 bytes).
 pub fn close_payload(code: CloseCode, reason: &str) -> Bytes {
