@@ -18,8 +18,8 @@ export const title = 'fan-out: 1 writer -> N observers in one room'
 
 export function config (quick) {
   return quick
-    ? { observerCounts: [1, 100, 1000], ratePerSec: 50, durationMs: 1000, settleMs: 200 }
-    : { observerCounts: [1, 100, 1000], ratePerSec: 50, durationMs: 5000, settleMs: 500 }
+    ? { observerCounts: counts(), ratePerSec: 50, durationMs: 1000, settleMs: 200 }
+    : { observerCounts: counts(), ratePerSec: 50, durationMs: 5000, settleMs: 500 }
 }
 
 export function describe (quick) {
@@ -112,4 +112,10 @@ async function runOne (server, n, c, m) {
     writer.close()
     await Promise.all(workers.map((w) => w.stop()))
   }
+}
+
+// BENCH_FANOUT_N=1,100 runs only those observer counts (for profiling one case).
+function counts () {
+  const env = process.env.BENCH_FANOUT_N
+  return env ? env.split(',').map(Number) : [1, 100, 1000]
 }
