@@ -67,6 +67,7 @@ pub struct App {
     tracker: TaskTracker,
     store: Arc<dyn Store>,
     persister: Persister,
+    persister_stop: CancellationToken,
     /// The webhook outbox writer and dispatcher, stopped after the rooms
     /// so that the last connection events are written.
     outbox_tasks: TaskTracker,
@@ -104,9 +105,11 @@ impl App {
             Arc::clone(&webhooks),
             settings.sync_interval,
         );
-        // The persister outlives the rooms: it drains its queue after shutdown.
+        // The persister outlives the rooms: it stops once they have stopped
+        // and everything they queued is on the disk.
         let core_handle = core.handle();
-        core_handle.spawn(persister.clone().run(shutdown.clone()));
+        let persister_stop = CancellationToken::new();
+        core_handle.spawn(persister.clone().run(persister_stop.clone()));
         // So do the outbox writer and the dispatcher (which finishes its
         // attempts in flight); the debouncer stops with the rooms.
         let outbox_tasks = TaskTracker::new();
@@ -221,6 +224,7 @@ impl App {
             tracker,
             store,
             persister,
+            persister_stop,
             outbox_tasks,
             outbox_stop,
         })
@@ -267,6 +271,7 @@ impl App {
         {
             tracing::error!(backlog, "could not write every update before stopping");
         }
+        self.persister_stop.cancel();
         // Events queued by the last leaves are written; attempts in flight finish.
         self.outbox_stop.cancel();
         if tokio::time::timeout(self.grace, self.outbox_tasks.wait())

@@ -120,9 +120,9 @@ impl Persister {
         lock(&self.inner.queue).updates.len()
     }
 
-    /// The writer loop. It keeps going after `shutdown` until the queue is
-    /// empty and synced, so that a graceful stop loses nothing.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// The writer loop. Once `stop` is cancelled it empties the queue, syncs
+    /// and returns; the app cancels it after the rooms have stopped.
+    pub async fn run(self, stop: CancellationToken) {
         let inner = &self.inner;
         let mut backoff = RETRY_BACKOFF_MIN;
         // When the oldest commit not yet synced was made.
@@ -157,7 +157,7 @@ impl Persister {
             let synced = *inner.synced.borrow();
             let sync_due = unsynced_since.map(|t| t + inner.sync_interval);
             let wanted = sync_wanted > synced && committed > synced;
-            let stopping = shutdown.is_cancelled() && batch.is_empty();
+            let stopping = stop.is_cancelled() && batch.is_empty();
             if unsynced_since.is_some() && (wanted || stopping || sync_due <= Some(Instant::now()))
             {
                 let started = std::time::Instant::now();
@@ -194,7 +194,7 @@ impl Persister {
             tokio::select! {
                 _ = inner.wake.notified() => {}
                 _ = sleep_until_due => {}
-                _ = shutdown.cancelled() => {}
+                _ = stop.cancelled() => {}
             }
         }
     }
