@@ -38,9 +38,16 @@ pub struct Settings {
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
-    /// HTTP worker threads (default: the number of CPU cores).
+    /// HTTP worker threads, which also read the WebSocket connections
+    /// (default: the number of CPU cores).
     #[arg(long, env = "TANDEM_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Threads that run the rooms (applying updates and writing them to every
+    /// peer), the persister and webhooks (default: half the CPU cores, at
+    /// least 1).
+    #[arg(long, env = "TANDEM_ROOM_THREADS")]
+    pub room_threads: Option<usize>,
 
     /// Serve the browser editor's files from this folder (a build of `web/`)
     /// instead of the copy embedded in the binary: for working on the editor.
@@ -239,6 +246,9 @@ impl Settings {
         if l.send_queue_bytes < 64 * 1024 {
             return invalid("TANDEM_SEND_QUEUE_BYTES must be at least 65536");
         }
+        if self.workers == Some(0) || self.room_threads == Some(0) {
+            return invalid("TANDEM_WORKERS and TANDEM_ROOM_THREADS must be at least 1");
+        }
         let r = &self.rooms;
         if r.ping_interval.is_zero() || r.ping_timeout <= r.ping_interval {
             return invalid(
@@ -355,5 +365,12 @@ mod tests {
             Settings::try_parse_from(["tandem", "--database-url", "mysql://x"]).expect("parses");
         let err = s.validate().expect_err("mysql is refused").to_string();
         assert!(err.contains("TANDEM_DATABASE_URL"), "{err}");
+        for flag in ["--workers", "--room-threads"] {
+            let s = Settings::try_parse_from(["tandem", flag, "0"]).expect("parses");
+            let err = s.validate().expect_err("no threads is refused").to_string();
+            assert!(err.contains("TANDEM_ROOM_THREADS"), "{err}");
+        }
+        let s = Settings::try_parse_from(["tandem", "--sync-interval", "250ms"]).expect("parses");
+        assert_eq!(s.sync_interval, Duration::from_millis(250));
     }
 }
