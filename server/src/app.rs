@@ -84,11 +84,13 @@ impl App {
         }
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = settings.workers.unwrap_or(cores);
-        // Fewer room threads than cores: each update crosses from a worker to
-        // a room thread, and idle siblings of a multi-thread runtime are woken
-        // to look for work. On 2 cores, one room thread against two: CPU per
-        // update at N = 1 lower or equal in 4 of 4 runs of benchmark (a).
-        let room_threads = settings.room_threads.unwrap_or((cores / 2).max(1));
+        // One core is left to the HTTP workers and SQLite's thread: every
+        // update goes through SQLite, and a multi-thread runtime wakes idle
+        // siblings to look for work. On 2 cores, one room thread against two:
+        // CPU per update at N = 1 lower or equal in 4 of 4 runs of benchmark (a).
+        let room_threads = settings
+            .room_threads
+            .unwrap_or(cores.saturating_sub(1).max(1));
         let core = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(room_threads)
             .thread_name("tandem-core")

@@ -38,14 +38,14 @@ pub struct Settings {
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
-    /// HTTP worker threads, which also read the WebSocket connections
-    /// (default: the number of CPU cores).
+    /// HTTP worker threads: requests and WebSocket handshakes (default: the
+    /// number of CPU cores).
     #[arg(long, env = "TANDEM_WORKERS")]
     pub workers: Option<usize>,
 
-    /// Threads that run the rooms (applying updates and writing them to every
-    /// peer), the persister and webhooks (default: half the CPU cores, at
-    /// least 1).
+    /// Threads that run the WebSocket connections and the rooms (reading
+    /// frames, applying updates, writing them to every peer), the persister
+    /// and webhooks (default: one less than the CPU cores, at least 1).
     #[arg(long, env = "TANDEM_ROOM_THREADS")]
     pub room_threads: Option<usize>,
 

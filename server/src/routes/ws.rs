@@ -123,11 +123,30 @@ where
             };
             let user = session.user.as_deref().unwrap_or("").to_owned();
             let span = tracing::info_span!("conn", doc = %session.name, conn = %session.conn, user);
+            // The session runs on the rooms' runtime: a frame read there reaches
+            // its room without waking another thread.
+            let io = match io.into_std() {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the socket could not be moved");
+                    return Ok(());
+                }
+            };
+            let registry = Arc::clone(&session.registry);
             // Graceful shutdown waits for sessions through the tracker.
-            let _tracked = session.registry.deps.tracker.token();
-            // Boxed: this future lives as long as the connection, and inline it
-            // would make the HTTP layer's task as large as the largest state.
-            Box::pin(session.run(io, early).instrument(span)).await;
+            let tracked = registry.deps.tracker.token();
+            let task = registry.deps.runtime.spawn(
+                async move {
+                    let _tracked = tracked;
+                    match TcpStream::from_std(io) {
+                        Ok(io) => session.run(io, early).await,
+                        Err(e) => tracing::debug!(error = %e, "the socket could not be moved"),
+                    }
+                }
+                .instrument(span),
+            );
+            // The HTTP layer counts the connection until the session ends.
+            let _ = task.await;
         }
         _ => {
             response
