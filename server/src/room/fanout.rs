@@ -4,9 +4,10 @@
 //! frame is written to the socket right there with one non-blocking system
 //! call (no task to wake): a `send` of a frame the room encoded once for all
 //! peers (`push_frame`), or a `writev` of a header and a payload shared
-//! without a copy (`push`, for a large sync step 2 that many joiners share). Whatever the socket does not take at once is
-//! queued, and the connection's writer (`run_writer`, on the session's task)
-//! sends it as the socket drains. A peer whose backlog would pass the limit
+//! without a copy (`push`, for a large sync step 2 that many joiners
+//! share). Whatever the socket does not take at once is queued, and the
+//! connection's writer (`run_writer`, on the session's task) sends it as
+//! the socket drains. A peer whose backlog would pass the limit
 //! is closed with 1013 instead (it resyncs on reconnect), so a slow client
 //! never stalls its room and never silently misses an update.
 

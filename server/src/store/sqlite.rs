@@ -769,6 +769,11 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(conn) = self.appender.lock().await.take() {
+            if let Err(e) = conn.close().await {
+                tracing::warn!(error = %e, "closing the update writer's connection failed");
+            }
+        }
         self.pool.close().await;
     }
 }
