@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::config::Settings;
-use crate::room::persist::{self, Persister};
+use crate::room::persist::{self, Persister, PersisterThread};
 use crate::room::registry::{Registry, RoomDeps};
 use crate::routes;
 use crate::store::{self, Store, StoreError};
@@ -67,7 +67,7 @@ pub struct App {
     tracker: TaskTracker,
     store: Arc<dyn Store>,
     persister: Persister,
-    persister_stop: CancellationToken,
+    persister_thread: PersisterThread,
     /// The webhook outbox writer and dispatcher, stopped after the rooms
     /// so that the last connection events are written.
     outbox_tasks: TaskTracker,
@@ -105,17 +105,16 @@ impl App {
         let metrics_handles = crate::metrics::Metrics::new();
         let webhooks = Webhooks::start(Arc::clone(&store), settings.webhooks.clone()).await?;
         let dispatcher = Dispatcher::new(Arc::clone(&webhooks))?;
-        let persister = Persister::new(
+        // The persister outlives the rooms: it stops once they have stopped
+        // and everything they queued is on the disk.
+        let (persister, persister_thread) = Persister::start(
             Arc::clone(&store),
             metrics_handles.clone(),
             Arc::clone(&webhooks),
             settings.sync_interval,
-        );
-        // The persister outlives the rooms: it stops once they have stopped
-        // and everything they queued is on the disk.
+        )
+        .map_err(StartError::Runtime)?;
         let core_handle = core.handle();
-        let persister_stop = CancellationToken::new();
-        core_handle.spawn(persister.clone().run(persister_stop.clone()));
         // So do the outbox writer and the dispatcher (which finishes its
         // attempts in flight); the debouncer stops with the rooms.
         let outbox_tasks = TaskTracker::new();
@@ -230,7 +229,7 @@ impl App {
             tracker,
             store,
             persister,
-            persister_stop,
+            persister_thread,
             outbox_tasks,
             outbox_stop,
         })
@@ -277,7 +276,7 @@ impl App {
         {
             tracing::error!(backlog, "could not write every update before stopping");
         }
-        self.persister_stop.cancel();
+        self.persister_thread.stop().await;
         // Events queued by the last leaves are written; attempts in flight finish.
         self.outbox_stop.cancel();
         if tokio::time::timeout(self.grace, self.outbox_tasks.wait())

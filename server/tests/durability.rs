@@ -110,3 +110,133 @@ async fn an_idle_room_unloads_and_reloads_with_its_content() {
     assert_eq!(last.text(), "01234");
     app.stop().await;
 }
+
+/// Row ids of the log are the largest id plus one (no AUTOINCREMENT): once
+/// compaction has deleted every row, a new update may get an id at or below
+/// the snapshot's `upto_id`. Nothing may be lost or folded twice then.
+#[tokio::test]
+async fn log_ids_reused_after_compaction_lose_nothing() {
+    use tandem::store::{sqlite::SqliteStore, PendingUpdate, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    let doc = store.create("d", 1, None).await.unwrap().unwrap();
+    let mut log = store.log_writer().unwrap();
+    let row = |data: &'static [u8]| PendingUpdate {
+        doc_id: doc.id,
+        data: bytes::Bytes::from_static(data),
+        user: None,
+    };
+    log.append(&[row(b"a"), row(b"b"), row(b"c")], false)
+        .unwrap();
+    let first = store.read_log(doc.id).await.unwrap();
+    let upto = first.updates.last().unwrap().0;
+    // An update accepted while the compactor merges: it keeps its row.
+    log.append(&[row(b"d")], false).unwrap();
+    store.write_snapshot(doc.id, b"abc", upto).await.unwrap();
+    let second = store.read_log(doc.id).await.unwrap();
+    assert_eq!(second.snapshot.as_deref(), Some(&b"abc"[..]));
+    let after: Vec<&[u8]> = second.updates.iter().map(|(_, u)| u.as_slice()).collect();
+    assert_eq!(after, vec![&b"d"[..]]);
+    assert!(second.updates[0].0 > upto);
+
+    // Fold the rest: the log is empty, and the next id starts over below
+    // the snapshot's old `upto_id`.
+    let upto = second.updates[0].0;
+    store.write_snapshot(doc.id, b"abcd", upto).await.unwrap();
+    log.append(&[row(b"e")], false).unwrap();
+    let third = store.read_log(doc.id).await.unwrap();
+    assert_eq!(third.snapshot.as_deref(), Some(&b"abcd"[..]));
+    assert_eq!(third.updates.len(), 1);
+    assert_eq!(third.updates[0].1, b"e");
+    assert!(
+        third.updates[0].0 <= upto,
+        "ids are reused: the case under test"
+    );
+    // The next compaction folds exactly that row.
+    store
+        .write_snapshot(doc.id, b"abcde", third.updates[0].0)
+        .await
+        .unwrap();
+    let fourth = store.read_log(doc.id).await.unwrap();
+    assert_eq!(fourth.snapshot.as_deref(), Some(&b"abcde"[..]));
+    assert!(fourth.updates.is_empty());
+    // The counters the trigger keeps are still kept.
+    log.append(&[row(b"fg")], false).unwrap();
+    let meta = store.get("d").await.unwrap().unwrap();
+    assert_eq!(meta.size_bytes, 5 + 2);
+}
+
+/// A database written before migration 0004 (AUTOINCREMENT ids) keeps its
+/// log, ids, snapshot and counters across the migration.
+#[tokio::test]
+async fn the_plain_rowid_migration_keeps_an_old_log() {
+    use tandem::store::{sqlite::SqliteStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    let url = format!("sqlite://{}", db.display());
+    // Migrations 0001-0003 only, as an older Tandem left them.
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0004" {
+            std::fs::copy(&path, old.join(&name)).unwrap();
+        }
+    }
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO documents (name, created_at, updated_at) VALUES ('d', 1, 1)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for data in [&b"one"[..], b"two", b"three"] {
+            sqlx::query("INSERT INTO doc_updates (doc_id, data) VALUES (1, ?)")
+                .bind(data)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        sqlx::query("DELETE FROM doc_updates WHERE id = 1")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let store = SqliteStore::open(&url).await.unwrap();
+    let meta = store.get("d").await.unwrap().unwrap();
+    let log = store.read_log(meta.id).await.unwrap();
+    let rows: Vec<(i64, &[u8])> = log
+        .updates
+        .iter()
+        .map(|(i, u)| (*i, u.as_slice()))
+        .collect();
+    assert_eq!(rows, vec![(2, &b"two"[..]), (3, &b"three"[..])]);
+    // The trigger came back with the new table.
+    let mut writer = store.log_writer().unwrap();
+    writer
+        .append(
+            &[tandem::store::PendingUpdate {
+                doc_id: meta.id,
+                data: bytes::Bytes::from_static(b"four"),
+                user: None,
+            }],
+            false,
+        )
+        .unwrap();
+    let log = store.read_log(meta.id).await.unwrap();
+    assert_eq!(log.updates.last().unwrap(), &(4, b"four".to_vec()));
+    let after = store.get("d").await.unwrap().unwrap();
+    assert_eq!(after.size_bytes, meta.size_bytes + 4);
+}

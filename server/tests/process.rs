@@ -261,6 +261,7 @@ fn an_unusable_database_url_stops_the_start_with_a_message() {
     for url in [
         format!("sqlite://{}/sub/tandem.db", blocker.display()),
         "mysql://localhost/x".to_string(),
+        "sqlite::memory:".to_string(),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
             .env("TANDEM_BIND", "127.0.0.1:0")

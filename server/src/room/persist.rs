@@ -1,13 +1,18 @@
 //! Group commit: rooms hand accepted updates to the `Persister` without
-//! waiting; one task writes everything queued so far in one transaction,
+//! waiting; its thread writes everything queued so far in one transaction,
 //! then everything that arrived meanwhile in the next. Under load batches
 //! grow, so the database sees a few transactions per second, not one per
 //! update; when idle an update is written as soon as it arrives.
 //!
+//! The writer is a thread of its own, not an async task: it blocks on the
+//! database and the disk (`LogWriter`) so that nothing else does, and an
+//! update costs its room one push onto the queue and, when the writer is
+//! asleep, one wake-up.
+//!
 //! Two watermarks: *committed* (the write is in the database file, so no
 //! crash or `kill -9` of the process loses it) and *synced* (it is on the
 //! disk, so a power cut does not either). A commit does not wait for the
-//! disk; the persister syncs at most `sync_interval` after a commit, and at
+//! disk; the writer syncs at most `sync_interval` after a commit, and at
 //! once when someone waits for it (an HTTP API update before its 2xx, a
 //! graceful stop). With an interval of zero every commit is synced.
 //!
@@ -17,20 +22,27 @@
 //! is reached. The compactor folds long logs into snapshots off the relay
 //! path.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify};
-use tokio::time::Instant;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{now_ms, DocId, PendingUpdate, Store};
+use crate::store::{now_ms, DocId, LogWriter, PendingUpdate, Store, StoreError};
 use crate::webhooks::Webhooks;
 
+/// The handle rooms and the API use. Cloning it is cheap.
 #[derive(Clone)]
 pub struct Persister {
     inner: Arc<Inner>,
+}
+
+/// The writer thread. `stop` ends it once everything queued is written and
+/// on the disk.
+pub struct PersisterThread {
+    inner: Arc<Inner>,
+    done: oneshot::Receiver<()>,
 }
 
 struct Inner {
@@ -39,7 +51,8 @@ struct Inner {
     metrics: crate::metrics::Metrics,
     sync_interval: Duration,
     queue: Mutex<Queue>,
-    wake: Notify,
+    /// Wakes the writer while it waits (`Queue::writer_waiting`).
+    wake: Condvar,
     /// The highest sequence number whose write is committed.
     committed: watch::Sender<u64>,
     /// The highest sequence number whose write is on the disk.
@@ -53,52 +66,75 @@ struct Queue {
     last_seq: u64,
     /// The highest sequence number someone waits to see synced.
     sync_wanted: u64,
+    /// The writer waits on `wake`: whoever gives it work notifies it (and
+    /// only then, so a busy writer costs its rooms no system call).
+    writer_waiting: bool,
+    /// Set by `PersisterThread::stop`.
+    stopping: bool,
 }
 
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Persister {
-    pub fn new(
+    /// Starts the writer thread.
+    pub fn start(
         store: Arc<dyn Store>,
         metrics: crate::metrics::Metrics,
         webhooks: Arc<Webhooks>,
         sync_interval: Duration,
-    ) -> Self {
-        Persister {
-            inner: Arc::new(Inner {
-                store,
-                webhooks,
-                metrics,
-                sync_interval,
-                queue: Mutex::new(Queue::default()),
-                wake: Notify::new(),
-                committed: watch::channel(0).0,
-                synced: watch::channel(0).0,
-            }),
-        }
+    ) -> std::io::Result<(Persister, PersisterThread)> {
+        let inner = Arc::new(Inner {
+            store,
+            webhooks,
+            metrics,
+            sync_interval,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            committed: watch::channel(0).0,
+            synced: watch::channel(0).0,
+        });
+        let (done_tx, done) = oneshot::channel();
+        let writer = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("tandem-persist".into())
+            .spawn(move || {
+                write_loop(&writer);
+                let _ = done_tx.send(());
+            })?;
+        Ok((
+            Persister {
+                inner: Arc::clone(&inner),
+            },
+            PersisterThread { inner, done },
+        ))
     }
 
     /// Queues an update for the next commit and returns its sequence number.
     pub fn enqueue(&self, doc_id: DocId, data: Bytes, user: Option<Arc<str>>) -> u64 {
-        let seq = {
+        let (seq, wake) = {
             let mut q = lock(&self.inner.queue);
             q.updates.push(PendingUpdate { doc_id, data, user });
             q.last_seq += 1;
-            q.last_seq
+            (q.last_seq, std::mem::take(&mut q.writer_waiting))
         };
-        self.inner.wake.notify_one();
+        if wake {
+            self.inner.wake.notify_one();
+        }
         seq
     }
 
     /// Waits until the update with sequence number `seq` is on the disk,
     /// asking for a sync rather than waiting for the interval.
     pub async fn wait_durable(&self, seq: u64) {
-        {
+        let wake = {
             let mut q = lock(&self.inner.queue);
             q.sync_wanted = q.sync_wanted.max(seq);
+            std::mem::take(&mut q.writer_waiting)
+        };
+        if wake {
+            self.inner.wake.notify_one();
         }
-        self.inner.wake.notify_one();
         wait_until(&self.inner.synced, seq).await;
     }
 
@@ -119,112 +155,157 @@ impl Persister {
     pub fn backlog(&self) -> usize {
         lock(&self.inner.queue).updates.len()
     }
+}
 
-    /// The writer loop. Once `stop` is cancelled it empties the queue, syncs
-    /// and returns; the app cancels it after the rooms have stopped.
-    pub async fn run(self, stop: CancellationToken) {
-        let inner = &self.inner;
-        let mut backoff = RETRY_BACKOFF_MIN;
-        // When the oldest commit not yet synced was made.
-        let mut unsynced_since: Option<Instant> = None;
-        loop {
-            let (batch, last_seq, sync_wanted) = {
-                let mut q = lock(&inner.queue);
-                (std::mem::take(&mut q.updates), q.last_seq, q.sync_wanted)
-            };
-            if !batch.is_empty() {
-                match self.commit(&batch).await {
-                    Ok(()) => {
-                        backoff = RETRY_BACKOFF_MIN;
-                        inner.committed.send_replace(last_seq);
-                        unsynced_since.get_or_insert_with(Instant::now);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, updates = batch.len(), retry_in_ms = backoff.as_millis() as u64, "writing updates failed; retrying");
-                        // Put the batch back in front of what arrived meanwhile.
-                        {
-                            let mut q = lock(&inner.queue);
-                            let newer = std::mem::replace(&mut q.updates, batch);
-                            q.updates.extend(newer);
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                        continue;
-                    }
+impl PersisterThread {
+    /// Asks the writer to finish and waits until it has: it writes and syncs
+    /// whatever is queued first. The app stops it after the rooms.
+    pub async fn stop(self) {
+        lock(&self.inner.queue).stopping = true;
+        self.inner.wake.notify_one();
+        // An error means the thread ended already.
+        let _ = self.done.await;
+    }
+}
+
+/// The writer thread's loop: commit what is queued, sync when due, sleep
+/// until there is more.
+fn write_loop(inner: &Inner) {
+    let mut writer: Option<Box<dyn LogWriter>> = None;
+    let mut backoff = RETRY_BACKOFF_MIN;
+    // When the oldest commit not yet synced was made.
+    let mut unsynced_since: Option<Instant> = None;
+    loop {
+        let (batch, last_seq, sync_wanted, stopping) = {
+            let mut q = lock(&inner.queue);
+            (
+                std::mem::take(&mut q.updates),
+                q.last_seq,
+                q.sync_wanted,
+                q.stopping,
+            )
+        };
+        if !batch.is_empty() {
+            match commit(inner, &mut writer, &batch) {
+                Ok(()) => {
+                    backoff = RETRY_BACKOFF_MIN;
+                    inner.committed.send_replace(last_seq);
+                    unsynced_since.get_or_insert_with(Instant::now);
                 }
-            }
-            let committed = *inner.committed.borrow();
-            let synced = *inner.synced.borrow();
-            let sync_due = unsynced_since.map(|t| t + inner.sync_interval);
-            let wanted = sync_wanted > synced && committed > synced;
-            let stopping = stop.is_cancelled() && batch.is_empty();
-            if unsynced_since.is_some() && (wanted || stopping || sync_due <= Some(Instant::now()))
-            {
-                let started = std::time::Instant::now();
-                match inner.store.sync().await {
-                    Ok(()) => {
-                        backoff = RETRY_BACKOFF_MIN;
-                        unsynced_since = None;
-                        inner.synced.send_replace(committed);
-                        inner
-                            .metrics
-                            .sync_seconds
-                            .record(started.elapsed().as_secs_f64());
+                Err(e) => {
+                    tracing::error!(error = %e, updates = batch.len(), retry_in_ms = backoff.as_millis() as u64, "writing updates failed; retrying");
+                    // Put the batch back in front of what arrived meanwhile.
+                    {
+                        let mut q = lock(&inner.queue);
+                        let newer = std::mem::replace(&mut q.updates, batch);
+                        q.updates.extend(newer);
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "syncing the database to disk failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                    continue;
                 }
-                continue;
-            }
-            if !batch.is_empty() {
-                continue;
-            }
-            if stopping {
-                return;
-            }
-            let sleep_until_due = async {
-                match sync_due {
-                    Some(due) => tokio::time::sleep_until(due).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = inner.wake.notified() => {}
-                _ = sleep_until_due => {}
-                _ = stop.cancelled() => {}
             }
         }
+        let committed = *inner.committed.borrow();
+        let synced = *inner.synced.borrow();
+        let sync_due = unsynced_since.map(|t| t + inner.sync_interval);
+        let wanted = sync_wanted > synced && committed > synced;
+        let stopping = stopping && batch.is_empty();
+        if unsynced_since.is_some() && (wanted || stopping || sync_due <= Some(Instant::now())) {
+            match sync(inner, &mut writer) {
+                Ok(()) => {
+                    backoff = RETRY_BACKOFF_MIN;
+                    unsynced_since = None;
+                    inner.synced.send_replace(committed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "syncing the database to disk failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+            }
+            continue;
+        }
+        if !batch.is_empty() {
+            continue;
+        }
+        if stopping {
+            return;
+        }
+        // Sleep until there is work, a sync is asked for or due, or the stop.
+        let mut q = lock(&inner.queue);
+        let has_work = |q: &Queue| {
+            !q.updates.is_empty() || q.stopping || (q.sync_wanted > synced && committed > synced)
+        };
+        if has_work(&q) {
+            continue;
+        }
+        q.writer_waiting = true;
+        q = match sync_due {
+            Some(due) => {
+                let timeout = due.saturating_duration_since(Instant::now());
+                match inner.wake.wait_timeout(q, timeout) {
+                    Ok((q, _)) => q,
+                    Err(p) => p.into_inner().0,
+                }
+            }
+            None => inner.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
+        };
+        q.writer_waiting = false;
     }
+}
 
-    /// Writes one batch and records its metrics.
-    async fn commit(&self, batch: &[PendingUpdate]) -> Result<(), crate::store::StoreError> {
-        let inner = &self.inner;
-        let started = std::time::Instant::now();
-        // Changes are counted for `document.updated` only when someone listens.
-        let track = inner
+/// Writes one batch, opening the writer first when there is none. A failed
+/// write drops the writer: it may be broken or inside a transaction, and
+/// the retry gets a new one.
+fn commit(
+    inner: &Inner,
+    writer: &mut Option<Box<dyn LogWriter>>,
+    batch: &[PendingUpdate],
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    // Changes are counted for `document.updated` only when someone listens.
+    let track = inner
+        .webhooks
+        .wants(crate::webhooks::events::DOCUMENT_UPDATED);
+    let w = match writer {
+        Some(w) => w,
+        None => writer.insert(inner.store.log_writer()?),
+    };
+    if let Err(e) = w.append(batch, track) {
+        *writer = None;
+        return Err(e);
+    }
+    if track {
+        inner
             .webhooks
-            .wants(crate::webhooks::events::DOCUMENT_UPDATED);
-        inner.store.append(batch, track).await?;
-        if track {
-            inner
-                .webhooks
-                .note_changes(batch.iter().map(|u| u.doc_id), now_ms());
-        }
-        let metrics = &inner.metrics;
-        metrics
-            .persist_seconds
-            .record(started.elapsed().as_secs_f64());
-        metrics.persist_batch_updates.record(batch.len() as f64);
-        tracing::debug!(
-            updates = batch.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "committed"
-        );
-        Ok(())
+            .note_changes(batch.iter().map(|u| u.doc_id), now_ms());
     }
+    let metrics = &inner.metrics;
+    metrics
+        .persist_seconds
+        .record(started.elapsed().as_secs_f64());
+    metrics.persist_batch_updates.record(batch.len() as f64);
+    tracing::debug!(
+        updates = batch.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "committed"
+    );
+    Ok(())
+}
+
+fn sync(inner: &Inner, writer: &mut Option<Box<dyn LogWriter>>) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let w = match writer {
+        Some(w) => w,
+        None => writer.insert(inner.store.log_writer()?),
+    };
+    w.sync()?;
+    inner
+        .metrics
+        .sync_seconds
+        .record(started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Waits until a watermark reaches `seq`. An error means the persister is

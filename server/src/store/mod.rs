@@ -20,6 +20,23 @@ pub enum StoreError {
     Config { url: String, reason: String },
     #[error("cannot put the database on the disk: {0}")]
     Sync(std::io::Error),
+    #[error("database error: {0}")]
+    Writer(#[from] rusqlite::Error),
+}
+
+/// Writes the update log. The persister owns one and calls it from its own
+/// thread only: each call blocks that thread until the database answers, so
+/// no async task makes them.
+pub trait LogWriter: Send {
+    /// Appends a batch of updates in one transaction: all or nothing.
+    /// Updates of documents that no longer exist are skipped. With
+    /// `track_changes`, the same transaction adds them to `doc_changes`.
+    fn append(&mut self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError>;
+
+    /// Puts every committed `append` on the disk. Appends are committed
+    /// without waiting for the disk (a crash or `kill -9` of the process
+    /// loses none of them); this makes them survive a power cut too.
+    fn sync(&mut self) -> Result<(), StoreError>;
 }
 
 /// A document's stored state: a snapshot (if compacted) and the log after it.
@@ -221,15 +238,9 @@ pub trait Store: Send + Sync + 'static {
     /// with its `deleted` event. Returns whether it existed.
     async fn delete(&self, name: &str, deleted: Option<&NewEvent>) -> Result<bool, StoreError>;
 
-    /// Appends a batch of updates in one transaction: all or nothing.
-    /// Updates of documents that no longer exist are skipped. With
-    /// `track_changes`, the same transaction adds them to `doc_changes`.
-    async fn append(&self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError>;
-
-    /// Puts every committed `append` on the disk. Appends are committed
-    /// without waiting for the disk (a crash or `kill -9` of the process
-    /// loses none of them); this makes them survive a power cut too.
-    async fn sync(&self) -> Result<(), StoreError>;
+    /// Opens the update log's writer, for the persister's thread. It blocks
+    /// that thread while it opens.
+    fn log_writer(&self) -> Result<Box<dyn LogWriter>, StoreError>;
 
     /// Documents whose log holds at least `min_updates` updates.
     async fn compaction_candidates(&self, min_updates: u32) -> Result<Vec<DocId>, StoreError>;

@@ -1,43 +1,37 @@
 //! The SQLite store: WAL mode, one writer at a time. Every connection
 //! commits with `synchronous = FULL` (the commit survives a crash of the
-//! process and of the machine) except the persister's: its group commits
-//! use `NORMAL` (written to the file, which a crash or `kill -9` of the
-//! process does not lose, but not waited onto the disk) and `sync` puts
-//! them on the disk, at most once per `TANDEM_SYNC_INTERVAL`.
+//! process and of the machine) except the update log's writer
+//! (`log_writer`): its group commits use `NORMAL` (written to the file,
+//! which a crash or `kill -9` of the process does not lose, but not waited
+//! onto the disk) and its `sync` puts them on the disk, at most once per
+//! `TANDEM_SYNC_INTERVAL`.
 
-use std::path::Path;
+mod log_writer;
+
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, SqlitePool};
 
-use std::collections::{BTreeMap, BTreeSet};
-
+use self::log_writer::SqliteLogWriter;
 use super::{
     now_ms, AttemptRecord, AttemptRow, ChangesEvent, DeliveryRow, DocChanges, DocId, DocLog,
-    DocMeta, DueMessage, EndpointPatch, EndpointRow, LoadedDoc, NewEvent, Outcome, PendingUpdate,
+    DocMeta, DueMessage, EndpointPatch, EndpointRow, LoadedDoc, LogWriter, NewEvent, Outcome,
     Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-/// SQLite allows 32766 bound parameters per statement; two per row.
-const ROWS_PER_INSERT: usize = 4000;
+/// How long a connection waits for another one's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The persister's own connection, opened on first use and reopened
-    /// after an error. Through the pool, every group commit would cost two
-    /// more round trips to SQLite's thread: sqlx pings a connection when it
-    /// is returned (and, by default, when it is handed out).
-    appender: tokio::sync::Mutex<Option<SqliteConnection>>,
-    appender_options: SqliteConnectOptions,
-    /// The write-ahead log that `sync` flushes; `None` for `:memory:`.
-    wal_path: Option<std::path::PathBuf>,
+    /// The database file, for the log writer's own connection.
+    path: PathBuf,
 }
 
 impl SqliteStore {
@@ -52,32 +46,30 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         let path = options.get_filename().to_path_buf();
-        let in_memory = path.as_os_str() == ":memory:";
-        if !in_memory {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                create_dir(dir).map_err(|e| {
-                    config_err(format!("cannot create the folder {}: {e}", dir.display()))
-                })?;
-            }
+        // sqlx names an in-memory database `file:sqlx-in-memory-…`.
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(config_err(
+                "an in-memory database is not supported: Tandem keeps documents in a file \
+                 (give a path, e.g. sqlite:///tmp/tandem/tandem.db)"
+                    .into(),
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_dir(dir).map_err(|e| {
+                config_err(format!("cannot create the folder {}: {e}", dir.display()))
+            })?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A local file does not drop connections behind our back.
             .test_before_acquire(false)
-            .connect_with(options.clone())
+            .connect_with(options)
             .await
             .map_err(|e| config_err(format!("cannot open {}: {e}", path.display())))?;
         MIGRATOR.run(&pool).await?;
-        let mut wal_path = path.clone().into_os_string();
-        wal_path.push("-wal");
-        Ok(SqliteStore {
-            pool,
-            appender: tokio::sync::Mutex::new(None),
-            appender_options: options.synchronous(SqliteSynchronous::Normal),
-            wal_path: (!in_memory).then(|| wal_path.into()),
-        })
+        Ok(SqliteStore { pool, path })
     }
 
     /// A transaction that reads before it writes must take the write lock
@@ -255,39 +247,8 @@ impl Store for SqliteStore {
         Ok(existed)
     }
 
-    async fn append(&self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut slot = self.appender.lock().await;
-        let conn = match &mut *slot {
-            Some(conn) => conn,
-            None => slot.insert(self.appender_options.connect().await?),
-        };
-        let result = append_on(conn, batch, track_changes).await;
-        if result.is_err() {
-            // It may be broken or inside a transaction: the retry gets a new one.
-            *slot = None;
-        }
-        result
-    }
-
-    async fn sync(&self) -> Result<(), StoreError> {
-        let Some(wal) = self.wal_path.clone() else {
-            return Ok(());
-        };
-        // An fsync of the log through any handle puts every frame written to
-        // it on the disk, which is what a `FULL` commit would have waited for.
-        tokio::task::spawn_blocking(move || match std::fs::File::open(&wal) {
-            Ok(file) => file.sync_data(),
-            // No log: everything is checkpointed into the database file, which
-            // SQLite syncs when it checkpoints.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        })
-        .await
-        .map_err(|e| StoreError::Sync(std::io::Error::other(e)))?
-        .map_err(StoreError::Sync)
+    fn log_writer(&self) -> Result<Box<dyn LogWriter>, StoreError> {
+        Ok(Box::new(SqliteLogWriter::open(&self.path, BUSY_TIMEOUT)?))
     }
 
     async fn compaction_candidates(&self, min_updates: u32) -> Result<Vec<DocId>, StoreError> {
@@ -769,86 +730,6 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        if let Some(conn) = self.appender.lock().await.take() {
-            if let Err(e) = conn.close().await {
-                tracing::warn!(error = %e, "closing the update writer's connection failed");
-            }
-        }
         self.pool.close().await;
     }
-}
-
-/// Appends a batch in one transaction on `conn`.
-async fn append_on(
-    conn: &mut SqliteConnection,
-    batch: &[PendingUpdate],
-    track_changes: bool,
-) -> Result<(), StoreError> {
-    // The common case is one statement, its own transaction: a trigger
-    // keeps the documents' counters (migration 0003).
-    if !track_changes && batch.len() <= ROWS_PER_INSERT {
-        insert_updates(batch).build().execute(&mut *conn).await?;
-        return Ok(());
-    }
-    let mut tx = conn.begin().await?;
-    for chunk in batch.chunks(ROWS_PER_INSERT) {
-        insert_updates(chunk).build().execute(&mut *tx).await?;
-    }
-    if track_changes {
-        let mut per_doc: BTreeMap<DocId, (i64, i64, BTreeSet<&str>)> = BTreeMap::new();
-        for u in batch {
-            let e = per_doc.entry(u.doc_id).or_default();
-            e.0 += 1;
-            e.1 += i64::try_from(u.data.len()).unwrap_or(i64::MAX);
-            if let Some(user) = &u.user {
-                e.2.insert(user);
-            }
-        }
-        let now = now_ms();
-        for (doc_id, (count, bytes, users)) in &per_doc {
-            sqlx::query(
-                "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at)
-                 SELECT $1, $2, $3, $4, $4 WHERE EXISTS (SELECT 1 FROM documents WHERE id = $1)
-                 ON CONFLICT (doc_id) DO UPDATE SET updates = updates + excluded.updates,
-                   bytes = bytes + excluded.bytes, last_change_at = excluded.last_change_at",
-            )
-            .bind(doc_id)
-            .bind(count)
-            .bind(bytes)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            for user in users {
-                sqlx::query(
-                    "INSERT INTO doc_change_users (doc_id, user)
-                     SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM doc_changes WHERE doc_id = $1)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(doc_id)
-                .bind(*user)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// One INSERT of a batch of updates. `INSERT … SELECT … JOIN documents`
-/// skips the rows of documents deleted meanwhile.
-fn insert_updates(batch: &[PendingUpdate]) -> QueryBuilder<'_, sqlx::Sqlite> {
-    let mut q = QueryBuilder::new(
-        "INSERT INTO doc_updates (doc_id, data) SELECT v.column1, v.column2 FROM (VALUES ",
-    );
-    let mut sep = q.separated(", ");
-    for u in batch {
-        sep.push("(");
-        sep.push_bind_unseparated(u.doc_id);
-        sep.push_unseparated(", ");
-        sep.push_bind_unseparated(u.data.as_ref());
-        sep.push_unseparated(")");
-    }
-    q.push(") AS v JOIN documents d ON d.id = v.column1");
-    q
 }
