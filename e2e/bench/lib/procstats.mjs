@@ -18,15 +18,21 @@ export function clockTicks () {
   return clkTck
 }
 
-/** CPU time (user + system) of a process in milliseconds, at 1/CLK_TCK resolution. */
-export function cpuMs (pid) {
+/** CPU time of a process in milliseconds, at 1/CLK_TCK resolution: user + system, and
+ * system alone (time in the kernel, e.g. the TCP send path). */
+export function cpuSplitMs (pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
   // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   // fields[0] is field 3 (state); utime is field 14, stime field 15.
   const utime = Number(fields[11])
   const stime = Number(fields[12])
-  return ((utime + stime) * 1000) / clockTicks()
+  return { total: ((utime + stime) * 1000) / clockTicks(), system: (stime * 1000) / clockTicks() }
+}
+
+/** CPU time (user + system) of a process in milliseconds, at 1/CLK_TCK resolution. */
+export function cpuMs (pid) {
+  return cpuSplitMs(pid).total
 }
 
 /** Per-thread run time of a process at nanosecond resolution: Map tid -> ns on CPU, from
@@ -118,10 +124,12 @@ export function processTable () {
 
 /** Snapshot of a server's CPU, the machine's CPU and this driver process's CPU, to diff later. */
 export function snapshot (pid) {
-  return { t: performance.now(), pid, serverCpuMs: cpuMs(pid), machine: machineCpu(), self: process.cpuUsage(), procs: processTable() }
+  const cpu = cpuSplitMs(pid)
+  return { t: performance.now(), pid, serverCpuMs: cpu.total, serverSysMs: cpu.system, serverThreads: threadCpu(pid), machine: machineCpu(), self: process.cpuUsage(), procs: processTable() }
 }
 
-/** Differences between two snapshots: wall ms, server CPU ms, machine busy % (of all
+/** Differences between two snapshots: wall ms, server CPU ms (ticks; of it in the
+ * kernel; and from the threads' schedstat, at ns resolution), machine busy % (of all
  * cores) and machine busy in ms of CPU, main driver CPU %. */
 export function diff (a, b) {
   const wallMs = b.t - a.t
@@ -130,6 +138,8 @@ export function diff (a, b) {
   return {
     wallMs,
     serverCpuMs: b.serverCpuMs - a.serverCpuMs,
+    serverSysMs: b.serverSysMs - a.serverSysMs,
+    serverThreadCpuMs: threadCpuDeltaMs(a.serverThreads, b.serverThreads),
     machineBusyPct: machineTotal > 0 ? (100 * (b.machine.busy - a.machine.busy)) / machineTotal : null,
     machineBusyMs: ((b.machine.busy - a.machine.busy) * 1000) / clockTicks(),
     machineIrqMs: ((b.machine.irq - a.machine.irq) * 1000) / clockTicks(),

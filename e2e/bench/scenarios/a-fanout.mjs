@@ -105,6 +105,10 @@ async function runOne (server, n, c, m) {
     m.add(`${p}lost`, `${p}updates lost (of ${(count * n).toLocaleString('en-US')})`, 'receipts', 'lower', count * n - receipts)
     m.add(`${p}server_cpu_per_delivery_us`, `${p}server CPU per delivered update`, 'µs', 'lower', receipts ? (d.serverCpuMs * 1000) / receipts : null)
     m.add(`${p}server_cpu_pct`, `${p}server CPU while sending`, '% of 1 core', 'lower', (100 * d.serverCpuMs) / d.wallMs)
+    // The same at ns resolution (a run is only tens of 10 ms ticks at N = 1), and the
+    // part spent in the kernel: mostly the TCP send path, the floor of any server.
+    m.add(`${p}server_cpu_per_delivery_us_precise`, `${p}(diag) server CPU per delivered update (schedstat)`, 'µs', null, receipts ? (d.serverThreadCpuMs * 1000) / receipts : null)
+    m.add(`${p}server_sys_per_delivery_us`, `${p}(diag) of it in the kernel (stime)`, 'µs', null, receipts ? (d.serverSysMs * 1000) / receipts : null)
     if (dupes) m.note(`${p}${dupes} duplicate receipts ignored`)
     if (closes && synced === n) m.note(`${p}${closes} observers were disconnected during the run`)
     addDriverDiag(m, p, d, collected)
