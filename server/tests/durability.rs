@@ -161,10 +161,67 @@ async fn log_ids_reused_after_compaction_lose_nothing() {
     let fourth = store.read_log(doc.id).await.unwrap();
     assert_eq!(fourth.snapshot.as_deref(), Some(&b"abcde"[..]));
     assert!(fourth.updates.is_empty());
-    // The counters the trigger keeps are still kept.
+    // The counters: the compactions subtracted what they folded before
+    // the writer added what it appended; the sum is exact all the same.
     log.append(&[row(b"fg")], false).unwrap();
+    log.sync().unwrap();
     let meta = store.get("d").await.unwrap().unwrap();
     assert_eq!(meta.size_bytes, 5 + 2);
+    assert_eq!(counters(&url, doc.id).await, (1, 7, 0));
+}
+
+/// A document's `(log_count, size_bytes, counts_pending)`, read from its file.
+async fn counters(url: &str, doc_id: i64) -> (i64, i64, i64) {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    let row =
+        sqlx::query_as("SELECT log_count, size_bytes, counts_pending FROM documents WHERE id = $1")
+            .bind(doc_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    row
+}
+
+/// A writer that goes away before it syncs (a crash, or an error that
+/// drops it) leaves its documents marked; the next start, or the next
+/// writer, recounts them.
+#[tokio::test]
+async fn counters_lost_with_a_writer_are_recounted() {
+    use tandem::store::{sqlite::SqliteStore, PendingUpdate, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    let a = store.create("a", 1, None).await.unwrap().unwrap();
+    let b = store.create("b", 1, None).await.unwrap().unwrap();
+    let row = |doc_id, data: &'static [u8]| PendingUpdate {
+        doc_id,
+        data: bytes::Bytes::from_static(data),
+        user: None,
+    };
+    let mut log = store.log_writer().unwrap();
+    log.append(&[row(a.id, b"xx"), row(b.id, b"yyy")], false)
+        .unwrap();
+    log.sync().unwrap();
+    assert_eq!(counters(&url, a.id).await, (1, 2, 0));
+    // Appended, not synced: the counters lag, the marks are set.
+    log.append(&[row(a.id, b"xxxx")], false).unwrap();
+    log.append(&[row(a.id, b"x")], false).unwrap();
+    log.append(&[row(b.id, b"y")], false).unwrap();
+    assert_eq!(counters(&url, a.id).await, (1, 2, 1));
+    assert_eq!(counters(&url, b.id).await, (1, 3, 1));
+    drop(log);
+    // A new writer recounts before it appends.
+    let mut log = store.log_writer().unwrap();
+    assert_eq!(counters(&url, a.id).await, (3, 7, 0));
+    assert_eq!(counters(&url, b.id).await, (2, 4, 0));
+    log.append(&[row(b.id, b"zz")], false).unwrap();
+    drop(log);
+    store.close().await;
+    // So does the next start.
+    let store = SqliteStore::open(&url).await.unwrap();
+    assert_eq!(counters(&url, b.id).await, (3, 6, 0));
+    assert_eq!(store.get("b").await.unwrap().unwrap().size_bytes, 6);
 }
 
 /// A database written before migration 0004 (AUTOINCREMENT ids) keeps its
@@ -223,7 +280,7 @@ async fn the_plain_rowid_migration_keeps_an_old_log() {
         .map(|(i, u)| (*i, u.as_slice()))
         .collect();
     assert_eq!(rows, vec![(2, &b"two"[..]), (3, &b"three"[..])]);
-    // The trigger came back with the new table.
+    // The counters follow the writer's sync.
     let mut writer = store.log_writer().unwrap();
     writer
         .append(
@@ -237,6 +294,9 @@ async fn the_plain_rowid_migration_keeps_an_old_log() {
         .unwrap();
     let log = store.read_log(meta.id).await.unwrap();
     assert_eq!(log.updates.last().unwrap(), &(4, b"four".to_vec()));
+    let unsynced = store.get("d").await.unwrap().unwrap();
+    assert_eq!(unsynced.size_bytes, meta.size_bytes);
+    writer.sync().unwrap();
     let after = store.get("d").await.unwrap().unwrap();
     assert_eq!(after.size_bytes, meta.size_bytes + 4);
 }

@@ -33,9 +33,11 @@ pub trait LogWriter: Send {
     /// `track_changes`, the same transaction adds them to `doc_changes`.
     fn append(&mut self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError>;
 
-    /// Puts every committed `append` on the disk. Appends are committed
-    /// without waiting for the disk (a crash or `kill -9` of the process
-    /// loses none of them); this makes them survive a power cut too.
+    /// Brings the documents' counters (`log_count`, `size_bytes`,
+    /// `updated_at`) up to date with the appends, and puts every committed
+    /// append on the disk. Appends are committed without waiting for the
+    /// disk (a crash or `kill -9` of the process loses none of them); this
+    /// makes them survive a power cut too.
     fn sync(&mut self) -> Result<(), StoreError>;
 }
 

@@ -10,8 +10,11 @@
 //! Commits use `synchronous = NORMAL`: a commit is in the database file when
 //! it returns (a crash or `kill -9` of the process loses nothing) but not
 //! yet on the disk; `sync` puts it there.
+//!
+//! The documents' counters follow at `sync` too (migration 0004): a commit
+//! of one update then writes only the log's table and index pages.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,8 +22,7 @@ use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use super::super::{now_ms, DocId, LogWriter, PendingUpdate, StoreError};
 
-/// Appends one update; one of a document deleted meanwhile is skipped. A
-/// trigger keeps the document's counters (migration 0003).
+/// Appends one update; one of a document deleted meanwhile is skipped.
 const INSERT_UPDATE: &str = "INSERT INTO doc_updates (doc_id, data)
      SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM documents WHERE id = ?1)";
 
@@ -28,6 +30,26 @@ pub struct SqliteLogWriter {
     conn: Connection,
     /// The write-ahead log that `sync` flushes.
     wal_path: PathBuf,
+    /// What was appended to each document since the counters were last
+    /// written. A document is here exactly when its `counts_pending` is set.
+    counts: HashMap<DocId, Counts>,
+}
+
+/// Appended to one document and not yet in its counters.
+#[derive(Default)]
+struct Counts {
+    updates: i64,
+    bytes: i64,
+    /// Unix milliseconds of the last append.
+    last_at: i64,
+}
+
+impl Counts {
+    fn add(&mut self, u: &PendingUpdate, now: i64) {
+        self.updates += 1;
+        self.bytes += i64::try_from(u.data.len()).unwrap_or(i64::MAX);
+        self.last_at = now;
+    }
 }
 
 impl SqliteLogWriter {
@@ -41,50 +63,98 @@ impl SqliteLogWriter {
         conn.busy_timeout(busy_timeout)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // A writer before this one may have appended without writing the
+        // counters (a crash, or an error that dropped it): recount those
+        // documents. This writer has appended nothing yet.
+        conn.execute(super::RECOUNT_PENDING, [])?;
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
         Ok(SqliteLogWriter {
             conn,
             wal_path: wal_path.into(),
+            counts: HashMap::new(),
         })
+    }
+
+    /// Adds what was appended to the documents' counters, in one
+    /// transaction, and clears `counts_pending`.
+    fn write_counts(&mut self) -> Result<(), StoreError> {
+        if self.counts.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE documents SET log_count = log_count + ?2, size_bytes = size_bytes + ?3,
+                   updated_at = max(updated_at, ?4), counts_pending = 0
+                 WHERE id = ?1",
+            )?;
+            for (doc_id, c) in &self.counts {
+                update.execute(params![doc_id, c.updates, c.bytes, c.last_at])?;
+            }
+        }
+        tx.commit()?;
+        self.counts.clear();
+        Ok(())
     }
 }
 
 impl LogWriter for SqliteLogWriter {
     fn append(&mut self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError> {
-        match batch {
-            [] => Ok(()),
-            // The common case when idle: one statement, its own transaction
-            // (no BEGIN and COMMIT to parse and run).
-            [u] if !track_changes => {
-                self.conn
+        let now = now_ms();
+        if let [u] = batch {
+            if !track_changes && self.counts.contains_key(&u.doc_id) {
+                // The common case: one statement, its own transaction (no
+                // BEGIN and COMMIT to parse and run).
+                let inserted = self
+                    .conn
                     .prepare_cached(INSERT_UPDATE)?
                     .execute(params![u.doc_id, u.data.as_ref()])?;
-                Ok(())
-            }
-            _ => {
-                // IMMEDIATE: the inserts read `documents` before they write,
-                // and a deferred transaction could not wait for the write
-                // lock then.
-                let tx = self
-                    .conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
-                {
-                    let mut insert = tx.prepare_cached(INSERT_UPDATE)?;
-                    for u in batch {
-                        insert.execute(params![u.doc_id, u.data.as_ref()])?;
-                    }
+                if inserted == 1 {
+                    self.counts.entry(u.doc_id).or_default().add(u, now);
                 }
-                if track_changes {
-                    track(&tx, batch)?;
-                }
-                tx.commit()?;
-                Ok(())
+                return Ok(());
             }
         }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // IMMEDIATE: the inserts read `documents` before they write, and a
+        // deferred transaction could not wait for the write lock then.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut inserted = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(INSERT_UPDATE)?;
+            let mut mark = tx.prepare_cached(
+                "UPDATE documents SET counts_pending = 1 WHERE id = ?1 AND counts_pending = 0",
+            )?;
+            let mut marked = BTreeSet::new();
+            for u in batch {
+                let ok = insert.execute(params![u.doc_id, u.data.as_ref()])? == 1;
+                if ok && !self.counts.contains_key(&u.doc_id) && marked.insert(u.doc_id) {
+                    mark.execute(params![u.doc_id])?;
+                }
+                inserted.push(ok);
+            }
+        }
+        if track_changes {
+            track(&tx, batch)?;
+        }
+        tx.commit()?;
+        for (u, ok) in batch.iter().zip(inserted) {
+            if ok {
+                self.counts.entry(u.doc_id).or_default().add(u, now);
+            }
+        }
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
+        self.write_counts()?;
         // An fsync of the log through any handle puts every frame written to
         // it on the disk, which is what a `FULL` commit would have waited for.
         match std::fs::File::open(&self.wal_path) {

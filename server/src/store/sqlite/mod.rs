@@ -28,6 +28,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 /// How long a connection waits for another one's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Recounts the documents whose appends a log writer had not yet added to
+/// their counters when it went away (migration 0004). Their `updated_at`
+/// stays as it was: at most one sync interval old.
+const RECOUNT_PENDING: &str = "UPDATE documents SET
+       log_count = (SELECT COUNT(*) FROM doc_updates WHERE doc_id = documents.id),
+       size_bytes = COALESCE((SELECT LENGTH(data) FROM doc_snapshots WHERE doc_id = documents.id), 0)
+         + (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM doc_updates WHERE doc_id = documents.id),
+       counts_pending = 0
+     WHERE counts_pending = 1";
+
 pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file, for the log writer's own connection.
@@ -69,6 +79,7 @@ impl SqliteStore {
             .await
             .map_err(|e| config_err(format!("cannot open {}: {e}", path.display())))?;
         MIGRATOR.run(&pool).await?;
+        sqlx::query(RECOUNT_PENDING).execute(&pool).await?;
         Ok(SqliteStore { pool, path })
     }
 
@@ -283,7 +294,23 @@ impl Store for SqliteStore {
         snapshot: &[u8],
         upto_id: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
+        // The counters change by what is folded (the log writer adds what it
+        // appends the same way): deltas, so their order does not matter.
+        let (rows, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM doc_updates
+             WHERE doc_id = $1 AND id <= $2",
+        )
+        .bind(doc_id)
+        .bind(upto_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let old: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT LENGTH(data) FROM doc_snapshots WHERE doc_id = $1), 0)",
+        )
+        .bind(doc_id)
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO doc_snapshots (doc_id, data, upto_id)
              SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM documents WHERE id = $1)
@@ -299,14 +326,15 @@ impl Store for SqliteStore {
             .bind(upto_id)
             .execute(&mut *tx)
             .await?;
+        let new = i64::try_from(snapshot.len()).unwrap_or(i64::MAX);
         sqlx::query(
-            "UPDATE documents SET
-               log_count = (SELECT COUNT(*) FROM doc_updates WHERE doc_id = $1),
-               size_bytes = $2 + (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM doc_updates WHERE doc_id = $1)
+            "UPDATE documents SET log_count = log_count - $2, size_bytes = size_bytes - $3 + $4
              WHERE id = $1",
         )
         .bind(doc_id)
-        .bind(i64::try_from(snapshot.len()).unwrap_or(i64::MAX))
+        .bind(rows)
+        .bind(bytes + old)
+        .bind(new)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
