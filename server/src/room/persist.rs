@@ -186,7 +186,17 @@ fn write_loop(inner: &Inner) {
             )
         };
         if !batch.is_empty() {
-            match commit(inner, &mut writer, &batch) {
+            // A panic below is a bug, but persisting must not stop for it:
+            // it counts as a failed write (retried, the writer reopened; a
+            // batch written twice is harmless, as updates are idempotent).
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                commit(inner, &mut writer, &batch)
+            }))
+            .unwrap_or_else(|_| {
+                writer = None;
+                Err(StoreError::Panicked)
+            });
+            match written {
                 Ok(()) => {
                     backoff = RETRY_BACKOFF_MIN;
                     inner.committed.send_replace(last_seq);

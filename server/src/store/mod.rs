@@ -22,6 +22,8 @@ pub enum StoreError {
     Sync(std::io::Error),
     #[error("database error: {0}")]
     Writer(#[from] rusqlite::Error),
+    #[error("the update log's writer panicked")]
+    Panicked,
 }
 
 /// Writes the update log. The persister owns one and calls it from its own
