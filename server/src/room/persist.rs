@@ -244,10 +244,7 @@ fn write_loop(inner: &Inner) {
         }
         // Sleep until there is work, a sync is asked for or due, or the stop.
         let mut q = lock(&inner.queue);
-        let has_work = |q: &Queue| {
-            !q.updates.is_empty() || q.stopping || (q.sync_wanted > synced && committed > synced)
-        };
-        if has_work(&q) {
+        if !q.updates.is_empty() || q.stopping || (q.sync_wanted > synced && committed > synced) {
             continue;
         }
         q.writer_waiting = true;
@@ -265,8 +262,7 @@ fn write_loop(inner: &Inner) {
     }
 }
 
-/// Writes one batch, opening the writer first when there is none. A failed
-/// write drops the writer: it may be broken or inside a transaction, and
+/// Writes one batch. A failed write drops the writer: it may be broken or inside a transaction, and
 /// the retry gets a new one.
 fn commit(
     inner: &Inner,
@@ -278,11 +274,7 @@ fn commit(
     let track = inner
         .webhooks
         .wants(crate::webhooks::events::DOCUMENT_UPDATED);
-    let w = match writer {
-        Some(w) => w,
-        None => writer.insert(inner.store.log_writer()?),
-    };
-    if let Err(e) = w.append(batch, track) {
+    if let Err(e) = open(inner, writer)?.append(batch, track) {
         *writer = None;
         return Err(e);
     }
@@ -304,13 +296,20 @@ fn commit(
     Ok(())
 }
 
-fn sync(inner: &Inner, writer: &mut Option<Box<dyn LogWriter>>) -> Result<(), StoreError> {
-    let started = Instant::now();
-    let w = match writer {
+/// The writer, opened first when there is none.
+fn open<'a>(
+    inner: &Inner,
+    writer: &'a mut Option<Box<dyn LogWriter>>,
+) -> Result<&'a mut Box<dyn LogWriter>, StoreError> {
+    Ok(match writer {
         Some(w) => w,
         None => writer.insert(inner.store.log_writer()?),
-    };
-    w.sync()?;
+    })
+}
+
+fn sync(inner: &Inner, writer: &mut Option<Box<dyn LogWriter>>) -> Result<(), StoreError> {
+    let started = Instant::now();
+    open(inner, writer)?.sync()?;
     inner
         .metrics
         .sync_seconds
