@@ -91,6 +91,7 @@ impl App {
         let room_threads = settings
             .room_threads
             .unwrap_or(cores.saturating_sub(1).max(1));
+        crate::room::send_ring::set_enabled(settings.io_uring);
         let core = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(room_threads)
             .thread_name("tandem-core")

@@ -49,6 +49,13 @@ pub struct Settings {
     #[arg(long, env = "TANDEM_ROOM_THREADS")]
     pub room_threads: Option<usize>,
 
+    /// Relay an update to a room's peers with one io_uring system call for
+    /// all of them (Linux); `false` writes to each socket with its own
+    /// `send`. Where io_uring is unavailable the server falls back by itself.
+    #[arg(long, env = "TANDEM_IO_URING", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub io_uring: bool,
+
     /// Serve the browser editor's files from this folder (a build of `web/`)
     /// instead of the copy embedded in the binary: for working on the editor.
     #[arg(long, env = "TANDEM_WEB_DIR")]

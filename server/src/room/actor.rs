@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use yrs::StateVector;
 
-use super::fanout::Outbox;
+use super::fanout::{Outbox, Overflow};
 use super::registry::Registry;
+use super::send_ring;
 use super::ConnId;
 use crate::doc_name::DocName;
 use crate::error::CloseCode;
@@ -93,6 +94,17 @@ pub struct Room {
     doc: DocState,
     awareness: Awareness,
     peers: Vec<Peer>,
+    /// `broadcast`'s buffers, kept to spare an allocation per update.
+    scratch: RelayScratch,
+}
+
+/// The peers a broadcast writes to directly, their sockets, and what each
+/// took.
+#[derive(Default)]
+struct RelayScratch {
+    peers: Vec<usize>,
+    fds: Vec<std::os::fd::RawFd>,
+    results: Vec<std::io::Result<usize>>,
 }
 
 pub fn spawn_args(
@@ -110,6 +122,7 @@ pub fn spawn_args(
         doc: DocState::new(),
         awareness: Awareness::new(),
         peers: Vec::new(),
+        scratch: RelayScratch::default(),
     }
 }
 
@@ -483,24 +496,53 @@ impl Room {
 
     /// Sends `payload` to every peer except `except`. A peer whose queue
     /// overflows is closed (1013) and removed; the rest are not delayed.
+    ///
+    /// Peers with nothing queued get the frame with one system call for all
+    /// of them (`send_ring`); the others queue it behind what they hold.
     fn broadcast(&mut self, except: Option<ConnId>, payload: &Bytes) {
         let frame = super::wire::binary_frame(payload);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut failed = Vec::new();
         let mut sent = 0u64;
-        let mut i = 0;
-        while i < self.peers.len() {
-            let peer = &self.peers[i];
-            if Some(peer.conn) != except {
-                if peer.outbox.push_frame(frame.clone()).is_err() {
-                    self.drop_peer(i);
-                    continue; // swap_remove moved another peer into slot i
-                }
-                sent += 1;
+        for (i, peer) in self.peers.iter().enumerate() {
+            if Some(peer.conn) == except {
+                continue;
             }
-            i += 1;
+            match peer.outbox.begin_direct(&frame) {
+                Ok(Some(fd)) => {
+                    scratch.fds.push(fd);
+                    scratch.peers.push(i);
+                }
+                Ok(None) => sent += 1,
+                Err(Overflow) => failed.push(peer.conn),
+            }
         }
+        let batched = scratch.fds.len() > 1
+            && send_ring::send_all(&frame, &scratch.fds, &mut scratch.results);
+        for (k, &i) in scratch.peers.iter().enumerate() {
+            let peer = &self.peers[i];
+            let written = if batched {
+                std::mem::replace(&mut scratch.results[k], Ok(0))
+            } else {
+                peer.outbox.write_direct(&frame)
+            };
+            match peer.outbox.end_direct(&frame, written) {
+                Ok(()) => sent += 1,
+                Err(Overflow) => failed.push(peer.conn),
+            }
+        }
+        scratch.peers.clear();
+        scratch.fds.clear();
+        self.scratch = scratch;
         let metrics = &self.registry.deps.metrics;
         metrics.frames_relayed.increment(sent);
         metrics.bytes_relayed.increment(sent * payload.len() as u64);
+        for conn in failed {
+            // By connection, not index: each removal may broadcast again.
+            if let Some(i) = self.peers.iter().position(|p| p.conn == conn) {
+                self.drop_peer(i);
+            }
+        }
     }
 
     fn count_clients(&self) {

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -54,6 +55,9 @@ struct State {
     broken: bool,
     /// A data frame was queued or sent since the session last asked.
     sent_since_asked: bool,
+    /// The room is writing a frame to the socket itself (`begin_direct`):
+    /// nothing else may be written until it reports (`end_direct`).
+    direct: bool,
 }
 
 struct Pending {
@@ -126,6 +130,7 @@ impl Outbox {
                 close_queued: false,
                 broken: false,
                 sent_since_asked: false,
+                direct: false,
             }),
             queued: Notify::new(),
             closed: CancellationToken::new(),
@@ -153,24 +158,84 @@ impl Outbox {
 
     fn push_pending(&self, frame: Pending) -> Result<(), Overflow> {
         let mut s = self.lock();
+        self.push_locked(&mut s, frame)
+    }
+
+    fn push_locked(&self, s: &mut State, frame: Pending) -> Result<(), Overflow> {
         if s.close.is_some() || s.broken {
             return Err(Overflow);
         }
         s.sent_since_asked = true;
         if !s.queue.is_empty() && s.queued_bytes + frame.payload.len() > self.limit {
             self.close_locked(
-                &mut s,
+                s,
                 CloseCode::TryAgainLater,
                 "too slow to keep up; reconnect to resync",
             );
             return Err(Overflow);
         }
-        self.send_locked(&mut s, frame);
+        self.send_locked(s, frame);
         if s.broken {
             Err(Overflow)
         } else {
             Ok(())
         }
+    }
+
+    /// The first half of `push_frame` for a room that writes one frame to
+    /// many sockets with one system call (`send_ring`). When nothing is
+    /// queued, returns the socket for the caller to write `frame` to now,
+    /// without waiting, and the outbox holds every other frame back until
+    /// `end_direct` reports what the socket took. Otherwise the frame is
+    /// queued, or refused, as by `push_frame`.
+    pub fn begin_direct(&self, frame: &Bytes) -> Result<Option<RawFd>, Overflow> {
+        let mut s = self.lock();
+        if s.queue.is_empty() && !s.direct && s.close.is_none() && !s.broken {
+            s.sent_since_asked = true;
+            s.direct = true;
+            return Ok(Some(self.stream.as_raw_fd()));
+        }
+        self.push_locked(&mut s, Pending::encoded(frame.clone()))
+            .map(|()| None)
+    }
+
+    /// Writes `frame` as `send_ring` would, for a socket that `begin_direct`
+    /// handed out when the ring is not there.
+    pub fn write_direct(&self, frame: &Bytes) -> io::Result<usize> {
+        self.stream.try_write(frame)
+    }
+
+    /// The second half of `begin_direct`: `written` is what the socket took
+    /// of `frame`. The rest is queued ahead of anything pushed meanwhile.
+    pub fn end_direct(&self, frame: &Bytes, written: io::Result<usize>) -> Result<(), Overflow> {
+        let mut s = self.lock();
+        s.direct = false;
+        let n = match written {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                if !s.broken {
+                    self.fail_locked(&mut s, &e);
+                }
+                return Err(Overflow);
+            }
+        };
+        if s.broken {
+            return Err(Overflow);
+        }
+        // A connection closed meanwhile drops a frame it has not begun.
+        if n < frame.len() && (n > 0 || s.close.is_none()) {
+            let mut rest = Pending::encoded(frame.clone());
+            rest.written = n;
+            if n == 0 {
+                s.queued_bytes += frame.len();
+            }
+            s.queue.push_front(rest);
+        }
+        if !s.queue.is_empty() {
+            self.queued.notify_one();
+        }
+        Ok(())
     }
 
     pub fn ping(&self) {
@@ -190,7 +255,7 @@ impl Outbox {
 
     /// Writes `frame` now if nothing is queued ahead of it; queues the rest.
     fn send_locked(&self, s: &mut State, mut frame: Pending) {
-        if s.queue.is_empty() {
+        if s.queue.is_empty() && !s.direct {
             let [a, b] = frame.unwritten();
             let written = if a.is_empty() {
                 self.stream.try_write(b)
@@ -254,6 +319,10 @@ impl Outbox {
         loop {
             if s.broken {
                 return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            if s.direct {
+                // `end_direct` wakes the writer if it leaves anything queued.
+                return Ok(Flushed::Empty);
             }
             if s.queue.is_empty() {
                 return Ok(if s.close_queued {
@@ -436,6 +505,93 @@ mod tests {
             .await
             .expect("joins")
             .expect("the close frame went out");
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_that_falls_short_finishes_before_frames_pushed_meanwhile() {
+        let (outbox, mut client) = pair(1 << 30).await;
+        let writer = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.run_writer().await })
+        };
+        let frame = wire::binary_frame(&vec![5u8; 1000]);
+        let Ok(Some(_)) = outbox.begin_direct(&frame) else {
+            panic!("an idle outbox hands its socket out");
+        };
+        // While the room writes, the session answers a ping and the room
+        // relays another update: both wait for the direct write.
+        outbox.pong(Bytes::from_static(b"p"));
+        outbox
+            .push_frame(wire::binary_frame(b"next"))
+            .expect("queued");
+        tokio::task::yield_now().await;
+        // The socket took only the first 7 bytes.
+        let took = outbox.write_direct(&frame.slice(..7)).expect("written");
+        assert_eq!(took, 7);
+        outbox.end_direct(&frame, Ok(7)).expect("still open");
+        let frames = read_frames(&mut client, 3).await;
+        assert!(
+            matches!(&frames[0], Frame::Binary(b) if b.len() == 1000 && b.iter().all(|&x| x == 5))
+        );
+        assert!(matches!(&frames[1], Frame::Pong(p) if &p[..] == b"p"));
+        assert!(matches!(&frames[2], Frame::Binary(b) if &b[..] == b"next"));
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_the_socket_refused_is_queued_and_sent() {
+        let (outbox, mut client) = pair(1 << 30).await;
+        let frame = wire::binary_frame(b"later");
+        assert!(matches!(outbox.begin_direct(&frame), Ok(Some(_))));
+        outbox
+            .end_direct(&frame, Err(io::ErrorKind::WouldBlock.into()))
+            .expect("queued");
+        // The outbox is busy now: the next frame queues behind.
+        assert!(matches!(outbox.begin_direct(&frame), Ok(None)));
+        let writer = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.run_writer().await })
+        };
+        let frames = read_frames(&mut client, 2).await;
+        for f in &frames {
+            assert!(matches!(f, Frame::Binary(b) if &b[..] == b"later"));
+        }
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_close_during_a_direct_write_drops_an_unbegun_frame() {
+        let (outbox, mut client) = pair(1 << 30).await;
+        let frame = wire::binary_frame(b"unsent");
+        assert!(matches!(outbox.begin_direct(&frame), Ok(Some(_))));
+        outbox.close(CloseCode::Malformed, "bad frame");
+        outbox
+            .end_direct(&frame, Err(io::ErrorKind::WouldBlock.into()))
+            .expect("not broken");
+        let writer = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.run_writer().await })
+        };
+        let frames = read_frames(&mut client, 1).await;
+        match &frames[0] {
+            Frame::Close(Some(reason)) => assert_eq!(u16::from(reason.code), 4400),
+            other => panic!("expected close, got {other:?}"),
+        }
+        writer
+            .await
+            .expect("joins")
+            .expect("the close frame went out");
+    }
+
+    #[tokio::test]
+    async fn a_failed_direct_write_marks_the_peer_gone() {
+        let (outbox, _client) = pair(1 << 30).await;
+        let frame = wire::binary_frame(b"x");
+        assert!(matches!(outbox.begin_direct(&frame), Ok(Some(_))));
+        let result = outbox.end_direct(&frame, Err(io::ErrorKind::BrokenPipe.into()));
+        assert_eq!(result, Err(Overflow));
+        assert!(outbox.is_closed());
+        assert_eq!(outbox.begin_direct(&frame), Err(Overflow));
     }
 
     #[tokio::test]

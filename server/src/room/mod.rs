@@ -1,7 +1,8 @@
 //! Rooms: one task per loaded document owns its `DocState`, its awareness
 //! and its peers (`actor`); the `registry` finds or loads rooms; each socket
 //! runs a `session` on the TCP stream it took over at the upgrade, reading
-//! frames with `wire`; `fanout` is each peer's outgoing side; `persist`
+//! frames with `wire`; `fanout` is each peer's outgoing side, and
+//! `send_ring` writes one frame to many of them in one system call; `persist`
 //! writes accepted updates to the store with group commit.
 //!
 //! Architecture invariant: a room never awaits storage, a peer or the
@@ -13,6 +14,7 @@ pub mod actor;
 pub mod fanout;
 pub mod persist;
 pub mod registry;
+pub mod send_ring;
 pub mod session;
 pub mod wire;
 
