@@ -113,3 +113,10 @@ async fn a_client_that_never_reads_is_dropped_and_the_room_carries_on() {
     fresh.wait_text(&expected).await;
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_stalled_peer_among_readers_is_dropped_and_the_readers_get_every_byte() {
+    let app = spawn_app(&["--send-queue-bytes", "1048576"]).await;
+    common::a_stalled_peer_among_readers(&app).await;
+    app.stop().await;
+}

@@ -232,6 +232,50 @@ impl Client {
     }
 }
 
+/// One writer, one peer that never reads and two that do, in one room: the
+/// stalled peer is dropped once its socket and queue are full,
+/// the writer is never held up, and the readers get every byte, through
+/// every short write and queued remainder along the way.
+pub async fn a_stalled_peer_among_readers(app: &TestApp) {
+    let mut writer = app.client("slow").await;
+    writer.sync().await;
+    let mut stalled = app.client("slow").await;
+    stalled.sync().await;
+    // Enough to fill the kernel's socket buffers (which grow to several MiB
+    // on loopback) and then the 1 MiB queue.
+    let chunk = "y".repeat(16384);
+    let expected = chunk.repeat(800);
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut reader = app.client("slow").await;
+        reader.sync().await;
+        let expected = expected.clone();
+        readers.push(actix_web::rt::spawn(async move {
+            reader.wait_text(&expected).await;
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for i in 0..800u32 {
+            writer.insert(i * 16384, &chunk).await;
+            // The readers share this thread: let them read.
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the writer is never held up by a stalled peer");
+    // The stalled peer is gone: closed with 1013, or dropped when it did not
+    // read that close within the server's grace of a second (the writer's
+    // loop, slowed by the readers on this thread, often takes longer).
+    let ended = stalled.ended().await;
+    assert!(
+        ended == close_code(1013) || ended == Ended::Dropped,
+        "{ended:?}"
+    );
+    for reader in readers {
+        reader.await.expect("every reader has the whole text");
+    }
+}
+
 pub fn close_code(code: u16) -> Ended {
     Ended::Closed(code)
 }
