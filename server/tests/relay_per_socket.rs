@@ -2,6 +2,8 @@
 //! its own `send`, as where the kernel or a seccomp profile refuses io_uring.
 //! A file of its own, because the setting holds for the whole process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
 mod common;
 
 use common::spawn_app;
