@@ -170,6 +170,61 @@ async fn log_ids_reused_after_compaction_lose_nothing() {
     assert_eq!(counters(&url, doc.id).await, (1, 7, 0));
 }
 
+/// Compaction folds a long log a page of rows at a time; the snapshot it
+/// leaves holds every update, and the log is empty.
+#[tokio::test]
+async fn compaction_folds_a_long_log_in_pages() {
+    use std::sync::Arc;
+    use tandem::store::{sqlite::SqliteStore, PendingUpdate, Store};
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, Text, Transact};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
+    let doc = store.create("d", 1, None).await.unwrap().unwrap();
+    let mut log = store.log_writer().unwrap();
+    let author = yrs::Doc::new();
+    let text = author.get_or_insert_text("t");
+    let mut expected = String::new();
+    for i in 0..25 {
+        let piece = format!("{i};");
+        let update = {
+            let mut txn = author.transact_mut();
+            text.insert(&mut txn, expected.len() as u32, &piece);
+            txn.encode_update_v1()
+        };
+        expected.push_str(&piece);
+        let row = PendingUpdate {
+            doc_id: doc.id,
+            data: bytes::Bytes::from(update),
+            user: None,
+        };
+        log.append(&[row], false).unwrap();
+    }
+    log.sync().unwrap();
+    // One page of 10: the oldest 10 rows go, 15 stay.
+    let head = store.read_log_head(doc.id, 10).await.unwrap();
+    assert_eq!(head.updates.len(), 10);
+    tandem::room::persist::compact_document(&store, doc.id, 10)
+        .await
+        .unwrap();
+    let after = store.read_log(doc.id).await.unwrap();
+    assert!(
+        after.updates.is_empty(),
+        "{} rows left",
+        after.updates.len()
+    );
+    let snapshot = after.snapshot.expect("a snapshot");
+    let reader = yrs::Doc::new();
+    let t = reader.get_or_insert_text("t");
+    reader
+        .transact_mut()
+        .apply_update(yrs::Update::decode_v1(&snapshot).unwrap())
+        .unwrap();
+    assert_eq!(t.get_string(&reader.transact()), expected);
+    assert_eq!(counters(&url, doc.id).await, (0, snapshot.len() as i64, 0));
+}
+
 /// A document's `(log_count, size_bytes, counts_pending)`, read from its file.
 async fn counters(url: &str, doc_id: i64) -> (i64, i64, i64) {
     let pool = sqlx::SqlitePool::connect(url).await.unwrap();

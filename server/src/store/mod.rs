@@ -249,8 +249,14 @@ pub trait Store: Send + Sync + 'static {
     /// Documents whose log holds at least `min_updates` updates.
     async fn compaction_candidates(&self, min_updates: u32) -> Result<Vec<DocId>, StoreError>;
 
-    /// A document's snapshot and log.
+    /// A document's snapshot and log, read as of one moment (a compaction
+    /// committing meanwhile cannot pair the old snapshot with the new log).
     async fn read_log(&self, doc_id: DocId) -> Result<DocLog, StoreError>;
+
+    /// As `read_log`, with only the oldest `max_rows` updates of the log:
+    /// what compaction folds in one step, so that its memory stays bounded
+    /// however long the log has grown.
+    async fn read_log_head(&self, doc_id: DocId, max_rows: u32) -> Result<DocLog, StoreError>;
 
     /// Replaces the snapshot with `snapshot`, which holds every update up to
     /// row `upto_id`, and deletes those rows, in one transaction.

@@ -45,6 +45,31 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The snapshot and the oldest `limit` rows of the log (all for `-1`,
+    /// SQLite's "no limit"), in one read transaction: WAL gives it one
+    /// consistent view, so a compaction committing between the two reads
+    /// cannot pair the old snapshot with the shortened log.
+    async fn read_log_rows(&self, doc_id: DocId, limit: i64) -> Result<DocLog, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let snapshot: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE doc_id = $1")
+                .bind(doc_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let rows =
+            sqlx::query("SELECT id, data FROM doc_updates WHERE doc_id = $1 ORDER BY id LIMIT $2")
+                .bind(doc_id)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let mut updates = Vec::with_capacity(rows.len());
+        for row in rows {
+            updates.push((row.try_get(0)?, row.try_get(1)?));
+        }
+        Ok(DocLog { snapshot, updates })
+    }
+
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let config_err = |reason: String| StoreError::Config {
             url: url.to_string(),
@@ -272,20 +297,11 @@ impl Store for SqliteStore {
     }
 
     async fn read_log(&self, doc_id: DocId) -> Result<DocLog, StoreError> {
-        let snapshot: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE doc_id = $1")
-                .bind(doc_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let rows = sqlx::query("SELECT id, data FROM doc_updates WHERE doc_id = $1 ORDER BY id")
-            .bind(doc_id)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut updates = Vec::with_capacity(rows.len());
-        for row in rows {
-            updates.push((row.try_get(0)?, row.try_get(1)?));
-        }
-        Ok(DocLog { snapshot, updates })
+        self.read_log_rows(doc_id, -1).await
+    }
+
+    async fn read_log_head(&self, doc_id: DocId, max_rows: u32) -> Result<DocLog, StoreError> {
+        self.read_log_rows(doc_id, i64::from(max_rows)).await
     }
 
     async fn write_snapshot(
