@@ -435,6 +435,12 @@ mod tests {
         (Outbox::new(Arc::new(server), limit), client)
     }
 
+    /// Runs the connection's writer, as the session does.
+    fn spawn_writer(outbox: &Arc<Outbox>) -> tokio::task::JoinHandle<io::Result<()>> {
+        let outbox = Arc::clone(outbox);
+        tokio::spawn(async move { outbox.run_writer().await })
+    }
+
     /// Reads frames with actix's client-side codec until `count` arrived.
     async fn read_frames(client: &mut tokio::net::TcpStream, count: usize) -> Vec<Frame> {
         let mut codec = Codec::new().client_mode().max_size(64 << 20);
@@ -462,10 +468,7 @@ mod tests {
             outbox.push_frame(frame).expect("fits");
         }
         outbox.ping();
-        let writer = {
-            let outbox = Arc::clone(&outbox);
-            tokio::spawn(async move { outbox.run_writer().await })
-        };
+        let writer = spawn_writer(&outbox);
         let frames = read_frames(&mut client, 2 * sizes.len() + 1).await;
         let doubled = sizes.iter().flat_map(|&n| [n, n]);
         for (frame, n) in frames.iter().zip(doubled) {
@@ -491,10 +494,7 @@ mod tests {
         outbox.push(Bytes::from_static(b"dropped")).expect("fits");
         outbox.close(CloseCode::Malformed, "bad frame");
         assert!(outbox.is_closed());
-        let writer = {
-            let outbox = Arc::clone(&outbox);
-            tokio::spawn(async move { outbox.run_writer().await })
-        };
+        let writer = spawn_writer(&outbox);
         let frames = read_frames(&mut client, 2).await;
         assert!(matches!(&frames[0], Frame::Binary(b) if b.len() == 8 << 20));
         match &frames[1] {
@@ -510,10 +510,7 @@ mod tests {
     #[tokio::test]
     async fn a_direct_write_that_falls_short_finishes_before_frames_pushed_meanwhile() {
         let (outbox, mut client) = pair(1 << 30).await;
-        let writer = {
-            let outbox = Arc::clone(&outbox);
-            tokio::spawn(async move { outbox.run_writer().await })
-        };
+        let writer = spawn_writer(&outbox);
         let frame = wire::binary_frame(&vec![5u8; 1000]);
         let Ok(Some(_)) = outbox.begin_direct(&frame) else {
             panic!("an idle outbox hands its socket out");
@@ -548,10 +545,7 @@ mod tests {
             .expect("queued");
         // The outbox is busy now: the next frame queues behind.
         assert!(matches!(outbox.begin_direct(&frame), Ok(None)));
-        let writer = {
-            let outbox = Arc::clone(&outbox);
-            tokio::spawn(async move { outbox.run_writer().await })
-        };
+        let writer = spawn_writer(&outbox);
         let frames = read_frames(&mut client, 2).await;
         for f in &frames {
             assert!(matches!(f, Frame::Binary(b) if &b[..] == b"later"));
@@ -568,10 +562,7 @@ mod tests {
         outbox
             .end_direct(&frame, Err(io::ErrorKind::WouldBlock.into()))
             .expect("not broken");
-        let writer = {
-            let outbox = Arc::clone(&outbox);
-            tokio::spawn(async move { outbox.run_writer().await })
-        };
+        let writer = spawn_writer(&outbox);
         let frames = read_frames(&mut client, 1).await;
         match &frames[0] {
             Frame::Close(Some(reason)) => assert_eq!(u16::from(reason.code), 4400),
