@@ -441,6 +441,13 @@ mod tests {
         tokio::spawn(async move { outbox.run_writer().await })
     }
 
+    fn assert_close(frame: &Frame, code: u16) {
+        match frame {
+            Frame::Close(Some(reason)) => assert_eq!(u16::from(reason.code), code),
+            other => panic!("expected close, got {other:?}"),
+        }
+    }
+
     /// Reads frames with actix's client-side codec until `count` arrived.
     async fn read_frames(client: &mut tokio::net::TcpStream, count: usize) -> Vec<Frame> {
         let mut codec = Codec::new().client_mode().max_size(64 << 20);
@@ -497,10 +504,7 @@ mod tests {
         let writer = spawn_writer(&outbox);
         let frames = read_frames(&mut client, 2).await;
         assert!(matches!(&frames[0], Frame::Binary(b) if b.len() == 8 << 20));
-        match &frames[1] {
-            Frame::Close(Some(reason)) => assert_eq!(u16::from(reason.code), 4400),
-            other => panic!("expected close, got {other:?}"),
-        }
+        assert_close(&frames[1], 4400);
         writer
             .await
             .expect("joins")
@@ -564,10 +568,7 @@ mod tests {
             .expect("not broken");
         let writer = spawn_writer(&outbox);
         let frames = read_frames(&mut client, 1).await;
-        match &frames[0] {
-            Frame::Close(Some(reason)) => assert_eq!(u16::from(reason.code), 4400),
-            other => panic!("expected close, got {other:?}"),
-        }
+        assert_close(&frames[0], 4400);
         writer
             .await
             .expect("joins")
