@@ -355,3 +355,92 @@ async fn the_plain_rowid_migration_keeps_an_old_log() {
     let after = store.get("d").await.unwrap().unwrap();
     assert_eq!(after.size_bytes, meta.size_bytes + 4);
 }
+
+/// A load that runs while compaction commits page after page still sees
+/// every update: the snapshot and the log come from one read transaction,
+/// so a load never pairs an old snapshot with a log a newer snapshot has
+/// already shortened. The test checks that it caught loads mid-compaction
+/// (a snapshot and a non-empty log at once); without them it proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_during_compaction_see_every_update() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tandem::store::{sqlite::SqliteStore, PendingUpdate, Store};
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, Text, Transact};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
+    let doc = store.create("d", 1, None).await.unwrap().unwrap();
+    let mut log = store.log_writer().unwrap();
+    let author = yrs::Doc::new();
+    let text = author.get_or_insert_text("t");
+    let mut expected = String::new();
+    for i in 0..3000 {
+        let piece = format!("{i};");
+        let update = {
+            let mut txn = author.transact_mut();
+            text.insert(&mut txn, expected.len() as u32, &piece);
+            txn.encode_update_v1()
+        };
+        expected.push_str(&piece);
+        let row = PendingUpdate {
+            doc_id: doc.id,
+            data: bytes::Bytes::from(update),
+            user: None,
+        };
+        log.append(&[row], false).unwrap();
+    }
+    log.sync().unwrap();
+
+    // Pages of 5 rows: 600 commits, each a new snapshot and a shorter log.
+    let done = Arc::new(AtomicBool::new(false));
+    let compactor = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                tandem::room::persist::compact_document(&store, doc.id, 5)
+                    .await
+                    .unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let mut loads = 0;
+    let mut mid_compaction = 0;
+    while !done.load(Ordering::SeqCst) {
+        let read = store.read_log(doc.id).await.unwrap();
+        if read.snapshot.is_some() && !read.updates.is_empty() {
+            mid_compaction += 1;
+        }
+        let reader = yrs::Doc::new();
+        let t = reader.get_or_insert_text("t");
+        {
+            let mut txn = reader.transact_mut();
+            for bytes in read
+                .snapshot
+                .iter()
+                .chain(read.updates.iter().map(|(_, u)| u))
+            {
+                txn.apply_update(yrs::Update::decode_v1(bytes).unwrap())
+                    .unwrap();
+            }
+        }
+        let got = t.get_string(&reader.transact());
+        assert!(
+            got == expected,
+            "load {loads} lost updates: {} of {} characters (snapshot: {}, rows: {})",
+            got.len(),
+            expected.len(),
+            read.snapshot.is_some(),
+            read.updates.len()
+        );
+        loads += 1;
+    }
+    compactor.await.unwrap();
+    assert!(
+        mid_compaction >= 5,
+        "only {mid_compaction} of {loads} loads ran while compaction was midway"
+    );
+    assert!(store.read_log(doc.id).await.unwrap().updates.is_empty());
+}
