@@ -44,6 +44,6 @@ step "end-to-end tests (stock y-websocket client, real binary)"
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)
 
 if [ -f e2e/bench/package.json ]; then
-  step "load benchmark smoke run (--quick)"
-  (cd e2e/bench && npm ci --no-audit --no-fund --loglevel=error && npm run bench -- --quick)
+  step "load benchmark: its own tests, then a smoke run (--quick)"
+  (cd e2e/bench && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run bench -- --quick)
 fi

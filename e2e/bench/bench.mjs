@@ -4,8 +4,11 @@
 // y-websocket server, a fresh server process per scenario and target, one at a time),
 // prints one table per scenario with each target's figure and the ratio
 // tandem / reference, and writes everything to results/latest.json.
+// A full run repeats each scenario in 3 rounds (alternating which server goes first)
+// and reports each figure's median over them, with the spread of the per-round ratios;
+// --quick runs 1 round.
 //
-//   node bench.mjs [--scenario a|b|c|d|e[,…]] [--quick] [--targets tandem,reference]
+//   node bench.mjs [--scenario a|b|c|d|e[,…]] [--quick] [--rounds K] [--targets tandem,reference]
 //                  [--tandem-bin PATH] [--tandem-env KEY=VALUE …] [--out FILE]
 //                  [--wait-idle SECONDS]  (wait, at most that long, for other load to stop)
 
@@ -18,6 +21,7 @@ import { parseArgs } from 'node:util'
 import { makeTargets } from './lib/servers.mjs'
 import { cpuCount, clockTicks, machineCpu } from './lib/procstats.mjs'
 import { fmt, now, sleep } from './lib/stats.mjs'
+import { combineRounds, orderForRound, roundRatios } from './lib/rounds.mjs'
 import * as a from './scenarios/a-fanout.mjs'
 import * as b from './scenarios/b-idle-rooms.mjs'
 import * as c from './scenarios/c-join-storm.mjs'
@@ -31,6 +35,7 @@ const { values: args } = parseArgs({
   options: {
     scenario: { type: 'string', multiple: true },
     quick: { type: 'boolean', default: false },
+    rounds: { type: 'string' },
     targets: { type: 'string', default: 'tandem,reference' },
     'tandem-bin': { type: 'string', default: process.env.TANDEM_BIN || '/work/cargo-target/release/tandem' },
     'tandem-env': { type: 'string', multiple: true, default: [] },
@@ -49,6 +54,8 @@ if (args.help) {
 const wanted = (args.scenario || []).flatMap((s) => s.split(',')).map((s) => s.trim().toLowerCase()).filter(Boolean)
 for (const w of wanted) if (!SCENARIOS.some((s) => s.id === w)) { console.error(`unknown scenario '${w}' (a, b, c, d, e)`); process.exit(2) }
 const scenarios = wanted.length ? SCENARIOS.filter((s) => wanted.includes(s.id)) : SCENARIOS
+const rounds = args.rounds === undefined ? (args.quick ? 1 : 3) : Number(args.rounds)
+if (!Number.isInteger(rounds) || rounds < 1) { console.error(`--rounds expects a whole number of at least 1, got '${args.rounds}'`); process.exit(2) }
 
 const tandemEnv = {}
 for (const kv of args['tandem-env']) {
@@ -62,7 +69,7 @@ for (const t of targetNames) if (!allTargets.some((x) => x.name === t)) { consol
 const targets = allTargets.filter((t) => targetNames.includes(t.name))
 
 // Hard stop for the whole run, whatever happens (every inner loop is bounded too).
-const overallLimitMs = args.quick ? 5 * 60 * 1000 : 45 * 60 * 1000
+const overallLimitMs = args.quick ? 5 * 60 * 1000 : rounds * 30 * 60 * 1000
 setTimeout(() => { console.error(`bench: overall time limit (${overallLimitMs / 60000} min) reached, aborting`); process.exit(3) }, overallLimitMs).unref()
 
 const log = (...xs) => console.error(...xs)
@@ -76,6 +83,7 @@ try {
 } catch {}
 const machine = { cores: cpuCount(), cpu: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), clkTck: clockTicks(), node: process.version }
 console.log(`Tandem load benchmark${args.quick ? ' (--quick smoke run: short windows, smaller sizes; numbers are not meaningful)' : ''}`)
+console.log(`rounds: ${rounds}${rounds > 1 ? ' (each figure is the median over the rounds; rows that check correctness show the worst round; the servers alternate which goes first)' : ''}`)
 console.log(`machine: ${machine.cores} cores (${machine.cpu}), ${machine.memGiB} GiB; node ${machine.node}; driver and servers share this machine, all traffic on 127.0.0.1`)
 const targetInfo = {}
 for (const t of targets) {
@@ -108,7 +116,7 @@ for (const n of NOTES) console.log(`note: ${n}`)
 
 // ---- run ---------------------------------------------------------------------------
 const results = {
-  meta: { startedAt: new Date().toISOString(), commit, quick: args.quick, machine, targets: targetInfo, notes: NOTES, argv: process.argv.slice(2) },
+  meta: { startedAt: new Date().toISOString(), commit, quick: args.quick, rounds, machine, targets: targetInfo, notes: NOTES, argv: process.argv.slice(2) },
   scenarios: {}
 }
 let failures = 0
@@ -116,19 +124,26 @@ let failures = 0
 for (const sc of scenarios) {
   const desc = sc.describe(args.quick)
   console.log(`\n=== (${sc.id}) ${sc.title}\n    ${desc}`)
+  const runs = Object.fromEntries(targets.map((t) => [t.name, []]))
+  for (let r = 0; r < rounds; r++) {
+    for (const t of orderForRound(targets, r)) {
+      if (!targetInfo[t.name].available) { runs[t.name].push({ ok: false, error: `unavailable: ${targetInfo[t.name].unavailableReason}` }); continue }
+      log(`[${sc.id}] ${t.name}${rounds > 1 ? ` (round ${r + 1}/${rounds})` : ''} …`)
+      const t0 = now()
+      try {
+        const m = await sc.run(t, { quick: args.quick, log })
+        runs[t.name].push({ ok: true, seconds: (now() - t0) / 1000, metrics: m.rows, notes: m.notes })
+      } catch (err) {
+        const error = String(err && err.message ? err.message : err)
+        runs[t.name].push({ ok: false, seconds: (now() - t0) / 1000, error })
+        log(`[${sc.id}] ${t.name} FAILED: ${error}`)
+      }
+    }
+  }
   const per = {}
   for (const t of targets) {
-    if (!targetInfo[t.name].available) { per[t.name] = { ok: false, error: `unavailable: ${targetInfo[t.name].unavailableReason}` }; failures++; continue }
-    log(`[${sc.id}] ${t.name} …`)
-    const t0 = now()
-    try {
-      const m = await sc.run(t, { quick: args.quick, log })
-      per[t.name] = { ok: true, seconds: (now() - t0) / 1000, metrics: m.rows, notes: m.notes }
-    } catch (err) {
-      failures++
-      per[t.name] = { ok: false, seconds: (now() - t0) / 1000, error: String(err && err.message ? err.message : err) }
-      log(`[${sc.id}] ${t.name} FAILED: ${per[t.name].error}`)
-    }
+    per[t.name] = combineRounds(runs[t.name])
+    if (!per[t.name].ok) failures++
   }
   const table = printTable(sc.id, per)
   results.scenarios[sc.id] = { title: sc.title, description: desc, config: sc.config(args.quick), table, targets: per }
@@ -142,23 +157,39 @@ function printTable (id, per) {
     const r = per[name]
     if (!r || !r.ok) continue
     for (const row of r.metrics) {
-      if (!seen.has(row.key)) { seen.set(row.key, { label: row.label, unit: row.unit, better: row.better, v: {} }); rows.push(row.key) }
+      if (!seen.has(row.key)) { seen.set(row.key, { label: row.label, unit: row.unit, better: row.better, v: {}, rounds: {} }); rows.push(row.key) }
       seen.get(row.key).v[name] = row.value
+      seen.get(row.key).rounds[name] = row.rounds
     }
   }
-  const header = ['metric', 'unit', 'tandem', 'reference', 'ratio', 'better']
+  const header = ['metric', 'unit', 'tandem', 'reference', 'ratio', ...(rounds > 1 ? ['ratio per round'] : []), 'better']
   const table = []
   const lines = rows.map((k) => {
     const r = seen.get(k)
     const tv = r.v.tandem
     const rv = r.v.reference
     const ratio = typeof tv === 'number' && typeof rv === 'number' && rv !== 0 ? tv / rv : null
-    table.push({ key: k, label: r.label, unit: r.unit, better: r.better, tandem: tv ?? null, reference: rv ?? null, ratio: ratio === null ? null : Number(ratio.toPrecision(4)) })
-    return [r.label, r.unit, fmt(tv), fmt(rv), ratio === null ? 'n/a' : `${fmt(ratio)}x`, r.better || '']
+    const perRound = roundRatios(r.rounds.tandem, r.rounds.reference)
+    table.push({
+      key: k,
+      label: r.label,
+      unit: r.unit,
+      better: r.better,
+      tandem: tv ?? null,
+      reference: rv ?? null,
+      ratio: ratio === null ? null : Number(ratio.toPrecision(4)),
+      tandemRounds: r.rounds.tandem ?? null,
+      referenceRounds: r.rounds.reference ?? null,
+      ratioRounds: perRound
+    })
+    const known = perRound.filter((x) => x !== null)
+    const spread = known.length ? `${fmt(Math.min(...known))}-${fmt(Math.max(...known))}` : 'n/a'
+    return [r.label, r.unit, fmt(tv), fmt(rv), ratio === null ? 'n/a' : `${fmt(ratio)}x`, ...(rounds > 1 ? [spread] : []), r.better || '']
   })
   const all = [header, ...lines]
   const w = header.map((_, i) => Math.max(...all.map((l) => String(l[i]).length)))
-  const line = (l) => '  ' + l.map((cell, i) => (i >= 2 && i <= 4 ? String(cell).padStart(w[i]) : String(cell).padEnd(w[i]))).join('  ')
+  const right = rounds > 1 ? 5 : 4
+  const line = (l) => '  ' + l.map((cell, i) => (i >= 2 && i <= right ? String(cell).padStart(w[i]) : String(cell).padEnd(w[i]))).join('  ')
   console.log(line(header))
   console.log('  ' + w.map((n) => '-'.repeat(n)).join('  '))
   for (const l of lines) console.log(line(l))

@@ -41,10 +41,17 @@ export class Metrics {
    * @param {string} unit
    * @param {'lower'|'higher'|null} better null for diagnostics (not a figure of merit)
    * @param {number|null} value
+   * @param {{ across?: 'median'|'worst' }} [opts] how `--rounds` folds this row: the median
+   *   (default), or the worst round, for rows that check correctness
    */
-  add (key, label, unit, better, value) {
-    this.rows.push({ key, label, unit, better, value: typeof value === 'number' ? round(value, 4) : value })
+  add (key, label, unit, better, value, { across = 'median' } = {}) {
+    this.rows.push({ key, label, unit, better, across, value: typeof value === 'number' ? round(value, 4) : value })
     return this
+  }
+
+  /** A row that checks correctness (updates lost, state equal): `--rounds` reports its worst round. */
+  check (key, label, unit, better, value) {
+    return this.add(key, label, unit, better, value, { across: 'worst' })
   }
 
   note (text) { this.notes.push(text); return this }

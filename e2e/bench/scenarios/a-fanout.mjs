@@ -95,7 +95,7 @@ async function runOne (server, n, c, m) {
     m.add(`${p}latency_p50_ms`, `${p}latency p50`, 'ms', 'lower', s.p50)
     m.add(`${p}latency_p99_ms`, `${p}latency p99`, 'ms', 'lower', s.p99)
     m.add(`${p}latency_max_ms`, `${p}latency max`, 'ms', 'lower', s.max)
-    m.add(`${p}lost`, `${p}updates lost (of ${(count * n).toLocaleString('en-US')})`, 'receipts', 'lower', count * n - receipts)
+    m.check(`${p}lost`, `${p}updates lost (of ${(count * n).toLocaleString('en-US')})`, 'receipts', 'lower', count * n - receipts)
     m.add(`${p}server_cpu_per_delivery_us`, `${p}server CPU per delivered update`, 'µs', 'lower', receipts ? (d.serverCpuMs * 1000) / receipts : null)
     m.add(`${p}server_cpu_pct`, `${p}server CPU while sending`, '% of 1 core', 'lower', (100 * d.serverCpuMs) / d.wallMs)
     // The same at ns resolution (a run is only tens of 10 ms ticks at N = 1), and the

@@ -107,7 +107,7 @@ export async function run (target, { quick }) {
       const o = summarize(res.flatMap((r) => Array.from(r.openMs)))
       m.add('open_p50_ms', '(diag) time to WebSocket open p50', 'ms', null, o.p50)
       m.add('open_max_ms', '(diag) time to WebSocket open max', 'ms', null, o.max)
-      m.add('synced_full', `clients synced with the full state (of ${c.clients})`, 'clients', 'higher', complete)
+      m.check('synced_full', `clients synced with the full state (of ${c.clients})`, 'clients', 'higher', complete)
       m.add('rss_before_mib', 'RSS before the storm', 'MiB', 'lower', rssBefore / 1024)
       m.add('rss_storm_delta_mib', 'peak RSS during storm - RSS before', 'MiB', 'lower', (peak - rssBefore) / 1024)
       m.add('server_cpu_ms', 'server CPU during the storm', 'ms', 'lower', d.serverCpuMs)

@@ -92,7 +92,7 @@ export async function run (target, { quick }) {
       m.add('txns', '(diag) transactions = update frames sent', 'frames', null, writer.sentFrames)
       m.add('converge_ms', 'first send -> observer has the final text', 'ms', 'lower', r.tDone - tFirst)
       m.add('after_last_send_ms', 'last send -> observer has the final text', 'ms', 'lower', r.tDone - tLastSend)
-      m.add('text_equal', 'observer text == final text (1 = yes)', 'bool', 'higher', equal ? 1 : 0)
+      m.check('text_equal', 'observer text == final text (1 = yes)', 'bool', 'higher', equal ? 1 : 0)
       m.add('writer_ms', '(diag) writer produce+send (Yjs, in the driver)', 'ms', null, tLastSend - tFirst)
       m.add('server_cpu_ms', 'server CPU, first send -> converged', 'ms', 'lower', d.serverCpuMs)
       m.add('rss_delta_mib', 'peak RSS during replay - RSS before', 'MiB', 'lower', (sampler.peakKb() - rssBefore) / 1024)
