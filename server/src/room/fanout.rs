@@ -32,6 +32,10 @@ pub struct Overflow;
 
 pub struct Outbox {
     stream: Arc<TcpStream>,
+    /// `stream`'s descriptor, kept here so that a room handing out the
+    /// sockets of a thousand peers reads it without chasing the stream's
+    /// pointers (a cache miss or two per peer, seen in `perf`).
+    fd: RawFd,
     state: Mutex<State>,
     /// Wakes the writer when frames wait in the queue.
     queued: Notify,
@@ -121,8 +125,10 @@ pub enum Flushed {
 
 impl Outbox {
     pub fn new(stream: Arc<TcpStream>, limit: usize) -> Arc<Self> {
+        let fd = stream.as_raw_fd();
         Arc::new(Outbox {
             stream,
+            fd,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
@@ -193,7 +199,7 @@ impl Outbox {
         if s.queue.is_empty() && !s.direct && s.close.is_none() && !s.broken {
             s.sent_since_asked = true;
             s.direct = true;
-            return Ok(Some(self.stream.as_raw_fd()));
+            return Ok(Some(self.fd));
         }
         self.push_locked(&mut s, Pending::encoded(frame.clone()))
             .map(|()| None)
