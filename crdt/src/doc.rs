@@ -49,6 +49,49 @@ pub struct LoadReport {
     pub skipped: usize,
 }
 
+/// Builds a `DocState` from stored rows handed in one at a time (the
+/// snapshot first, then the log in order), so that a long log can be read
+/// and applied a page at a time instead of held in memory whole.
+pub struct DocLoader {
+    state: DocState,
+    report: LoadReport,
+}
+
+impl Default for DocLoader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DocLoader {
+    pub fn new() -> Self {
+        DocLoader {
+            state: DocState::new(),
+            report: LoadReport::default(),
+        }
+    }
+
+    /// Applies one stored row. A row that does not decode is skipped and
+    /// counted; an error is returned only when yrs fails while integrating,
+    /// and then the document must not be used.
+    pub fn apply(&mut self, bytes: &[u8]) -> Result<(), ApplyError> {
+        match self.state.apply_unchecked(bytes) {
+            Ok(_) => self.report.applied += 1,
+            Err(ApplyError::Malformed(_)) => self.report.skipped += 1,
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The loaded document, with an exact size and version 0.
+    pub fn finish(self) -> (DocState, LoadReport) {
+        let mut state = self.state;
+        state.size_estimate = state.encoded_size();
+        state.version = 0;
+        (state, self.report)
+    }
+}
+
 pub struct DocState {
     doc: Doc,
     /// Bumped by every applied change; keys the sync step 2 cache.
@@ -87,18 +130,11 @@ impl DocState {
         snapshot: Option<&'a [u8]>,
         updates: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<(Self, LoadReport), ApplyError> {
-        let mut state = DocState::new();
-        let mut report = LoadReport::default();
+        let mut loader = DocLoader::new();
         for bytes in snapshot.into_iter().chain(updates) {
-            match state.apply_unchecked(bytes) {
-                Ok(_) => report.applied += 1,
-                Err(ApplyError::Malformed(_)) => report.skipped += 1,
-                Err(e) => return Err(e),
-            }
+            loader.apply(bytes)?;
         }
-        state.size_estimate = state.encoded_size();
-        state.version = 0;
-        Ok((state, report))
+        Ok(loader.finish())
     }
 
     pub fn version(&self) -> u64 {

@@ -15,5 +15,5 @@ pub mod protocol;
 
 pub use awareness::{Awareness, AwarenessEntry, AwarenessUpdate};
 pub use compact::compact;
-pub use doc::{Applied, ApplyError, DocState, LoadReport};
+pub use doc::{Applied, ApplyError, DocLoader, DocState, LoadReport};
 pub use protocol::{Incoming, ProtocolError};

@@ -365,7 +365,7 @@ async fn the_plain_rowid_migration_keeps_an_old_log() {
 async fn loads_during_compaction_see_every_update() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use tandem::store::{sqlite::SqliteStore, PendingUpdate, Store};
+    use tandem::store::{sqlite::SqliteStore, PageLimits, PendingUpdate, Store};
     use yrs::updates::decoder::Decode;
     use yrs::{GetString, Text, Transact};
     let dir = tempfile::tempdir().unwrap();
@@ -407,21 +407,43 @@ async fn loads_during_compaction_see_every_update() {
         })
     };
     let mut loads = 0;
-    let mut mid_compaction = 0;
+    // Loads that ran while compaction was midway: [whole, paged].
+    let mut mid_compaction = [0; 2];
     while !done.load(Ordering::SeqCst) {
-        let read = store.read_log(doc.id).await.unwrap();
-        if read.snapshot.is_some() && !read.updates.is_empty() {
-            mid_compaction += 1;
+        // Odd loads read as rooms do, in pages (small ones, so that
+        // compaction commits while a load is part way through).
+        let paged = loads % 2 == 1;
+        let rows: Vec<Vec<u8>> = if paged {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+            let limits = PageLimits {
+                rows: 50,
+                bytes: 1 << 20,
+            };
+            let reader = {
+                let store = store.clone();
+                tokio::spawn(async move { store.read_log_pages(doc.id, limits, tx).await })
+            };
+            let mut rows = Vec::new();
+            while let Some(page) = rx.recv().await {
+                rows.extend(page);
+                tokio::task::yield_now().await;
+            }
+            reader.await.unwrap().unwrap();
+            rows
+        } else {
+            let read = store.read_log(doc.id).await.unwrap();
+            let updates = read.updates.into_iter().map(|(_, u)| u);
+            read.snapshot.into_iter().chain(updates).collect()
+        };
+        // 3,000 rows: not compacted yet; 1: a snapshot alone, compacted.
+        if rows.len() > 1 && rows.len() < 3000 {
+            mid_compaction[usize::from(paged)] += 1;
         }
         let reader = yrs::Doc::new();
         let t = reader.get_or_insert_text("t");
         {
             let mut txn = reader.transact_mut();
-            for bytes in read
-                .snapshot
-                .iter()
-                .chain(read.updates.iter().map(|(_, u)| u))
-            {
+            for bytes in &rows {
                 txn.apply_update(yrs::Update::decode_v1(bytes).unwrap())
                     .unwrap();
             }
@@ -429,18 +451,115 @@ async fn loads_during_compaction_see_every_update() {
         let got = t.get_string(&reader.transact());
         assert!(
             got == expected,
-            "load {loads} lost updates: {} of {} characters (snapshot: {}, rows: {})",
+            "load {loads} (paged: {paged}) lost updates: {} of {} characters ({} rows)",
             got.len(),
             expected.len(),
-            read.snapshot.is_some(),
-            read.updates.len()
+            rows.len()
         );
         loads += 1;
     }
     compactor.await.unwrap();
     assert!(
-        mid_compaction >= 5,
-        "only {mid_compaction} of {loads} loads ran while compaction was midway"
+        mid_compaction.iter().all(|&n| n >= 3),
+        "only {mid_compaction:?} (whole, paged) of {loads} loads ran while compaction was midway"
     );
     assert!(store.read_log(doc.id).await.unwrap().updates.is_empty());
+}
+
+/// A log read a page at a time gives the same rows as one read, snapshot
+/// first, in pages within their limits; a reader whose receiver is gone
+/// stops without an error.
+#[tokio::test]
+async fn a_log_is_read_in_pages_within_their_limits() {
+    use std::sync::Arc;
+    use tandem::store::{sqlite::SqliteStore, PageLimits, PendingUpdate, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
+    let doc = store.create("d", 1, None).await.unwrap().unwrap();
+    let mut log = store.log_writer().unwrap();
+    let author = yrs::Doc::new();
+    let text = author.get_or_insert_text("t");
+    let mut len = 0;
+    let mut append = |n: usize, log: &mut Box<dyn tandem::store::LogWriter>| {
+        use yrs::{Text, Transact};
+        for i in 0..n {
+            let piece = format!("{i}:{}", "x".repeat(i % 40));
+            let update = {
+                let mut txn = author.transact_mut();
+                text.insert(&mut txn, len, &piece);
+                txn.encode_update_v1()
+            };
+            len += piece.len() as u32;
+            let row = PendingUpdate {
+                doc_id: doc.id,
+                data: bytes::Bytes::from(update),
+                user: None,
+            };
+            log.append(&[row], false).unwrap();
+        }
+    };
+    // A snapshot of the first 30 rows, then 97 rows after it.
+    append(30, &mut log);
+    tandem::room::persist::compact_document(&store, doc.id, 100)
+        .await
+        .unwrap();
+    append(97, &mut log);
+    log.sync().unwrap();
+    let whole = store.read_log(doc.id).await.unwrap();
+    let mut expected: Vec<Vec<u8>> = whole.snapshot.into_iter().collect();
+    assert_eq!(expected.len(), 1, "a snapshot");
+    expected.extend(whole.updates.into_iter().map(|(_, u)| u));
+    assert_eq!(expected.len(), 98);
+
+    for limits in [
+        PageLimits {
+            rows: 10,
+            bytes: 1 << 20,
+        },
+        PageLimits {
+            rows: 1000,
+            bytes: 200,
+        },
+        PageLimits { rows: 1, bytes: 1 },
+    ] {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let reader = {
+            let store = store.clone();
+            tokio::spawn(async move { store.read_log_pages(doc.id, limits, tx).await })
+        };
+        let mut pages = Vec::new();
+        while let Some(page) = rx.recv().await {
+            pages.push(page);
+        }
+        reader.await.unwrap().unwrap();
+        for page in &pages {
+            assert!(!page.is_empty());
+            assert!(
+                page.len() <= limits.rows,
+                "{} rows in a page, limits {limits:?}",
+                page.len()
+            );
+            // Only the last row may take a page over its byte limit.
+            let before_last: usize = page[..page.len() - 1].iter().map(Vec::len).sum();
+            assert!(before_last < limits.bytes, "limits {limits:?}");
+        }
+        assert!(pages.len() > 1, "limits {limits:?} gave one page");
+        let rows: Vec<Vec<u8>> = pages.into_iter().flatten().collect();
+        assert_eq!(rows, expected, "limits {limits:?}");
+    }
+
+    // The receiver goes away after one page: the reader stops, no error.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reader = {
+        let store = store.clone();
+        let limits = PageLimits {
+            rows: 5,
+            bytes: 1 << 20,
+        };
+        tokio::spawn(async move { store.read_log_pages(doc.id, limits, tx).await })
+    };
+    assert_eq!(rx.recv().await.unwrap().len(), 5);
+    drop(rx);
+    reader.await.unwrap().unwrap();
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_crdt::protocol::{self, Incoming};
-use tandem_crdt::{Applied, ApplyError, Awareness, DocState};
+use tandem_crdt::{Applied, ApplyError, Awareness, DocLoader, DocState};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use yrs::StateVector;
@@ -21,7 +21,7 @@ use super::send_ring;
 use super::ConnId;
 use crate::doc_name::DocName;
 use crate::error::CloseCode;
-use crate::store::DocId;
+use crate::store::{DocId, LogPage, PageLimits};
 use crate::webhooks::events;
 
 pub enum RoomCmd {
@@ -131,8 +131,17 @@ pub async fn run(room: Room, rx: mpsc::Receiver<Box<RoomCmd>>) {
     room.run(rx).instrument(span).await
 }
 
+/// Pages of a stored log a load applies at a time: the memory a load holds
+/// beyond the document itself is about two of them, however long the log.
+const LOAD_PAGE: PageLimits = PageLimits {
+    rows: 1_000,
+    bytes: 4 << 20,
+};
+
 /// Loads a document: first waits for the persister to write everything it
-/// holds, so a room reloaded right after an unload sees every update.
+/// holds, so a room reloaded right after an unload sees every update. The
+/// stored rows are read a page at a time and applied on a blocking thread
+/// as they arrive.
 async fn load(registry: &Registry, name: &DocName) -> Result<(DocId, DocState), String> {
     let deps = &registry.deps;
     deps.persister.flush().await;
@@ -141,36 +150,48 @@ async fn load(registry: &Registry, name: &DocName) -> Result<(DocId, DocState), 
         .webhooks
         .wants(events::DOCUMENT_CREATED)
         .then(|| events::document_created(name.as_str(), now, events::Source::WebSocket));
-    let loaded = deps
+    let found = deps
         .store
-        .load_or_create(name.as_str(), now, created.as_ref())
+        .find_or_create(name.as_str(), now, created.as_ref())
         .await
         .map_err(|e| e.to_string())?;
-    if loaded.created {
+    if found.created {
         tracing::info!("document created");
         if created.is_some() {
             deps.webhooks.messages_written();
         }
+        return Ok((found.id, DocState::new()));
     }
-    let log = loaded.log;
-    let rows = log.updates.len();
-    let (state, report) = tokio::task::spawn_blocking(move || {
-        DocState::load(
-            log.snapshot.as_deref(),
-            log.updates.iter().map(|(_, u)| u.as_slice()),
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    let (pages_tx, mut pages) = tokio::sync::mpsc::channel::<LogPage>(1);
+    let apply = tokio::task::spawn_blocking(move || {
+        let mut loader = DocLoader::new();
+        while let Some(page) = pages.blocking_recv() {
+            for row in &page {
+                loader.apply(row)?;
+            }
+        }
+        Ok::<_, ApplyError>(loader.finish())
+    });
+    let read = deps
+        .store
+        .read_log_pages(found.id, LOAD_PAGE, pages_tx)
+        .await;
+    let applied = apply.await.map_err(|e| e.to_string())?;
+    // A read that failed part way leaves a partial document: never use it.
+    read.map_err(|e| e.to_string())?;
+    let (state, report) = applied.map_err(|e| e.to_string())?;
     if report.skipped > 0 {
         tracing::error!(
             skipped = report.skipped,
             "stored updates that do not decode were skipped"
         );
     }
-    tracing::debug!(rows, bytes = state.size_estimate(), "document loaded");
-    Ok((loaded.id, state))
+    tracing::debug!(
+        rows = report.applied + report.skipped,
+        bytes = state.size_estimate(),
+        "document loaded"
+    );
+    Ok((found.id, state))
 }
 
 impl Room {

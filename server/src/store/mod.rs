@@ -52,12 +52,24 @@ pub struct DocLog {
 }
 
 #[derive(Debug)]
-pub struct LoadedDoc {
+pub struct FoundDoc {
     pub id: DocId,
     /// True when this call created the document.
     pub created: bool,
-    pub log: DocLog,
 }
+
+/// How much of a log `read_log_pages` hands over at once: at most `rows`
+/// rows, and no more rows once a page holds `bytes` bytes (a single row or
+/// snapshot larger than that is a page of its own).
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimits {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// One page of a stored document, in order: the snapshot (if any) opens the
+/// first page, then the log's updates as they were accepted.
+pub type LogPage = Vec<Vec<u8>>;
 
 /// A document's metadata row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,14 +218,14 @@ pub type ChangesEvent<'a> = &'a (dyn Fn(&DocChanges) -> NewEvent + Send + Sync);
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Loads the document named `name`, creating it (empty, at `now`) when
+    /// Finds the document named `name`, creating it (empty, at `now`) when
     /// absent; `created` is written with the document when it is created.
-    async fn load_or_create(
+    async fn find_or_create(
         &self,
         name: &str,
         now: i64,
         created: Option<&NewEvent>,
-    ) -> Result<LoadedDoc, StoreError>;
+    ) -> Result<FoundDoc, StoreError>;
 
     /// Creates an empty document at `now`, with its `created` event; `None`
     /// when the name is taken.
@@ -252,6 +264,17 @@ pub trait Store: Send + Sync + 'static {
     /// A document's snapshot and log, read as of one moment (a compaction
     /// committing meanwhile cannot pair the old snapshot with the new log).
     async fn read_log(&self, doc_id: DocId) -> Result<DocLog, StoreError>;
+
+    /// As `read_log`, as of one moment too, but handed to `pages` a page at
+    /// a time while it is read, so that loading a long log holds a page or
+    /// two of it in memory, not all of it. Stops early, without an error,
+    /// when `pages` is closed.
+    async fn read_log_pages(
+        &self,
+        doc_id: DocId,
+        limits: PageLimits,
+        pages: tokio::sync::mpsc::Sender<LogPage>,
+    ) -> Result<(), StoreError>;
 
     /// As `read_log`, with only the oldest `max_rows` updates of the log:
     /// what compaction folds in one step, so that its memory stays bounded

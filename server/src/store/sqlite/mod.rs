@@ -13,14 +13,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use self::log_writer::SqliteLogWriter;
 use super::{
     now_ms, AttemptRecord, AttemptRow, ChangesEvent, DeliveryRow, DocChanges, DocId, DocLog,
-    DocMeta, DueMessage, EndpointPatch, EndpointRow, LoadedDoc, LogWriter, NewEvent, Outcome,
-    Store, StoreError,
+    DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage, LogWriter, NewEvent,
+    Outcome, PageLimits, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -183,28 +184,23 @@ fn create_dir(dir: &Path) -> std::io::Result<()> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn load_or_create(
+    async fn find_or_create(
         &self,
         name: &str,
         now: i64,
         created: Option<&NewEvent>,
-    ) -> Result<LoadedDoc, StoreError> {
+    ) -> Result<FoundDoc, StoreError> {
         if let Some(meta) = self.create(name, now, created).await? {
-            return Ok(LoadedDoc {
+            return Ok(FoundDoc {
                 id: meta.id,
                 created: true,
-                log: DocLog::default(),
             });
         }
         let id: DocId = sqlx::query_scalar("SELECT id FROM documents WHERE name = $1")
             .bind(name)
             .fetch_one(&self.pool)
             .await?;
-        Ok(LoadedDoc {
-            id,
-            created: false,
-            log: self.read_log(id).await?,
-        })
+        Ok(FoundDoc { id, created: false })
     }
 
     async fn create(
@@ -302,6 +298,53 @@ impl Store for SqliteStore {
 
     async fn read_log_head(&self, doc_id: DocId, max_rows: u32) -> Result<DocLog, StoreError> {
         self.read_log_rows(doc_id, i64::from(max_rows)).await
+    }
+
+    async fn read_log_pages(
+        &self,
+        doc_id: DocId,
+        limits: PageLimits,
+        pages: tokio::sync::mpsc::Sender<LogPage>,
+    ) -> Result<(), StoreError> {
+        // One read transaction, as in `read_log_rows`. Rows are streamed
+        // (sqlx steps the statement as they are taken), and `pages` is
+        // bounded, so the reader never runs more than its capacity ahead of
+        // whoever applies them.
+        let mut tx = self.pool.begin().await?;
+        let mut page: LogPage = Vec::new();
+        let mut bytes = 0;
+        let snapshot: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE doc_id = $1")
+                .bind(doc_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(snapshot) = snapshot {
+            bytes += snapshot.len();
+            page.push(snapshot);
+        }
+        {
+            let mut rows = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT data FROM doc_updates WHERE doc_id = $1 ORDER BY id",
+            )
+            .bind(doc_id)
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                if !page.is_empty() && (page.len() >= limits.rows || bytes >= limits.bytes) {
+                    if pages.send(std::mem::take(&mut page)).await.is_err() {
+                        return Ok(());
+                    }
+                    bytes = 0;
+                }
+                bytes += row.len();
+                page.push(row);
+            }
+        }
+        tx.commit().await?;
+        if !page.is_empty() {
+            // A closed receiver has stopped wanting pages: not an error here.
+            let _ = pages.send(page).await;
+        }
+        Ok(())
     }
 
     async fn write_snapshot(
