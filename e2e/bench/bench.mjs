@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util'
 import { makeTargets } from './lib/servers.mjs'
 import { cpuCount, clockTicks, machineCpu } from './lib/procstats.mjs'
 import { fmt, now, sleep } from './lib/stats.mjs'
-import { combineRounds, orderForRound, roundRatios } from './lib/rounds.mjs'
+import { combineRounds, median, orderForRound, roundRatios } from './lib/rounds.mjs'
 import * as a from './scenarios/a-fanout.mjs'
 import * as b from './scenarios/b-idle-rooms.mjs'
 import * as c from './scenarios/c-join-storm.mjs'
@@ -125,6 +125,7 @@ for (const sc of scenarios) {
   const desc = sc.describe(args.quick)
   console.log(`\n=== (${sc.id}) ${sc.title}\n    ${desc}`)
   const runs = Object.fromEntries(targets.map((t) => [t.name, []]))
+  const baselines = []
   for (let r = 0; r < rounds; r++) {
     for (const t of orderForRound(targets, r)) {
       if (!targetInfo[t.name].available) { runs[t.name].push({ ok: false, error: `unavailable: ${targetInfo[t.name].unavailableReason}` }); continue }
@@ -139,6 +140,14 @@ for (const sc of scenarios) {
         log(`[${sc.id}] ${t.name} FAILED: ${error}`)
       }
     }
+    if (sc.baseline) {
+      log(`[${sc.id}] kernel floor …`)
+      try {
+        baselines.push(sc.baseline(args.quick))
+      } catch (err) {
+        baselines.push({ unavailable: String(err && err.message ? err.message : err) })
+      }
+    }
   }
   const per = {}
   for (const t of targets) {
@@ -146,7 +155,33 @@ for (const sc of scenarios) {
     if (!per[t.name].ok) failures++
   }
   const table = printTable(sc.id, per)
-  results.scenarios[sc.id] = { title: sc.title, description: desc, config: sc.config(args.quick), table, targets: per }
+  const floor = printFloor(baselines, per)
+  results.scenarios[sc.id] = { title: sc.title, description: desc, config: sc.config(args.quick), table, targets: per, ...(floor ? { floor } : {}) }
+}
+
+/** Prints scenario (a)'s kernel floor beside the servers' CPU per delivery, round by round. */
+function printFloor (baselines, per) {
+  const got = baselines.filter(Boolean)
+  if (!got.length) return null
+  const missing = got.find((b) => b.unavailable)
+  if (missing) {
+    console.log(`  kernel floor: not measured (${missing.unavailable})`)
+    return { unavailable: missing.unavailable }
+  }
+  const n = got[0].n
+  const cpuRounds = (name) => per[name]?.ok ? per[name].metrics.find((m) => m.key === `N=${n} server_cpu_per_delivery_us`)?.rounds ?? [] : []
+  const tandem = cpuRounds('tandem')
+  const reference = cpuRounds('reference')
+  const uring = got.map((b) => b.io_uring_us)
+  const send = got.map((b) => b.send_us)
+  const range = (xs) => `${fmt(Math.min(...xs))}-${fmt(Math.max(...xs))}`
+  console.log(`  kernel floor at N=${n} (floor/send-floor.c: a C sender that only sends, 2 C receivers), µs of CPU per send, median of ${got.length} (range):`)
+  console.log(`    io_uring, one batch per round: ${fmt(median(uring))} (${range(uring)});  send(2) per socket: ${fmt(median(send))} (${range(send)})`)
+  const floorOverRef = roundRatios(uring, reference).filter((x) => x !== null)
+  const tandemOverFloor = roundRatios(tandem, uring).filter((x) => x !== null)
+  if (floorOverRef.length) console.log(`    io_uring floor / reference's CPU per delivery, per round: ${floorOverRef.map(fmt).join(', ')}`)
+  if (tandemOverFloor.length) console.log(`    tandem's CPU per delivery / io_uring floor, per round: ${tandemOverFloor.map(fmt).join(', ')}`)
+  return { n, ioUringUsRounds: uring, sendUsRounds: send, floorOverReferenceRounds: floorOverRef, tandemOverFloorRounds: tandemOverFloor }
 }
 
 function printTable (id, per) {

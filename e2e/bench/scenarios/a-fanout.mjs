@@ -16,6 +16,7 @@ import { spawnWorkers, split } from '../lib/workers.mjs'
 import { snapshot, diff } from '../lib/procstats.mjs'
 import { now, sleep, summarize } from '../lib/stats.mjs'
 import { withServer, Metrics, addDriverDiag } from '../lib/harness.mjs'
+import { buildFloor, runFloor } from '../lib/floor.mjs'
 
 export const id = 'a'
 export const title = 'fan-out: 1 writer -> N observers in one room'
@@ -39,6 +40,19 @@ export async function run (target, { quick, log }) {
     await withServer(target, (server) => runOne(server, n, c, m))
   }
   return m
+}
+
+/**
+ * Once per round, after both servers: the kernel's floor at the largest N (lib/floor.mjs),
+ * as µs of CPU per send for io_uring batches and for one send(2) per socket. The floor's
+ * receivers are 2 processes, as the observers are. Skipped in --quick runs.
+ */
+export function baseline (quick) {
+  const n = Math.max(...counts())
+  if (quick || n < 100) return null
+  const why = buildFloor()
+  if (why) return { n, unavailable: why }
+  return { n, io_uring_us: runFloor(n, 2, 'io_uring'), send_us: runFloor(n, 2, 'send') }
 }
 
 async function runOne (server, n, c, m) {

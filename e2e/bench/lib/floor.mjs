@@ -1,0 +1,38 @@
+// The kernel's floor under scenario (a), measured in the same run as the servers:
+// floor/send-floor.c is a C program that does nothing but send a 30-byte message to
+// N loopback sockets every 20 ms (250 rounds) while forked C receivers read them, and
+// prints its own CPU per send. No server can deliver for less on this machine, so it
+// shows how much of a server's CPU per delivery is its own and how much is the kernel's.
+// It needs gcc and liburing (Debian: liburing-dev); without them it is skipped with a note.
+
+import { execFileSync } from 'node:child_process'
+import { existsSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const SOURCE = join(dirname(fileURLToPath(import.meta.url)), '..', 'floor', 'send-floor.c')
+const BINARY = join(tmpdir(), 'tandem-send-floor')
+
+/** Builds the floor program once (again when the source is newer); returns null or why it cannot. */
+export function buildFloor () {
+  try {
+    if (existsSync(BINARY) && statSync(BINARY).mtimeMs >= statSync(SOURCE).mtimeMs) return null
+    execFileSync('gcc', ['-O2', '-o', BINARY, SOURCE, '-luring'], { stdio: ['ignore', 'ignore', 'pipe'] })
+    return null
+  } catch (err) {
+    const why = String(err.stderr || err.message).split('\n').find((l) => l.trim()) || 'gcc failed'
+    return `cannot build floor/send-floor.c (needs gcc and liburing-dev): ${why.trim()}`
+  }
+}
+
+/**
+ * Runs the floor program: `n` sockets, `receivers` receiving processes, io_uring batches
+ * of n (as Tandem's room sends) or one send(2) per socket. Returns µs of sender CPU per send.
+ */
+export function runFloor (n, receivers, mode) {
+  const out = execFileSync(BINARY, [String(n), String(receivers), mode === 'io_uring' ? '1' : '0'], { encoding: 'utf8', timeout: 60000 })
+  const m = /([\d.]+) us of sender CPU per send/.exec(out)
+  if (!m) throw new Error(`send-floor printed no figure: ${out.trim()}`)
+  return Number(m[1])
+}
