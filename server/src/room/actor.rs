@@ -132,7 +132,8 @@ pub async fn run(room: Room, rx: mpsc::Receiver<Box<RoomCmd>>) {
 }
 
 /// Pages of a stored log a load applies at a time: the memory a load holds
-/// beyond the document itself is about two of them, however long the log.
+/// beyond the document itself is at most three of them (one being read, one
+/// waiting in the channel, one being applied), however long the log.
 const LOAD_PAGE: PageLimits = PageLimits {
     rows: 1_000,
     bytes: 4 << 20,

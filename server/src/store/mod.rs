@@ -266,8 +266,8 @@ pub trait Store: Send + Sync + 'static {
     async fn read_log(&self, doc_id: DocId) -> Result<DocLog, StoreError>;
 
     /// As `read_log`, as of one moment too, but handed to `pages` a page at
-    /// a time while it is read, so that loading a long log holds a page or
-    /// two of it in memory, not all of it. Stops early, without an error,
+    /// a time while it is read, so that loading a long log holds a few pages
+    /// of it in memory, not all of it. Stops early, without an error,
     /// when `pages` is closed.
     async fn read_log_pages(
         &self,
