@@ -5,9 +5,77 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use tandem::store::{sqlite::SqliteStore, DocMeta, LogWriter, PendingUpdate, Store};
+use yrs::updates::decoder::Decode;
+use yrs::{GetString, Text, Transact};
+
+/// A fresh database file with one document, `d`, and an author whose text
+/// edits go straight into that document's update log, one row each.
+struct TextLog {
+    _dir: tempfile::TempDir,
+    url: String,
+    store: Arc<dyn Store>,
+    doc: DocMeta,
+    log: Box<dyn LogWriter>,
+    author: yrs::Doc,
+    /// The text every row written so far adds up to.
+    expected: String,
+}
+
+impl TextLog {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let doc = store.create("d", 1, None).await.unwrap().unwrap();
+        let log = store.log_writer().unwrap();
+        TextLog {
+            _dir: dir,
+            url,
+            store,
+            doc,
+            log,
+            author: yrs::Doc::new(),
+            expected: String::new(),
+        }
+    }
+
+    /// Appends `piece` to the text, as one committed row of the log.
+    fn append(&mut self, piece: &str) {
+        let text = self.author.get_or_insert_text("t");
+        let update = {
+            let mut txn = self.author.transact_mut();
+            text.insert(&mut txn, self.expected.len() as u32, piece);
+            txn.encode_update_v1()
+        };
+        self.expected.push_str(piece);
+        let row = PendingUpdate {
+            doc_id: self.doc.id,
+            data: bytes::Bytes::from(update),
+            user: None,
+        };
+        self.log.append(&[row], false).unwrap();
+    }
+}
+
+/// The text that stored rows (a snapshot, then updates) add up to.
+fn text_of<'a>(rows: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("t");
+    {
+        let mut txn = doc.transact_mut();
+        for row in rows {
+            txn.apply_update(yrs::Update::decode_v1(row).unwrap())
+                .unwrap();
+        }
+    }
+    let txn = doc.transact();
+    text.get_string(&txn)
+}
 
 #[actix_web::test]
 async fn a_graceful_restart_keeps_every_update_and_closes_with_1001() {
@@ -116,7 +184,6 @@ async fn an_idle_room_unloads_and_reloads_with_its_content() {
 /// the snapshot's `upto_id`. Nothing may be lost or folded twice then.
 #[tokio::test]
 async fn log_ids_reused_after_compaction_lose_nothing() {
-    use tandem::store::{sqlite::SqliteStore, PendingUpdate, Store};
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
     let store = SqliteStore::open(&url).await.unwrap();
@@ -174,55 +241,29 @@ async fn log_ids_reused_after_compaction_lose_nothing() {
 /// leaves holds every update, and the log is empty.
 #[tokio::test]
 async fn compaction_folds_a_long_log_in_pages() {
-    use std::sync::Arc;
-    use tandem::store::{sqlite::SqliteStore, PendingUpdate, Store};
-    use yrs::updates::decoder::Decode;
-    use yrs::{GetString, Text, Transact};
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db", dir.path().display());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
-    let doc = store.create("d", 1, None).await.unwrap().unwrap();
-    let mut log = store.log_writer().unwrap();
-    let author = yrs::Doc::new();
-    let text = author.get_or_insert_text("t");
-    let mut expected = String::new();
+    let mut t = TextLog::new().await;
     for i in 0..25 {
-        let piece = format!("{i};");
-        let update = {
-            let mut txn = author.transact_mut();
-            text.insert(&mut txn, expected.len() as u32, &piece);
-            txn.encode_update_v1()
-        };
-        expected.push_str(&piece);
-        let row = PendingUpdate {
-            doc_id: doc.id,
-            data: bytes::Bytes::from(update),
-            user: None,
-        };
-        log.append(&[row], false).unwrap();
+        t.append(&format!("{i};"));
     }
-    log.sync().unwrap();
+    t.log.sync().unwrap();
     // One page of 10: the oldest 10 rows go, 15 stay.
-    let head = store.read_log_head(doc.id, 10).await.unwrap();
+    let head = t.store.read_log_head(t.doc.id, 10).await.unwrap();
     assert_eq!(head.updates.len(), 10);
-    tandem::room::persist::compact_document(&store, doc.id, 10)
+    tandem::room::persist::compact_document(&t.store, t.doc.id, 10)
         .await
         .unwrap();
-    let after = store.read_log(doc.id).await.unwrap();
+    let after = t.store.read_log(t.doc.id).await.unwrap();
     assert!(
         after.updates.is_empty(),
         "{} rows left",
         after.updates.len()
     );
     let snapshot = after.snapshot.expect("a snapshot");
-    let reader = yrs::Doc::new();
-    let t = reader.get_or_insert_text("t");
-    reader
-        .transact_mut()
-        .apply_update(yrs::Update::decode_v1(&snapshot).unwrap())
-        .unwrap();
-    assert_eq!(t.get_string(&reader.transact()), expected);
-    assert_eq!(counters(&url, doc.id).await, (0, snapshot.len() as i64, 0));
+    assert_eq!(text_of([snapshot.as_slice()]), t.expected);
+    assert_eq!(
+        counters(&t.url, t.doc.id).await,
+        (0, snapshot.len() as i64, 0)
+    );
 }
 
 /// A document's `(log_count, size_bytes, counts_pending)`, read from its file.
@@ -243,7 +284,6 @@ async fn counters(url: &str, doc_id: i64) -> (i64, i64, i64) {
 /// writer, recounts them.
 #[tokio::test]
 async fn counters_lost_with_a_writer_are_recounted() {
-    use tandem::store::{sqlite::SqliteStore, PendingUpdate, Store};
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
     let store = SqliteStore::open(&url).await.unwrap();
@@ -283,7 +323,6 @@ async fn counters_lost_with_a_writer_are_recounted() {
 /// log, ids, snapshot and counters across the migration.
 #[tokio::test]
 async fn the_plain_rowid_migration_keeps_an_old_log() {
-    use tandem::store::{sqlite::SqliteStore, Store};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("old.db");
     let url = format!("sqlite://{}", db.display());
@@ -364,34 +403,13 @@ async fn the_plain_rowid_migration_keeps_an_old_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_during_compaction_see_every_update() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    use tandem::store::{sqlite::SqliteStore, PageLimits, PendingUpdate, Store};
-    use yrs::updates::decoder::Decode;
-    use yrs::{GetString, Text, Transact};
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db", dir.path().display());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
-    let doc = store.create("d", 1, None).await.unwrap().unwrap();
-    let mut log = store.log_writer().unwrap();
-    let author = yrs::Doc::new();
-    let text = author.get_or_insert_text("t");
-    let mut expected = String::new();
+    use tandem::store::PageLimits;
+    let mut t = TextLog::new().await;
     for i in 0..3000 {
-        let piece = format!("{i};");
-        let update = {
-            let mut txn = author.transact_mut();
-            text.insert(&mut txn, expected.len() as u32, &piece);
-            txn.encode_update_v1()
-        };
-        expected.push_str(&piece);
-        let row = PendingUpdate {
-            doc_id: doc.id,
-            data: bytes::Bytes::from(update),
-            user: None,
-        };
-        log.append(&[row], false).unwrap();
+        t.append(&format!("{i};"));
     }
-    log.sync().unwrap();
+    t.log.sync().unwrap();
+    let (store, doc, expected) = (t.store.clone(), t.doc.clone(), t.expected.clone());
 
     // Pages of 5 rows: 600 commits, each a new snapshot and a shorter log.
     let done = Arc::new(AtomicBool::new(false));
@@ -439,16 +457,7 @@ async fn loads_during_compaction_see_every_update() {
         if rows.len() > 1 && rows.len() < 3000 {
             mid_compaction[usize::from(paged)] += 1;
         }
-        let reader = yrs::Doc::new();
-        let t = reader.get_or_insert_text("t");
-        {
-            let mut txn = reader.transact_mut();
-            for bytes in &rows {
-                txn.apply_update(yrs::Update::decode_v1(bytes).unwrap())
-                    .unwrap();
-            }
-        }
-        let got = t.get_string(&reader.transact());
+        let got = text_of(rows.iter().map(Vec::as_slice));
         assert!(
             got == expected,
             "load {loads} (paged: {paged}) lost updates: {} of {} characters ({} rows)",
@@ -471,41 +480,21 @@ async fn loads_during_compaction_see_every_update() {
 /// stops without an error.
 #[tokio::test]
 async fn a_log_is_read_in_pages_within_their_limits() {
-    use std::sync::Arc;
-    use tandem::store::{sqlite::SqliteStore, PageLimits, PendingUpdate, Store};
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db", dir.path().display());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
-    let doc = store.create("d", 1, None).await.unwrap().unwrap();
-    let mut log = store.log_writer().unwrap();
-    let author = yrs::Doc::new();
-    let text = author.get_or_insert_text("t");
-    let mut len = 0;
-    let mut append = |n: usize, log: &mut Box<dyn tandem::store::LogWriter>| {
-        use yrs::{Text, Transact};
-        for i in 0..n {
-            let piece = format!("{i}:{}", "x".repeat(i % 40));
-            let update = {
-                let mut txn = author.transact_mut();
-                text.insert(&mut txn, len, &piece);
-                txn.encode_update_v1()
-            };
-            len += piece.len() as u32;
-            let row = PendingUpdate {
-                doc_id: doc.id,
-                data: bytes::Bytes::from(update),
-                user: None,
-            };
-            log.append(&[row], false).unwrap();
-        }
-    };
+    use tandem::store::PageLimits;
+    let mut t = TextLog::new().await;
+    let piece = |i: usize| format!("{i}:{}", "x".repeat(i % 40));
     // A snapshot of the first 30 rows, then 97 rows after it.
-    append(30, &mut log);
-    tandem::room::persist::compact_document(&store, doc.id, 100)
+    for i in 0..30 {
+        t.append(&piece(i));
+    }
+    tandem::room::persist::compact_document(&t.store, t.doc.id, 100)
         .await
         .unwrap();
-    append(97, &mut log);
-    log.sync().unwrap();
+    for i in 30..127 {
+        t.append(&piece(i));
+    }
+    t.log.sync().unwrap();
+    let (store, doc) = (t.store.clone(), t.doc.clone());
     let whole = store.read_log(doc.id).await.unwrap();
     let mut expected: Vec<Vec<u8>> = whole.snapshot.into_iter().collect();
     assert_eq!(expected.len(), 1, "a snapshot");
