@@ -101,6 +101,53 @@ async fn a_graceful_restart_keeps_every_update_and_closes_with_1001() {
     app.stop().await;
 }
 
+/// A room loads a log of several pages (1,000 rows each) whole: with
+/// compaction off, 2,600 edits stay 2,600 rows, and after a restart a new
+/// client gets every one of them.
+#[actix_web::test]
+async fn a_log_of_several_pages_reloads_whole() {
+    // Compaction off, and no rate limit for one client sending 2,600 edits.
+    let no_compaction = [
+        "--compact-after-updates",
+        "4294967295",
+        "--max-messages-per-second",
+        "0",
+    ];
+    let app = spawn_app(&no_compaction).await;
+    let mut a = app.client("long").await;
+    a.sync().await;
+    let mut expected = String::new();
+    for i in 0..2600 {
+        let s = format!("{i};");
+        a.insert(expected.len() as u32, &s).await;
+        expected.push_str(&s);
+    }
+    let mut b = app.client("long").await;
+    b.sync().await;
+    b.wait_text(&expected).await;
+    let (dir, _, _) = tokio::join!(app.stop(), a.ended(), b.ended());
+    let app = spawn_app_in(dir, &no_compaction).await;
+    let pool = sqlx::SqlitePool::connect(&app.db_url)
+        .await
+        .expect("open db");
+    let (rows, snapshots): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM doc_updates), (SELECT COUNT(*) FROM doc_snapshots)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("query");
+    pool.close().await;
+    assert_eq!(
+        (rows, snapshots),
+        (2600, 0),
+        "the log is 2,600 rows, uncompacted"
+    );
+    let mut c = app.client("long").await;
+    c.sync().await;
+    assert_eq!(c.text(), expected);
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn compaction_folds_the_log_and_the_document_reloads_the_same() {
     let app = spawn_app(&[
