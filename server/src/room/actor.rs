@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_crdt::protocol::{self, Incoming};
-use tandem_crdt::{Applied, ApplyError, Awareness, DocLoader, DocState};
+use tandem_crdt::{Applied, ApplyError, Awareness, DocState};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use yrs::StateVector;
@@ -21,7 +21,7 @@ use super::send_ring;
 use super::ConnId;
 use crate::doc_name::DocName;
 use crate::error::CloseCode;
-use crate::store::{DocId, LogPage, PageLimits};
+use crate::store::DocId;
 use crate::webhooks::events;
 
 pub enum RoomCmd {
@@ -131,18 +131,8 @@ pub async fn run(room: Room, rx: mpsc::Receiver<Box<RoomCmd>>) {
     room.run(rx).instrument(span).await
 }
 
-/// Pages of a stored log a load applies at a time: the memory a load holds
-/// beyond the document itself is at most three of them (one being read, one
-/// waiting in the channel, one being applied), however long the log.
-const LOAD_PAGE: PageLimits = PageLimits {
-    rows: 1_000,
-    bytes: 4 << 20,
-};
-
 /// Loads a document: first waits for the persister to write everything it
-/// holds, so a room reloaded right after an unload sees every update. The
-/// stored rows are read a page at a time and applied on a blocking thread
-/// as they arrive.
+/// holds, so a room reloaded right after an unload sees every update.
 async fn load(registry: &Registry, name: &DocName) -> Result<(DocId, DocState), String> {
     let deps = &registry.deps;
     deps.persister.flush().await;
@@ -163,24 +153,9 @@ async fn load(registry: &Registry, name: &DocName) -> Result<(DocId, DocState), 
         }
         return Ok((found.id, DocState::new()));
     }
-    let (pages_tx, mut pages) = tokio::sync::mpsc::channel::<LogPage>(1);
-    let apply = tokio::task::spawn_blocking(move || {
-        let mut loader = DocLoader::new();
-        while let Some(page) = pages.blocking_recv() {
-            for row in &page {
-                loader.apply(row)?;
-            }
-        }
-        Ok::<_, ApplyError>(loader.finish())
-    });
-    let read = deps
-        .store
-        .read_log_pages(found.id, LOAD_PAGE, pages_tx)
-        .await;
-    let applied = apply.await.map_err(|e| e.to_string())?;
-    // A read that failed part way leaves a partial document: never use it.
-    read.map_err(|e| e.to_string())?;
-    let (state, report) = applied.map_err(|e| e.to_string())?;
+    let (state, report) = super::load::load_stored(deps.store.as_ref(), found.id)
+        .await
+        .map_err(|e| e.to_string())?;
     if report.skipped > 0 {
         tracing::error!(
             skipped = report.skipped,

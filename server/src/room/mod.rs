@@ -3,7 +3,8 @@
 //! runs a `session` on the TCP stream it took over at the upgrade, reading
 //! frames with `wire`; `fanout` is each peer's outgoing side, and
 //! `send_ring` writes one frame to many of them in one system call; `persist`
-//! writes accepted updates to the store with group commit.
+//! writes accepted updates to the store with group commit, and `load`
+//! builds a document from the store a page at a time.
 //!
 //! Architecture invariant: a room never awaits storage, a peer or the
 //! network while relaying; it hands updates to the persister and frames to
@@ -12,6 +13,7 @@
 
 pub mod actor;
 pub mod fanout;
+pub mod load;
 pub mod persist;
 pub mod registry;
 pub mod send_ring;

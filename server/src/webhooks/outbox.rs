@@ -118,15 +118,8 @@ async fn render(
     hooks: &Webhooks,
     doc: DocId,
 ) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
-    let log = hooks.store.read_log(doc).await?;
-    let value = tokio::task::spawn_blocking(move || {
-        tandem_crdt::DocState::load(
-            log.snapshot.as_deref(),
-            log.updates.iter().map(|(_, u)| u.as_slice()),
-        )
-        .map(|(state, _)| state.to_json())
-    })
-    .await??;
+    let (state, _) = crate::room::load::load_stored(hooks.store.as_ref(), doc).await?;
+    let value = tokio::task::spawn_blocking(move || state.to_json()).await?;
     Ok(Some(value))
 }
 
