@@ -143,7 +143,7 @@ for (const sc of scenarios) {
     if (sc.baseline) {
       log(`[${sc.id}] kernel floor …`)
       try {
-        baselines.push(sc.baseline(args.quick))
+        baselines.push(await sc.baseline(args.quick))
       } catch (err) {
         baselines.push({ unavailable: String(err && err.message ? err.message : err) })
       }
@@ -174,14 +174,17 @@ function printFloor (baselines, per) {
   const reference = cpuRounds('reference')
   const uring = got.map((b) => b.io_uring_us)
   const send = got.map((b) => b.send_us)
+  const uringNode = got.map((b) => b.io_uring_node_us)
+  const sendNode = got.map((b) => b.send_node_us)
   const range = (xs) => `${fmt(Math.min(...xs))}-${fmt(Math.max(...xs))}`
-  console.log(`  kernel floor at N=${n} (floor/send-floor.c: a C sender that only sends, 2 C receivers), µs of CPU per send, median of ${got.length} (range):`)
-  console.log(`    io_uring, one batch per round: ${fmt(median(uring))} (${range(uring)});  send(2) per socket: ${fmt(median(send))} (${range(send)})`)
-  const floorOverRef = roundRatios(uring, reference).filter((x) => x !== null)
-  const tandemOverFloor = roundRatios(tandem, uring).filter((x) => x !== null)
-  if (floorOverRef.length) console.log(`    io_uring floor / reference's CPU per delivery, per round: ${floorOverRef.map(fmt).join(', ')}`)
-  if (tandemOverFloor.length) console.log(`    tandem's CPU per delivery / io_uring floor, per round: ${tandemOverFloor.map(fmt).join(', ')}`)
-  return { n, ioUringUsRounds: uring, sendUsRounds: send, floorOverReferenceRounds: floorOverRef, tandemOverFloorRounds: tandemOverFloor }
+  console.log(`  kernel floor at N=${n} (floor/send-floor.c: a C sender that only sends), µs of CPU per send, median of ${got.length} (range):`)
+  console.log(`    read by 2 C processes:    io_uring, one batch per round: ${fmt(median(uring))} (${range(uring)});  send(2) per socket: ${fmt(median(send))} (${range(send)})`)
+  console.log(`    read by 2 Node processes: io_uring, one batch per round: ${fmt(median(uringNode))} (${range(uringNode)});  send(2) per socket: ${fmt(median(sendNode))} (${range(sendNode)})`)
+  const floorOverRef = roundRatios(uringNode, reference).filter((x) => x !== null)
+  const tandemOverFloor = roundRatios(tandem, uringNode).filter((x) => x !== null)
+  if (floorOverRef.length) console.log(`    io_uring floor (Node receivers) / reference's CPU per delivery, per round: ${floorOverRef.map(fmt).join(', ')}`)
+  if (tandemOverFloor.length) console.log(`    tandem's CPU per delivery / io_uring floor (Node receivers), per round: ${tandemOverFloor.map(fmt).join(', ')}`)
+  return { n, ioUringUsRounds: uring, sendUsRounds: send, ioUringNodeReceiversUsRounds: uringNode, sendNodeReceiversUsRounds: sendNode, floorOverReferenceRounds: floorOverRef, tandemOverFloorRounds: tandemOverFloor }
 }
 
 function printTable (id, per) {

@@ -8,6 +8,8 @@
 //   gcc -O2 -o /tmp/send-floor send-floor.c -luring
 //   /tmp/send-floor N RECEIVERS MODE [BATCH]   # MODE 0: send(2), 1: io_uring
 //   e.g. /tmp/send-floor 1000 4 0; /tmp/send-floor 1000 4 1
+// RECEIVERS 0: no forked receivers; it prints "listening PORT" and waits for N
+// connections from outside (the benchmark's Node load generators, see lib/floor.mjs).
 #define _GNU_SOURCE
 #include <liburing.h>
 #include <netinet/in.h>
@@ -66,9 +68,13 @@ int main(int argc, char **argv) {
     perror("listen");
     return 1;
   }
+  if (receivers == 0) {
+    printf("listening %d\n", ntohs(a.sin_port));
+    fflush(stdout);
+  }
   for (int p = 0; p < receivers; p++)
     if (fork() == 0) receive(&a, n / receivers);
-  n = n / receivers * receivers;
+  if (receivers > 0) n = n / receivers * receivers;
   int *fds = malloc(n * sizeof *fds);
   for (int i = 0; i < n; i++) {
     fds[i] = accept(ls, 0, 0);

@@ -11,13 +11,18 @@
 //   collect     recorded receipts as typed arrays, plus this process's CPU use since `record`
 //   docObserver connect one Y.Doc observer (DocClient) to a url
 //   awaitClock  wait until the Y.Doc observer has clock >= target for a client id; report when
+//   openRaw     connect `count` plain TCP sockets to 127.0.0.1:port that read and discard
+//               (the receivers of the kernel-floor program, lib/floor.mjs)
 //   closeAll    close every client
 //   exit        exit the process
 
+import { connect } from 'node:net'
 import { RawClient, DocClient, scanMarkers, Y } from './yclient.mjs'
 import { now, sleep } from './stats.mjs'
 
 const clients = []
+const rawSockets = []
+let rawBytes = 0
 let recording = false
 let seqs = []
 let times = []
@@ -164,7 +169,25 @@ const handlers = {
       wallMs: now() - observer.t0
     }
   },
+  async openRaw ({ port, count }) {
+    const opened = []
+    for (let i = 0; i < count; i++) {
+      opened.push(new Promise((resolve, reject) => {
+        const s = connect({ port, host: '127.0.0.1', noDelay: true }, () => resolve())
+        s.on('data', (d) => { rawBytes += d.length })
+        s.on('error', reject)
+        rawSockets.push(s)
+      }))
+    }
+    await Promise.all(opened)
+    return { connected: count }
+  },
+  rawBytes () {
+    return rawBytes
+  },
   closeAll () {
+    for (const s of rawSockets) s.destroy()
+    rawSockets.length = 0
     for (const c of clients) c.close()
     if (observer) observer.client.close()
     return true

@@ -5,11 +5,12 @@
 // shows how much of a server's CPU per delivery is its own and how much is the kernel's.
 // It needs gcc and liburing (Debian: liburing-dev); without them it is skipped with a note.
 
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { spawnWorkers } from './workers.mjs'
 
 const SOURCE = join(dirname(fileURLToPath(import.meta.url)), '..', 'floor', 'send-floor.c')
 const BINARY = join(tmpdir(), 'tandem-send-floor')
@@ -35,4 +36,36 @@ export function runFloor (n, receivers, mode) {
   const m = /([\d.]+) us of sender CPU per send/.exec(out)
   if (!m) throw new Error(`send-floor printed no figure: ${out.trim()}`)
   return Number(m[1])
+}
+
+/**
+ * As runFloor, but the receivers are 2 of the benchmark's Node load-generator processes
+ * reading plain TCP sockets, like the observers of scenario (a) minus the WebSocket
+ * parsing. How often receivers sleep and must be woken is a cost the kernel charges to
+ * the sender, so this is the floor under the benchmark's own kind of receivers.
+ */
+export async function runFloorNodeReceivers (n, mode) {
+  const child = spawn(BINARY, [String(n), '0', mode === 'io_uring' ? '1' : '0'], { stdio: ['ignore', 'pipe', 'inherit'] })
+  let out = ''
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)))
+  const port = await new Promise((resolve, reject) => {
+    child.stdout.on('data', (d) => {
+      out += d
+      const m = /listening (\d+)/.exec(out)
+      if (m) resolve(Number(m[1]))
+    })
+    child.on('exit', (code) => reject(new Error(`send-floor exited (${code}) before listening: ${out.trim()}`)))
+  })
+  const workers = spawnWorkers(2, 'floor-receivers')
+  try {
+    await Promise.all(workers.map((w, i) => w.call('openRaw', { port, count: Math.floor(n / 2) + (i < n % 2 ? 1 : 0) }, 60000)))
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60000)
+    const code = await exited
+    clearTimeout(timer)
+    const m = /([\d.]+) us of sender CPU per send/.exec(out)
+    if (code !== 0 || !m) throw new Error(`send-floor failed (${code}): ${out.trim()}`)
+    return Number(m[1])
+  } finally {
+    await Promise.all(workers.map((w) => w.stop()))
+  }
 }

@@ -16,7 +16,7 @@ import { spawnWorkers, split } from '../lib/workers.mjs'
 import { snapshot, diff } from '../lib/procstats.mjs'
 import { now, sleep, summarize } from '../lib/stats.mjs'
 import { withServer, Metrics, addDriverDiag } from '../lib/harness.mjs'
-import { buildFloor, runFloor } from '../lib/floor.mjs'
+import { buildFloor, runFloor, runFloorNodeReceivers } from '../lib/floor.mjs'
 
 export const id = 'a'
 export const title = 'fan-out: 1 writer -> N observers in one room'
@@ -44,15 +44,22 @@ export async function run (target, { quick, log }) {
 
 /**
  * Once per round, after both servers: the kernel's floor at the largest N (lib/floor.mjs),
- * as µs of CPU per send for io_uring batches and for one send(2) per socket. The floor's
- * receivers are 2 processes, as the observers are. Skipped in --quick runs.
+ * as µs of CPU per send for io_uring batches and for one send(2) per socket, read by 2 C
+ * processes and by 2 Node load-generator processes (as the observers are). Skipped in
+ * --quick runs.
  */
-export function baseline (quick) {
+export async function baseline (quick) {
   const n = Math.max(...counts())
   if (quick || n < 100) return null
   const why = buildFloor()
   if (why) return { n, unavailable: why }
-  return { n, io_uring_us: runFloor(n, 2, 'io_uring'), send_us: runFloor(n, 2, 'send') }
+  return {
+    n,
+    io_uring_us: runFloor(n, 2, 'io_uring'),
+    send_us: runFloor(n, 2, 'send'),
+    io_uring_node_us: await runFloorNodeReceivers(n, 'io_uring'),
+    send_node_us: await runFloorNodeReceivers(n, 'send')
+  }
 }
 
 async function runOne (server, n, c, m) {
