@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use futures_util::SinkExt;
 use tandem_crdt::protocol;
@@ -86,37 +84,15 @@ async fn a_burst_of_1000_messages_is_admitted_by_default() {
 }
 
 #[actix_web::test]
-async fn a_client_that_never_reads_is_dropped_and_the_room_carries_on() {
+async fn a_client_that_never_reads_is_dropped_with_1013_and_the_room_carries_on() {
     let app = spawn_app(&["--send-queue-bytes", "1048576"]).await;
-    let mut writer = app.client("slow").await;
-    writer.sync().await;
-    // `stalled` joins and then never reads: its queue must overflow.
-    let mut stalled = app.client("slow").await;
-    stalled.sync().await;
-    // Enough to fill the kernel's socket buffers (which grow to several MiB
-    // on loopback) and then the 1 MiB queue.
-    let chunk = "y".repeat(16384);
-    let expected = chunk.repeat(800);
-    // The writer never waits for `stalled`, which never reads.
-    tokio::time::timeout(Duration::from_secs(30), async {
-        for i in 0..800u32 {
-            writer.insert(i * 16384, &chunk).await;
-        }
-    })
-    .await
-    .expect("the writer is never held up by a stalled peer");
-    // The stalled client finds a close with 1013 at the end of what it got.
-    assert_eq!(stalled.ended().await, close_code(1013));
-    // Everything the writer sent is in the room (it may still be applying).
-    let mut fresh = app.client("slow").await;
-    fresh.sync().await;
-    fresh.wait_text(&expected).await;
+    common::a_stalled_peer_among_readers(&app, 0).await;
     app.stop().await;
 }
 
 #[actix_web::test]
 async fn a_stalled_peer_among_readers_is_dropped_and_the_readers_get_every_byte() {
     let app = spawn_app(&["--send-queue-bytes", "1048576"]).await;
-    common::a_stalled_peer_among_readers(&app).await;
+    common::a_stalled_peer_among_readers(&app, 2).await;
     app.stop().await;
 }

@@ -11,7 +11,7 @@ use common::spawn_app;
 #[actix_web::test]
 async fn without_io_uring_a_stalled_peer_is_dropped_and_the_readers_get_every_byte() {
     let app = spawn_app(&["--send-queue-bytes", "1048576", "--io-uring", "false"]).await;
-    common::a_stalled_peer_among_readers(&app).await;
+    common::a_stalled_peer_among_readers(&app, 2).await;
     let mut a = app.client("many").await;
     let mut b = app.client("many").await;
     let mut c = app.client("many").await;
