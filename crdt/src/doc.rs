@@ -104,7 +104,9 @@ pub struct DocState {
 
 struct Step2Cache {
     version: u64,
-    state_vector: Vec<u8>,
+    /// Exact size: an idle room keeps its cache, and the encoder's buffer
+    /// starts at 1 KiB.
+    state_vector: Box<[u8]>,
     frame: Bytes,
 }
 
@@ -238,14 +240,14 @@ impl DocState {
     pub fn sync_step2_frame(&mut self, sv: &StateVector) -> Bytes {
         let key = sv.encode_v1();
         if let Some(cache) = &self.step2_cache {
-            if cache.version == self.version && cache.state_vector == key {
+            if cache.version == self.version && *cache.state_vector == *key {
                 return cache.frame.clone();
             }
         }
         let frame = protocol::encode_sync_step2(&self.diff(sv));
         self.step2_cache = Some(Step2Cache {
             version: self.version,
-            state_vector: key,
+            state_vector: key.into_boxed_slice(),
             frame: frame.clone(),
         });
         frame
