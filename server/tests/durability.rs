@@ -599,3 +599,63 @@ async fn a_log_is_read_in_pages_within_their_limits() {
     drop(rx);
     reader.await.unwrap().unwrap();
 }
+
+/// Loads whose pages are slow to be applied keep their read transactions
+/// open; more of them than the store has connections must not make every
+/// other call wait.
+#[actix_web::test]
+async fn loads_waiting_on_their_pages_leave_the_store_free() {
+    use tandem::store::PageLimits;
+    let mut t = TextLog::new().await;
+    for i in 0..20 {
+        t.append(&format!("{i},"));
+    }
+    t.log.sync().unwrap();
+    let (store, doc) = (t.store.clone(), t.doc.clone());
+    let one_row = PageLimits { rows: 1, bytes: 1 };
+    // Six loads whose receivers never take a page: each fills its channel
+    // and then waits, inside its read transaction, for room in it.
+    let mut waiting = Vec::new();
+    for _ in 0..6 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let store = store.clone();
+        let reader = tokio::spawn(async move { store.read_log_pages(doc.id, one_row, tx).await });
+        waiting.push((rx, reader));
+    }
+    let stuck = |waiting: &Vec<(tokio::sync::mpsc::Receiver<_>, _)>| {
+        waiting.iter().filter(|(rx, _)| rx.len() == 1).count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stuck(&waiting) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loads did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Without connections of their own these would wait for a free one
+    // (sqlx gives up after 30 s); the timeouts only catch that hang.
+    let free = Duration::from_secs(5);
+    let got = tokio::time::timeout(free, store.get("d")).await;
+    assert_eq!(
+        got.expect("a read waited behind the loads")
+            .unwrap()
+            .unwrap()
+            .id,
+        doc.id
+    );
+    let created = tokio::time::timeout(free, store.create("other", 2, None)).await;
+    assert!(created
+        .expect("a write waited behind the loads")
+        .unwrap()
+        .is_some());
+    // The loads carry on as their receivers take pages: each gets the whole log.
+    for (mut rx, reader) in waiting {
+        let mut rows = 0;
+        while rx.recv().await.is_some() {
+            rows += 1;
+        }
+        reader.await.unwrap().unwrap();
+        assert_eq!(rows, 20);
+    }
+}

@@ -268,7 +268,8 @@ pub trait Store: Send + Sync + 'static {
     /// As `read_log`, as of one moment too, but handed to `pages` a page at
     /// a time while it is read, so that loading a long log holds a few pages
     /// of it in memory, not all of it. Stops early, without an error,
-    /// when `pages` is closed.
+    /// when `pages` is closed. The read lasts as long as its receiver takes,
+    /// so loads must not take the connections other calls need.
     async fn read_log_pages(
         &self,
         doc_id: DocId,

@@ -29,6 +29,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 /// How long a connection waits for another one's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Documents loading at once; more wait for a connection (applying pages
+/// is CPU work, so more would not finish sooner).
+const LOAD_CONNECTIONS: u32 = 4;
+
 /// Recounts the documents whose appends a log writer had not yet added to
 /// their counters when it went away (migration 0004). Their `updated_at`
 /// stays as it was: at most one sync interval old.
@@ -41,6 +45,11 @@ const RECOUNT_PENDING: &str = "UPDATE documents SET
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Document loads' own connections. A load keeps its read transaction
+    /// open while its pages are applied (a long log takes a second or so),
+    /// so several at once would take every connection of `pool` and make
+    /// the API, joins and webhooks wait behind them.
+    loads: SqlitePool,
     /// The database file, for the log writer's own connection.
     path: PathBuf,
 }
@@ -101,12 +110,17 @@ impl SqliteStore {
             .max_connections(4)
             // A local file does not drop connections behind our back.
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| config_err(format!("cannot open {}: {e}", path.display())))?;
         MIGRATOR.run(&pool).await?;
         sqlx::query(RECOUNT_PENDING).execute(&pool).await?;
-        Ok(SqliteStore { pool, path })
+        // Opened as loads need them: a server that loads nothing holds none.
+        let loads = SqlitePoolOptions::new()
+            .max_connections(LOAD_CONNECTIONS)
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        Ok(SqliteStore { pool, loads, path })
     }
 
     /// A transaction that reads before it writes must take the write lock
@@ -309,8 +323,9 @@ impl Store for SqliteStore {
         // One read transaction, as in `read_log_rows`. Rows are streamed
         // (sqlx steps the statement as they are taken), and `pages` is
         // bounded, so the reader never runs more than its capacity ahead of
-        // whoever applies them.
-        let mut tx = self.pool.begin().await?;
+        // whoever applies them: it holds its connection that long, one of
+        // the loads' own.
+        let mut tx = self.loads.begin().await?;
         let mut page: LogPage = Vec::new();
         let mut bytes = 0;
         let snapshot: Option<Vec<u8>> =
@@ -817,6 +832,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.loads.close().await;
         self.pool.close().await;
     }
 }
