@@ -6,12 +6,12 @@
 // prints the probe's latencies while they load and the time until every client is synced.
 //
 //   node tools/api-during-loads.mjs OLD_BIN NEW_BIN [DOCS=6] [ROWS=100000]
-import { spawn } from 'node:child_process'
 import { cpSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { RawClient, TextAppender, marker } from '../lib/yclient.mjs'
-import { now, sleep, tick } from '../lib/stats.mjs'
+import { RawClient } from '../lib/yclient.mjs'
+import { now, sleep } from '../lib/stats.mjs'
+import { NO_COMPACTION, alternatingRounds, startTandem, stopTandem, writeLog } from './side-by-side.mjs'
 
 const [oldBin, newBin, docsArg, rowsArg] = process.argv.slice(2)
 if (!oldBin || !newBin) {
@@ -21,40 +21,23 @@ if (!oldBin || !newBin) {
 const DOCS = Number(docsArg || 6)
 const ROWS = Number(rowsArg || 100000)
 
-function start (bin, dir) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(bin, [], { env: { PATH: process.env.PATH, TANDEM_BIND: '127.0.0.1:0', TANDEM_DATABASE_URL: `sqlite://${dir}/tandem.db`, TANDEM_COMPACT_AFTER_UPDATES: '4000000000', TANDEM_MAX_MESSAGES_PER_SECOND: '0', RUST_LOG: 'warn,tandem=info' }, stdio: ['ignore', 'pipe', 'pipe'] })
-    let buf = ''
-    const on = (d) => { buf += d; const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(buf); if (m) resolve({ p, port: Number(m[1]) }) }
-    p.stdout.on('data', on); p.stderr.on('data', on)
-    p.on('exit', (c) => reject(new Error(`exit ${c}: ${buf.slice(-500)}`)))
-  })
-}
-const stop = (s) => new Promise((resolve) => { s.p.removeAllListeners('exit'); s.p.on('exit', resolve); s.p.kill('SIGTERM') })
-
 const base = mkdtempSync(join(tmpdir(), 'loads-'))
 {
-  const s = await start(newBin, base)
+  const s = await startTandem(newBin, base, NO_COMPACTION)
   for (let d = 0; d < DOCS; d++) {
-    const w = new RawClient(`ws://127.0.0.1:${s.port}/ws/big${d}`)
-    await w.connect()
-    const a = new TextAppender(100 + d)
-    for (let i = 0; i < ROWS; i++) {
-      w.sendUpdate(a.next(marker(i)))
-      if ((i & 255) === 0) { await tick(); while (w.ws.bufferedAmount > 1 << 20) await sleep(1) }
-    }
+    const w = await writeLog(s.port, `big${d}`, ROWS, 100 + d)
     await sleep(500)
     w.close()
   }
   await sleep(2000)
-  await stop(s)
+  await stopTandem(s)
   console.log(`wrote ${DOCS} documents of ${ROWS} updates`)
 }
-for (let r = 0; r < 3; r++) {
-  for (const [name, bin] of r % 2 ? [['new', newBin], ['old', oldBin]] : [['old', oldBin], ['new', newBin]]) {
+for (const [r, round] of alternatingRounds(oldBin, newBin).entries()) {
+  for (const [name, bin] of round) {
     const dir = mkdtempSync(join(tmpdir(), 'loads-run-'))
     cpSync(base, dir, { recursive: true })
-    const s = await start(bin, dir)
+    const s = await startTandem(bin, dir, NO_COMPACTION)
     await sleep(500)
     const latencies = []
     let probing = true
@@ -79,7 +62,7 @@ for (let r = 0; r < 3; r++) {
     const during = latencies.slice(idle).sort((x, y) => x - y)
     console.log(`round ${r + 1} ${name}: all ${DOCS} synced in ${synced.toFixed(0)} ms; API while loading: ${during.length} answers, p50 ${during[during.length >> 1].toFixed(1)} ms, max ${during.at(-1).toFixed(1)} ms`)
     clients.forEach((c) => c.close())
-    await stop(s)
+    await stopTandem(s)
     rmSync(dir, { recursive: true, force: true })
   }
 }

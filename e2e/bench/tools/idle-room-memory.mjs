@@ -6,13 +6,13 @@
 // reference server; this is for a change to Tandem alone, without the reference's noise.
 //
 //   node tools/idle-room-memory.mjs OLD_BIN NEW_BIN [ROOMS=1000]
-import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RawClient } from '../lib/yclient.mjs'
 import { rssKb } from '../lib/procstats.mjs'
 import { sleep } from '../lib/stats.mjs'
+import { alternatingRounds, startTandem, stopTandem } from './side-by-side.mjs'
 
 const [oldBin, newBin, roomsArg] = process.argv.slice(2)
 if (!oldBin || !newBin) {
@@ -22,22 +22,12 @@ if (!oldBin || !newBin) {
 const ROOMS = Number(roomsArg || 1000)
 const IN_FLIGHT = 100
 
-function start (bin, dir) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(bin, [], { env: { PATH: process.env.PATH, TANDEM_BIND: '127.0.0.1:0', TANDEM_DATABASE_URL: `sqlite://${dir}/tandem.db`, TANDEM_MAX_MESSAGES_PER_SECOND: '0', RUST_LOG: 'warn,tandem=info' }, stdio: ['ignore', 'pipe', 'pipe'] })
-    let buf = ''
-    const on = (d) => { buf += d; const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(buf); if (m) resolve({ p, port: Number(m[1]) }) }
-    p.stdout.on('data', on); p.stderr.on('data', on)
-    p.on('exit', (c) => reject(new Error(`exit ${c}: ${buf.slice(-500)}`)))
-  })
-}
-const stop = (s) => new Promise((resolve) => { s.p.removeAllListeners('exit'); s.p.on('exit', resolve); s.p.kill('SIGTERM') })
 const threads = (pid) => Number(/Threads:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1])
 
-for (let r = 0; r < 3; r++) {
-  for (const [name, bin] of r % 2 ? [['new', newBin], ['old', oldBin]] : [['old', oldBin], ['new', newBin]]) {
+for (const [r, round] of alternatingRounds(oldBin, newBin).entries()) {
+  for (const [name, bin] of round) {
     const dir = mkdtempSync(join(tmpdir(), 'idle-mem-'))
-    const s = await start(bin, dir)
+    const s = await startTandem(bin, dir)
     await sleep(1000)
     const before = rssKb(s.p.pid)
     const clients = []
@@ -52,7 +42,7 @@ for (let r = 0; r < 3; r++) {
     const after = rssKb(s.p.pid)
     console.log(`round ${r + 1} ${name}: ${((after - before) / ROOMS).toFixed(2)} KiB per room (RSS ${(before / 1024).toFixed(1)} -> ${(after / 1024).toFixed(1)} MiB, ${threads(s.p.pid)} threads)`)
     clients.forEach((c) => c.close())
-    await stop(s)
+    await stopTandem(s)
     rmSync(dir, { recursive: true, force: true })
   }
 }
