@@ -135,22 +135,18 @@ where
             let registry = Arc::clone(&session.registry);
             // Graceful shutdown waits for sessions through the tracker.
             let tracked = registry.deps.tracker.token();
+            let run = async move {
+                let _tracked = tracked;
+                match TcpStream::from_std(io) {
+                    Ok(io) => session.run(io, early).await,
+                    Err(e) => tracing::debug!(error = %e, "the socket could not be moved"),
+                }
+            };
             // Detached: the HTTP layer's connection task ends here rather than
             // keep its dispatcher (about 2.4 KB) for the session's whole life.
             // Sessions are counted by the registry (the connection limits) and
             // drained at shutdown through the tracker.
-            drop(
-                registry.deps.runtime.spawn(
-                    async move {
-                        let _tracked = tracked;
-                        match TcpStream::from_std(io) {
-                            Ok(io) => session.run(io, early).await,
-                            Err(e) => tracing::debug!(error = %e, "the socket could not be moved"),
-                        }
-                    }
-                    .instrument(span),
-                ),
-            );
+            drop(registry.deps.runtime.spawn(run.instrument(span)));
         }
         _ => {
             response
