@@ -6,12 +6,12 @@
 // prints the probe's latencies while they load and the time until every client is synced.
 //
 //   node tools/api-during-loads.mjs OLD_BIN NEW_BIN [DOCS=6] [ROWS=100000]
-import { cpSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RawClient } from '../lib/yclient.mjs'
 import { now, sleep } from '../lib/stats.mjs'
-import { NO_COMPACTION, alternatingRounds, startTandem, stopTandem, writeLog } from './side-by-side.mjs'
+import { NO_COMPACTION, alternatingRounds, onCopyOf, startTandem, stopTandem, writeLog } from './side-by-side.mjs'
 
 const [oldBin, newBin, docsArg, rowsArg] = process.argv.slice(2)
 if (!oldBin || !newBin) {
@@ -35,35 +35,31 @@ const base = mkdtempSync(join(tmpdir(), 'loads-'))
 }
 for (const [r, round] of alternatingRounds(oldBin, newBin).entries()) {
   for (const [name, bin] of round) {
-    const dir = mkdtempSync(join(tmpdir(), 'loads-run-'))
-    cpSync(base, dir, { recursive: true })
-    const s = await startTandem(bin, dir, NO_COMPACTION)
-    await sleep(500)
-    const latencies = []
-    let probing = true
-    const probe = (async () => {
-      while (probing) {
-        const t = now()
-        const res = await fetch(`http://127.0.0.1:${s.port}/api/docs/big0`)
-        await res.arrayBuffer()
-        latencies.push(now() - t)
-        await sleep(5)
-      }
-    })()
-    await sleep(200)
-    const idle = latencies.length
-    const t0 = now()
-    const clients = Array.from({ length: DOCS }, (_, d) => new RawClient(`ws://127.0.0.1:${s.port}/ws/big${d}`))
-    await Promise.all(clients.map((c) => c.connect()))
-    while (clients.some((c) => c.tSynced === null)) await sleep(2)
-    const synced = Math.max(...clients.map((c) => c.tSynced - t0))
-    probing = false
-    await probe
-    const during = latencies.slice(idle).sort((x, y) => x - y)
-    console.log(`round ${r + 1} ${name}: all ${DOCS} synced in ${synced.toFixed(0)} ms; API while loading: ${during.length} answers, p50 ${during[during.length >> 1].toFixed(1)} ms, max ${during.at(-1).toFixed(1)} ms`)
-    clients.forEach((c) => c.close())
-    await stopTandem(s)
-    rmSync(dir, { recursive: true, force: true })
+    await onCopyOf(base, bin, async (s) => {
+      const latencies = []
+      let probing = true
+      const probe = (async () => {
+        while (probing) {
+          const t = now()
+          const res = await fetch(`http://127.0.0.1:${s.port}/api/docs/big0`)
+          await res.arrayBuffer()
+          latencies.push(now() - t)
+          await sleep(5)
+        }
+      })()
+      await sleep(200)
+      const idle = latencies.length
+      const t0 = now()
+      const clients = Array.from({ length: DOCS }, (_, d) => new RawClient(`ws://127.0.0.1:${s.port}/ws/big${d}`))
+      await Promise.all(clients.map((c) => c.connect()))
+      while (clients.some((c) => c.tSynced === null)) await sleep(2)
+      const synced = Math.max(...clients.map((c) => c.tSynced - t0))
+      probing = false
+      await probe
+      const during = latencies.slice(idle).sort((x, y) => x - y)
+      console.log(`round ${r + 1} ${name}: all ${DOCS} synced in ${synced.toFixed(0)} ms; API while loading: ${during.length} answers, p50 ${during[during.length >> 1].toFixed(1)} ms, max ${during.at(-1).toFixed(1)} ms`)
+      clients.forEach((c) => c.close())
+    })
   }
 }
 rmSync(base, { recursive: true, force: true })

@@ -6,13 +6,13 @@
 // peak RSS above its RSS before the client came (sampled every 5 ms).
 //
 //   node tools/load-long-log.mjs OLD_BIN NEW_BIN [ROWS=300000]
-import { cpSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RawClient, fetchState } from '../lib/yclient.mjs'
 import { RssSampler, rssKb } from '../lib/procstats.mjs'
 import { now, sleep } from '../lib/stats.mjs'
-import { NO_COMPACTION, alternatingRounds, startTandem, stopTandem, writeLog } from './side-by-side.mjs'
+import { NO_COMPACTION, alternatingRounds, onCopyOf, startTandem, stopTandem, writeLog } from './side-by-side.mjs'
 
 const [oldBin, newBin, rowsArg] = process.argv.slice(2)
 const ROWS = Number(rowsArg || 300000)
@@ -29,24 +29,20 @@ const base = mkdtempSync(join(tmpdir(), 'lm-'))
 }
 for (const [r, round] of alternatingRounds(oldBin, newBin).entries()) {
   for (const [name, bin] of round) {
-    const dir = mkdtempSync(join(tmpdir(), 'lm-run-'))
-    cpSync(base, dir, { recursive: true })
-    const s = await startTandem(bin, dir, NO_COMPACTION)
-    await sleep(500)
-    const before = rssKb(s.p.pid)
-    const sampler = new RssSampler(s.p.pid, 5)
-    const c = new RawClient(`ws://127.0.0.1:${s.port}/ws/big`)
-    const t0 = now()
-    await c.connect()
-    while (c.tSynced === null) await sleep(2)
-    const ms = c.tSynced - t0
-    await sleep(200)
-    const peak = sampler.peakKb()
-    await sampler.stop()
-    console.log(`round ${r + 1} ${name}: synced in ${ms.toFixed(0)} ms, step 2 ${c.step2Bytes} bytes, peak RSS - before ${((peak - before) / 1024).toFixed(1)} MiB (before ${(before / 1024).toFixed(1)} MiB)`)
-    c.close()
-    await stopTandem(s)
-    rmSync(dir, { recursive: true, force: true })
+    await onCopyOf(base, bin, async (s) => {
+      const before = rssKb(s.p.pid)
+      const sampler = new RssSampler(s.p.pid, 5)
+      const c = new RawClient(`ws://127.0.0.1:${s.port}/ws/big`)
+      const t0 = now()
+      await c.connect()
+      while (c.tSynced === null) await sleep(2)
+      const ms = c.tSynced - t0
+      await sleep(200)
+      const peak = sampler.peakKb()
+      await sampler.stop()
+      console.log(`round ${r + 1} ${name}: synced in ${ms.toFixed(0)} ms, step 2 ${c.step2Bytes} bytes, peak RSS - before ${((peak - before) / 1024).toFixed(1)} MiB (before ${(before / 1024).toFixed(1)} MiB)`)
+      c.close()
+    })
   }
 }
 rmSync(base, { recursive: true, force: true })

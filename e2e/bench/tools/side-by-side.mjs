@@ -2,6 +2,9 @@
 // stopped with SIGTERM, a long uncompacted log written through one client, and the rounds
 // that alternate which binary goes first.
 import { spawn } from 'node:child_process'
+import { cpSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { RawClient, TextAppender, marker } from '../lib/yclient.mjs'
 import { sleep, tick } from '../lib/stats.mjs'
 
@@ -39,4 +42,19 @@ export async function writeLog (port, doc, rows, seed) {
 /** [name, bin] pairs for 3 rounds, old first in rounds 1 and 3, new first in round 2. */
 export function alternatingRounds (oldBin, newBin) {
   return [0, 1, 2].map((r) => r % 2 ? [['new', newBin], ['old', oldBin]] : [['old', oldBin], ['new', newBin]])
+}
+
+/** Starts `bin` on a copy of the database folder `base` (compaction off), lets it settle
+ * for 0.5 s, runs `fn(server)`, then stops it and removes the copy. */
+export async function onCopyOf (base, bin, fn) {
+  const dir = mkdtempSync(join(tmpdir(), 'side-by-side-'))
+  cpSync(base, dir, { recursive: true })
+  const s = await startTandem(bin, dir, NO_COMPACTION)
+  try {
+    await sleep(500)
+    return await fn(s)
+  } finally {
+    await stopTandem(s)
+    rmSync(dir, { recursive: true, force: true })
+  }
 }
