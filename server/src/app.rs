@@ -22,22 +22,13 @@ use crate::config::Settings;
 use crate::room::persist::{self, Persister, PersisterThread};
 use crate::room::registry::{Registry, RoomDeps};
 use crate::routes;
+use crate::state::AppState;
 use crate::store::{self, Store, StoreError};
 use crate::webhooks::dispatcher::{DeliveryError, Dispatcher};
 use crate::webhooks::{outbox, Webhooks};
 
 /// How often the compactor looks for long update logs.
 const COMPACT_EVERY: Duration = Duration::from_secs(5);
-
-/// Shared by every handler (`web::Data` wraps it in an `Arc`).
-pub struct AppState {
-    pub store: Arc<dyn Store>,
-    pub registry: Arc<Registry>,
-    pub auth: Auth,
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    pub web: crate::routes::editor::WebAssets,
-    pub webhooks: Arc<Webhooks>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -91,7 +82,7 @@ impl App {
         let room_threads = settings
             .room_threads
             .unwrap_or(cores.saturating_sub(1).max(1));
-        crate::room::send_ring::set_enabled(settings.io_uring);
+        crate::net::send_ring::set_enabled(settings.io_uring);
         let core = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(room_threads)
             .thread_name("tandem-core")

@@ -15,12 +15,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use yrs::StateVector;
 
-use super::fanout::{Outbox, Overflow};
 use super::registry::Registry;
-use super::send_ring;
 use super::ConnId;
 use crate::doc_name::DocName;
-use crate::error::CloseCode;
+use crate::net::outbox::{Outbox, Overflow};
+use crate::net::send_ring;
+use crate::net::CloseCode;
 use crate::store::DocId;
 use crate::webhooks::events;
 
@@ -497,7 +497,7 @@ impl Room {
     /// Peers with nothing queued get the frame with one system call for all
     /// of them (`send_ring`); the others queue it behind what they hold.
     fn broadcast(&mut self, except: Option<ConnId>, payload: &Bytes) {
-        let frame = super::wire::binary_frame(payload);
+        let frame = crate::net::wire::binary_frame(payload);
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut failed = Vec::new();
         let mut sent = 0u64;

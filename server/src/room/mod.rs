@@ -12,13 +12,10 @@
 //! non-blocking `writev` and queues what the socket does not take).
 
 pub mod actor;
-pub mod fanout;
 pub mod load;
 pub mod persist;
 pub mod registry;
-pub mod send_ring;
 pub mod session;
-pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

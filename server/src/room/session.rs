@@ -19,12 +19,12 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::actor::{JoinRefused, RoomCmd};
-use super::fanout::Outbox;
 use super::registry::{Registry, RoomHandle};
-use super::wire::{FrameReader, Incoming, WireError};
 use super::ConnId;
 use crate::doc_name::DocName;
-use crate::error::CloseCode;
+use crate::net::outbox::Outbox;
+use crate::net::wire::{FrameReader, Incoming, WireError};
+use crate::net::CloseCode;
 
 /// How often a join is retried when the room it was handed is unloading.
 const JOIN_ATTEMPTS: usize = 5;

@@ -13,10 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 use yrs::updates::decoder::Decode;
 use yrs::StateVector;
 
-use crate::app::AppState;
 use crate::doc_name::DocName;
 use crate::error::ApiError;
 use crate::room::actor::RoomCmd;
+use crate::state::AppState;
 use crate::store::DocMeta;
 use crate::time::rfc3339;
 

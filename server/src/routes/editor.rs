@@ -13,8 +13,8 @@ use std::path::{Component, Path, PathBuf};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 #[derive(rust_embed::RustEmbed)]
 #[folder = "../web/dist"]

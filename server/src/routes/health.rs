@@ -3,8 +3,8 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Also says whether `/api` needs the API key (`auth`: `api_key` or `open`),
 /// so that the editor's start page knows what to show.

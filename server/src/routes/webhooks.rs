@@ -6,8 +6,8 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::{now_ms, DeliveryRow, EndpointPatch, EndpointRow};
 use crate::time::rfc3339;
 use crate::webhooks::events;

@@ -22,12 +22,12 @@ use futures_util::SinkExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::app::AppState;
 use crate::auth::{bearer, Perm};
 use crate::doc_name::DocName;
 use crate::error::ApiError;
 use crate::room::session::Session;
 use crate::room::ConnId;
+use crate::state::AppState;
 
 /// Rides on a 101 response from `connect` to `take_over`.
 struct Admitted(Session);

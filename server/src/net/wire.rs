@@ -15,7 +15,7 @@
 use actix_http::ws::{OpCode, Parser, ProtocolError};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::CloseCode;
+use crate::net::CloseCode;
 
 pub const OP_BINARY: u8 = 0x2;
 pub const OP_CLOSE: u8 = 0x8;

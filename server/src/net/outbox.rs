@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{self, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
-use crate::error::CloseCode;
+use crate::net::wire::{self, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
+use crate::net::CloseCode;
 
 /// At most this many frames go into one `writev`.
 const MAX_SLICES: usize = 64;
