@@ -8,14 +8,24 @@
 //! the document unchanged, except for a yrs integration error or panic, after
 //! which the caller must discard this `DocState` and reload it from storage.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{
+    Assoc, BranchID, Doc, IndexScope, ReadTxn, StateVector, StickyIndex, Transact, Update, ID,
+};
 
 use crate::protocol;
+use crate::wellformed::{self, MAX_NESTING};
+
+/// Shared types created by updates that yrs keeps pending (their
+/// dependencies have not arrived), checked once they are integrated. More
+/// than this many waiting means the document is being abused: the oldest
+/// are forgotten (a pending item never integrated costs nothing).
+const MAX_UNCHECKED_TYPES: usize = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -25,8 +35,9 @@ pub enum ApplyError {
     /// Applying would make the encoded document larger than allowed. Nothing changed.
     #[error("the document would grow to about {would_be} bytes, over the limit of {limit}")]
     TooLarge { would_be: usize, limit: usize },
-    /// yrs failed or panicked while integrating: the document may be partly
-    /// changed and must be reloaded from storage.
+    /// yrs failed or panicked while integrating, or the update nested
+    /// shared types too deeply: the document holds it and must be reloaded
+    /// from storage (which never saw it).
     #[error("integrating the update failed: {0}")]
     Poisoned(String),
 }
@@ -100,6 +111,9 @@ pub struct DocState {
     /// each update's length, and recomputed exactly only near the limit.
     size_estimate: usize,
     step2_cache: Option<Step2Cache>,
+    /// Shared types from updates yrs holds back, whose nesting is checked
+    /// once they are integrated.
+    unchecked_types: Vec<ID>,
 }
 
 struct Step2Cache {
@@ -123,6 +137,7 @@ impl DocState {
             version: 0,
             size_estimate: 2,
             step2_cache: None,
+            unchecked_types: Vec::new(),
         }
     }
 
@@ -169,6 +184,10 @@ impl DocState {
     }
 
     fn apply_unchecked(&mut self, bytes: &[u8]) -> Result<Applied, ApplyError> {
+        // The shape first: yrs must never see a count it would reserve
+        // memory for, or values nested deeper than its stack can decode.
+        let shape =
+            wellformed::check_update(bytes).map_err(|e| ApplyError::Malformed(e.to_string()))?;
         let decoded = catch_unwind(|| Update::decode_v1(bytes));
         let update = match decoded {
             Ok(Ok(update)) => update,
@@ -187,11 +206,43 @@ impl DocState {
             Ok(Ok(())) => {
                 self.version += 1;
                 self.step2_cache = None;
-                Ok(Applied::Changed)
             }
-            Ok(Err(e)) => Err(ApplyError::Poisoned(e.to_string())),
-            Err(_) => Err(ApplyError::Poisoned("yrs panicked".into())),
+            Ok(Err(e)) => return Err(ApplyError::Poisoned(e.to_string())),
+            Err(_) => return Err(ApplyError::Poisoned("yrs panicked".into())),
         }
+        if !shape.type_items.is_empty() || !self.unchecked_types.is_empty() {
+            self.check_type_nesting(shape.type_items)?;
+        }
+        Ok(Applied::Changed)
+    }
+
+    /// Checks how deeply the shared types just created nest. yrs deletes and
+    /// renders nested types by recursion, so a chain of a million nested
+    /// maps (a few bytes each) would overflow the stack later, when someone
+    /// deletes or reads it. The depth is known only once the types are
+    /// integrated, so this runs after applying; an update over the limit
+    /// poisons the document, which the caller reloads from storage.
+    fn check_type_nesting(&mut self, created: Vec<ID>) -> Result<(), ApplyError> {
+        let txn = self.doc.transact();
+        let integrated = txn.state_vector();
+        let mut depths: HashMap<ID, usize> = HashMap::new();
+        let mut waiting = Vec::new();
+        let earlier = std::mem::take(&mut self.unchecked_types);
+        for id in created.into_iter().chain(earlier) {
+            if integrated.get(&id.client) <= id.clock {
+                waiting.push(id);
+                continue;
+            }
+            if type_depth(&txn, id, &mut depths) > MAX_NESTING {
+                return Err(ApplyError::Poisoned(format!(
+                    "shared types nested more than {MAX_NESTING} levels deep"
+                )));
+            }
+        }
+        let excess = waiting.len().saturating_sub(MAX_UNCHECKED_TYPES);
+        waiting.drain(..excess);
+        self.unchecked_types = waiting;
+        Ok(())
     }
 
     /// The encoded state vector (for sync step 1).
@@ -261,6 +312,38 @@ impl DocState {
     pub fn doc(&self) -> &Doc {
         &self.doc
     }
+}
+
+/// How many shared types enclose item `id` (1 for a type at the root), up
+/// to just past `MAX_NESTING`. Walks up one parent per step: yrs finds the
+/// parent of an item through a sticky index, the one public way there is.
+/// `depths` remembers every type met, so a long chain costs one step per
+/// type, not one walk per type.
+fn type_depth<T: ReadTxn>(txn: &T, id: ID, depths: &mut HashMap<ID, usize>) -> usize {
+    let mut chain = Vec::new();
+    let mut cur = id;
+    let base = loop {
+        if let Some(&d) = depths.get(&cur) {
+            break d;
+        }
+        if chain.len() > MAX_NESTING {
+            break MAX_NESTING;
+        }
+        chain.push(cur);
+        let parent = StickyIndex::new(IndexScope::Relative(cur), Assoc::After)
+            .get_offset(txn)
+            .map(|offset| offset.branch.id());
+        match parent {
+            Some(BranchID::Nested(parent)) => cur = parent,
+            // At the root, or the parent was garbage-collected.
+            Some(BranchID::Root(_)) | None => break 0,
+        }
+    };
+    let deepest = base + chain.len();
+    for (i, item) in chain.into_iter().enumerate() {
+        depths.insert(item, deepest - i);
+    }
+    deepest
 }
 
 #[cfg(test)]
@@ -372,6 +455,87 @@ mod tests {
         // The joiner (or the compacted snapshot) then receives `first`.
         let (later, _) = DocState::load(Some(&compacted), [first.as_slice()]).expect("loads");
         assert_eq!(text_of(&later), "first;second;");
+    }
+
+    /// `depth` maps, each inside the one before, as one update.
+    fn nested_maps(depth: usize) -> Vec<u8> {
+        use yrs::{Map, MapPrelim, MapRef, WriteTxn};
+        let doc = Doc::new();
+        let mut txn = doc.transact_mut();
+        let mut map: MapRef = txn.get_or_insert_map("m");
+        for _ in 0..depth {
+            map = map.insert(&mut txn, "k", MapPrelim::default());
+        }
+        txn.encode_update_v1()
+    }
+
+    #[test]
+    fn shared_types_nested_too_deeply_poison_the_document() {
+        let mut state = DocState::new();
+        assert!(state
+            .apply_update(&nested_maps(MAX_NESTING), 1 << 30)
+            .is_ok());
+        let mut state = DocState::new();
+        assert!(matches!(
+            state.apply_update(&nested_maps(MAX_NESTING + 1), 1 << 30),
+            Err(ApplyError::Poisoned(_))
+        ));
+    }
+
+    #[test]
+    fn deep_types_are_checked_when_their_pending_update_integrates() {
+        use yrs::{Map, MapPrelim, MapRef, WriteTxn};
+        let doc = Doc::new();
+        let first = {
+            let mut txn = doc.transact_mut();
+            let map = txn.get_or_insert_map("m");
+            map.insert(&mut txn, "start", 1);
+            txn.encode_update_v1()
+        };
+        let chain = {
+            let mut txn = doc.transact_mut();
+            let mut map: MapRef = txn.get_or_insert_map("m");
+            for _ in 0..MAX_NESTING + 5 {
+                map = map.insert(&mut txn, "k", MapPrelim::default());
+            }
+            txn.encode_update_v1()
+        };
+        let mut state = DocState::new();
+        // The chain waits for `first`, so nothing of it is integrated yet.
+        assert!(state.apply_update(&chain, 1 << 30).is_ok());
+        assert!(matches!(
+            state.apply_update(&first, 1 << 30),
+            Err(ApplyError::Poisoned(_))
+        ));
+    }
+
+    #[test]
+    fn an_update_nesting_values_a_million_deep_is_refused_not_a_crash() {
+        let mut u = Vec::new();
+        {
+            use yrs::encoding::write::Write;
+            u.write_var(1u32);
+            u.write_var(1u32);
+            u.write_var(7u64);
+            u.write_var(0u32);
+            u.write_u8(8 | 0b0010_0000); // Any content, with a map key
+            u.write_var(1u32);
+            u.write_string("m");
+            u.write_string("k");
+            u.write_var(1u32);
+            for _ in 0..1_000_000 {
+                u.write_u8(117); // an array…
+                u.write_var(1u32); // …of one value
+            }
+            u.write_u8(126);
+            u.write_var(0u32);
+        }
+        let mut state = DocState::new();
+        assert!(matches!(
+            state.apply_update(&u, 1 << 30),
+            Err(ApplyError::Malformed(_))
+        ));
+        assert_eq!(state.version(), 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod compact;
 pub mod doc;
 pub mod json;
 pub mod protocol;
+pub mod wellformed;
 
 pub use awareness::{Awareness, AwarenessEntry, AwarenessUpdate};
 pub use compact::compact;

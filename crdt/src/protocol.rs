@@ -9,7 +9,6 @@
 use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
-use yrs::updates::decoder::Decode;
 use yrs::StateVector;
 
 use crate::awareness::AwarenessUpdate;
@@ -121,7 +120,7 @@ impl FrameReader<'_> {
             t if t == u64::from(MSG_SYNC) => match self.var()? {
                 s if s == u64::from(SYNC_STEP_1) => {
                     let sv = self.buf()?;
-                    let sv = StateVector::decode_v1(&sv)
+                    let sv = crate::wellformed::decode_state_vector(&sv)
                         .map_err(|_| ProtocolError::InvalidStateVector)?;
                     Ok(Incoming::SyncStep1(sv))
                 }

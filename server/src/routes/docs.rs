@@ -262,9 +262,7 @@ fn parse_state_vector(sv: &str) -> Result<StateVector, ApiError> {
         .iter()
         .find_map(|e| e.decode(sv).ok())
         .ok_or_else(|| bad("not base64"))?;
-    std::panic::catch_unwind(|| StateVector::decode_v1(&bytes))
-        .map_err(|_| bad("not a Yjs state vector"))?
-        .map_err(|_| bad("not a Yjs state vector"))
+    tandem_crdt::wellformed::decode_state_vector(&bytes).map_err(|_| bad("not a Yjs state vector"))
 }
 
 #[utoipa::path(post, path = "/api/docs/{id}/update", tag = "documents",

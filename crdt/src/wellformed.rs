@@ -1,0 +1,378 @@
+//! Checks the shape of a Yjs v1 update or state vector before yrs decodes it.
+//!
+//! yrs trusts two things a sender controls. It reserves memory from the
+//! counts an encoding declares (a 7-byte state vector can declare millions
+//! of entries), and it decodes nested `Any` values by recursion, so a value
+//! nested a million levels deep overflows the thread's stack: an abort that
+//! no `catch_unwind` can stop. This module walks the same encoding with
+//! yrs' own reader, so it consumes exactly the bytes yrs will, and refuses
+//! any count larger than the bytes left could hold and any value nested
+//! deeper than `MAX_NESTING`. It recurses nowhere and allocates only the
+//! list of shared types the update creates.
+//!
+//! It also reports the IDs of the items whose content is a shared type
+//! (`Y.Map`, `Y.Array`, XML, …): how deeply those nest depends on the
+//! document, so `DocState` checks them after integrating (see `doc.rs`).
+
+use yrs::encoding::read::{Cursor, Read};
+use yrs::{ClientID, ID};
+
+/// How deeply `Any` values, and shared types, may nest. Real documents
+/// stay within a few levels; each level costs yrs a stack frame when it
+/// decodes, drops, deletes or renders the value.
+pub const MAX_NESTING: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("the encoding ends early or holds an invalid value")]
+    Invalid,
+    #[error("it declares {declared} {what}, more than its remaining {left} bytes can hold")]
+    Overcount {
+        what: &'static str,
+        declared: u64,
+        left: usize,
+    },
+    #[error("values are nested more than {MAX_NESTING} levels deep")]
+    TooDeep,
+    #[error("unknown content type {0}")]
+    UnknownContent(u8),
+}
+
+impl From<yrs::encoding::read::Error> for ShapeError {
+    fn from(_: yrs::encoding::read::Error) -> Self {
+        ShapeError::Invalid
+    }
+}
+
+/// What a well-formed update holds that `DocState` checks after applying it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UpdateShape {
+    /// Items whose content is a shared type, in the order they appear.
+    pub type_items: Vec<ID>,
+}
+
+// Block and content tags, as yrs' `block.rs` numbers them.
+const BLOCK_GC: u8 = 0;
+const BLOCK_SKIP: u8 = 10;
+const HAS_ORIGIN: u8 = 0b1000_0000;
+const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+const HAS_PARENT_SUB: u8 = 0b0010_0000;
+const CONTENT_DELETED: u8 = 1;
+const CONTENT_JSON: u8 = 2;
+const CONTENT_BINARY: u8 = 3;
+const CONTENT_STRING: u8 = 4;
+const CONTENT_EMBED: u8 = 5;
+const CONTENT_FORMAT: u8 = 6;
+const CONTENT_TYPE: u8 = 7;
+const CONTENT_ANY: u8 = 8;
+const CONTENT_DOC: u8 = 9;
+const TYPE_XML_ELEMENT: u8 = 3;
+const TYPE_WEAK: u8 = 7;
+
+/// Checks a state vector: `varUint(n) • n × [varUint(client) • varUint(clock)]`.
+pub fn check_state_vector(bytes: &[u8]) -> Result<(), ShapeError> {
+    let mut r = Cursor::new(bytes);
+    let n = u64::from(r.read_var::<u32>()?);
+    fits(&r, "state vector entries", n, 2)?;
+    for _ in 0..n {
+        r.read_var::<u64>()?;
+        r.read_var::<u32>()?;
+    }
+    Ok(())
+}
+
+/// Decodes a state vector after checking its shape.
+pub fn decode_state_vector(bytes: &[u8]) -> Result<yrs::StateVector, ShapeError> {
+    use yrs::updates::decoder::Decode;
+    check_state_vector(bytes)?;
+    std::panic::catch_unwind(|| yrs::StateVector::decode_v1(bytes))
+        .map_err(|_| ShapeError::Invalid)?
+        .map_err(|_| ShapeError::Invalid)
+}
+
+/// Checks a Yjs v1 update, mirroring `yrs::Update::decode` step for step.
+pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
+    let mut r = Cursor::new(bytes);
+    let mut shape = UpdateShape::default();
+    let clients = u64::from(r.read_var::<u32>()?);
+    fits(&r, "clients", clients, 3)?;
+    for _ in 0..clients {
+        let blocks = u64::from(r.read_var::<u32>()?);
+        let client = ClientID::new(r.read_var::<u64>()?);
+        let mut clock: u32 = r.read_var()?;
+        fits(&r, "blocks", blocks, 2)?;
+        for _ in 0..blocks {
+            let (len, is_type) = block(&mut r)?;
+            if is_type {
+                shape.type_items.push(ID::new(client, clock));
+            }
+            clock = clock.wrapping_add(len);
+        }
+    }
+    // The delete set: `varUint(n) • n × [varUint(client) • varUint(m) • m × [clock • len]]`.
+    let clients = u64::from(r.read_var::<u32>()?);
+    fits(&r, "delete set clients", clients, 2)?;
+    for _ in 0..clients {
+        r.read_var::<u64>()?;
+        let ranges = u64::from(r.read_var::<u32>()?);
+        fits(&r, "deleted ranges", ranges, 2)?;
+        for _ in 0..ranges {
+            r.read_var::<u32>()?;
+            r.read_var::<u32>()?;
+        }
+    }
+    Ok(shape)
+}
+
+/// One block: its clock length and whether its content is a shared type.
+fn block(r: &mut Cursor) -> Result<(u32, bool), ShapeError> {
+    let info = r.read_u8()?;
+    match info {
+        BLOCK_SKIP | BLOCK_GC => return Ok((r.read_var::<u32>()?, false)),
+        _ => {}
+    }
+    if info & HAS_ORIGIN != 0 {
+        id(r)?;
+    }
+    if info & HAS_RIGHT_ORIGIN != 0 {
+        id(r)?;
+    }
+    if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
+        if r.read_var::<u32>()? == 1 {
+            r.read_string()?; // a root type's name
+        } else {
+            id(r)?; // the parent type's item
+        }
+        if info & HAS_PARENT_SUB != 0 {
+            r.read_string()?;
+        }
+    }
+    Ok(match info & 0b1111 {
+        CONTENT_DELETED => (r.read_var::<u32>()?, false),
+        CONTENT_JSON => {
+            // yrs reads one string more than the declared count (and none
+            // when the count does not fit an i32); mirrored exactly.
+            let declared = r.read_var::<u32>()?;
+            let strings = match i32::try_from(declared) {
+                Ok(n) => u64::from(n.unsigned_abs()) + 1,
+                Err(_) => 0,
+            };
+            fits(r, "JSON values", strings, 1)?;
+            for _ in 0..strings {
+                r.read_string()?;
+            }
+            (u32::try_from(strings).unwrap_or(u32::MAX), false)
+        }
+        CONTENT_BINARY => {
+            r.read_buf()?;
+            (1, false)
+        }
+        CONTENT_STRING => {
+            let s = r.read_string()?;
+            let units = s.encode_utf16().count();
+            (u32::try_from(units).unwrap_or(u32::MAX), false)
+        }
+        CONTENT_EMBED => {
+            r.read_string()?; // JSON, parsed by serde_json, whose depth limit holds
+            (1, false)
+        }
+        CONTENT_FORMAT => {
+            r.read_string()?;
+            r.read_string()?;
+            (1, false)
+        }
+        CONTENT_TYPE => {
+            match r.read_u8()? {
+                TYPE_XML_ELEMENT => {
+                    r.read_string()?;
+                }
+                // yrs is built without weak links: it refuses them too.
+                TYPE_WEAK => return Err(ShapeError::UnknownContent(CONTENT_TYPE)),
+                _ => {}
+            }
+            (1, true)
+        }
+        CONTENT_ANY => {
+            let n = u64::from(r.read_var::<u32>()?);
+            fits(r, "values", n, 1)?;
+            for _ in 0..n {
+                any(r)?;
+            }
+            (u32::try_from(n).unwrap_or(u32::MAX), false)
+        }
+        CONTENT_DOC => {
+            r.read_string()?;
+            any(r)?;
+            (1, false)
+        }
+        other => return Err(ShapeError::UnknownContent(other)),
+    })
+}
+
+fn id(r: &mut Cursor) -> Result<(), ShapeError> {
+    r.read_var::<u64>()?;
+    r.read_var::<u32>()?;
+    Ok(())
+}
+
+/// One lib0 `Any` value, walked with an explicit stack: each entry counts
+/// the values its array or map still holds.
+fn any(r: &mut Cursor) -> Result<(), ShapeError> {
+    // (values left, whether each is a map entry that starts with a key)
+    let mut open: Vec<(u64, bool)> = Vec::new();
+    let mut pending = 1u64; // values left at the current level
+    let mut keyed = false;
+    loop {
+        while pending == 0 {
+            match open.pop() {
+                Some((left, is_map)) => {
+                    pending = left;
+                    keyed = is_map;
+                }
+                None => return Ok(()),
+            }
+        }
+        pending -= 1;
+        if keyed {
+            r.read_string()?;
+        }
+        match r.read_u8()? {
+            127 | 126 | 121 | 120 => {}
+            125 => {
+                r.read_var::<i64>()?;
+            }
+            124 => {
+                r.read_f32()?;
+            }
+            123 => {
+                r.read_f64()?;
+            }
+            122 => {
+                r.read_i64()?;
+            }
+            119 => {
+                r.read_string()?;
+            }
+            116 => {
+                r.read_buf()?;
+            }
+            tag @ (118 | 117) => {
+                let is_map = tag == 118;
+                let n = r.read_var::<u64>()?;
+                fits(r, "nested values", n, if is_map { 2 } else { 1 })?;
+                if open.len() >= MAX_NESTING {
+                    return Err(ShapeError::TooDeep);
+                }
+                open.push((pending, keyed));
+                pending = n;
+                keyed = is_map;
+            }
+            _ => return Err(ShapeError::Invalid),
+        }
+    }
+}
+
+/// Refuses a count of items that the bytes left cannot hold, each item
+/// taking at least `min_bytes`: yrs reserves memory for the count first.
+fn fits(r: &Cursor, what: &'static str, declared: u64, min_bytes: u64) -> Result<(), ShapeError> {
+    let left = r.buf.len().saturating_sub(r.next);
+    if declared.saturating_mul(min_bytes) > left as u64 {
+        return Err(ShapeError::Overcount {
+            what,
+            declared,
+            left,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::encoding::write::Write;
+    use yrs::updates::encoder::Encode;
+    use yrs::{Any, Array, Doc, Map, MapPrelim, ReadTxn, Text, Transact, WriteTxn, XmlFragment};
+
+    /// An update whose one item is a map entry holding `depth` nested arrays.
+    pub fn nested_any_update(depth: usize) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.write_var(1u32); // one client
+        u.write_var(1u32); // one block
+        u.write_var(7u64); // client 7
+        u.write_var(0u32); // clock 0
+        u.write_u8(CONTENT_ANY | HAS_PARENT_SUB);
+        u.write_var(1u32); // parent is a root type…
+        u.write_string("m"); // …named "m"
+        u.write_string("k"); // map key
+        u.write_var(1u32); // one value
+        for _ in 0..depth {
+            u.write_u8(117);
+            u.write_var(1u32);
+        }
+        u.write_u8(126); // null at the bottom
+        u.write_var(0u32); // empty delete set
+        u
+    }
+
+    #[test]
+    fn real_updates_pass_and_report_their_types() {
+        let doc = Doc::new();
+        let mut txn = doc.transact_mut();
+        let text = txn.get_or_insert_text("t");
+        text.insert(&mut txn, 0, "héllo 👋");
+        let map = txn.get_or_insert_map("m");
+        map.insert(&mut txn, "n", Any::from(vec![Any::from(1), Any::Null]));
+        map.insert(&mut txn, "nested", MapPrelim::default());
+        let array = txn.get_or_insert_array("a");
+        array.push_back(&mut txn, "x");
+        let xml = txn.get_or_insert_xml_fragment("x");
+        xml.push_back(&mut txn, yrs::XmlElementPrelim::empty("p"));
+        text.remove_range(&mut txn, 0, 2);
+        let update = txn.encode_update_v1();
+        let shape = check_update(&update).expect("a real update is well formed");
+        assert_eq!(shape.type_items.len(), 2, "the nested map and the <p>");
+        check_state_vector(&txn.state_vector().encode_v1()).expect("well formed");
+    }
+
+    #[test]
+    fn nesting_is_refused_past_the_limit_without_recursion() {
+        assert!(check_update(&nested_any_update(MAX_NESTING)).is_ok());
+        assert_eq!(
+            check_update(&nested_any_update(MAX_NESTING + 1)),
+            Err(ShapeError::TooDeep)
+        );
+        // Far deeper than any stack could take, checked in constant stack.
+        assert_eq!(
+            check_update(&nested_any_update(1_000_000)),
+            Err(ShapeError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn declared_counts_are_checked_against_the_bytes_present() {
+        // A state vector declaring 100 million entries in 5 bytes.
+        let mut sv = Vec::new();
+        sv.write_var(100_000_000u32);
+        assert!(matches!(
+            check_state_vector(&sv),
+            Err(ShapeError::Overcount { .. })
+        ));
+        // An update declaring 2^32 - 1 clients.
+        let mut u = Vec::new();
+        u.write_var(u32::MAX);
+        assert!(matches!(
+            check_update(&u),
+            Err(ShapeError::Overcount { .. })
+        ));
+        // An array declaring a billion values.
+        let mut a = nested_any_update(0);
+        let at = a.len() - 2; // before the null and the delete set
+        a.truncate(at);
+        a.write_u8(117);
+        a.write_var(1_000_000_000u64);
+        assert!(matches!(
+            check_update(&a),
+            Err(ShapeError::Overcount { .. })
+        ));
+    }
+}
