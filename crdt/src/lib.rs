@@ -14,7 +14,9 @@ pub mod json;
 pub mod protocol;
 pub mod wellformed;
 
-pub use awareness::{Awareness, AwarenessEntry, AwarenessUpdate};
+pub use awareness::{
+    Awareness, AwarenessApplied, AwarenessEntry, AwarenessError, AwarenessLimits, AwarenessUpdate,
+};
 pub use compact::compact;
 pub use doc::{Applied, ApplyError, DocLoader, DocState, LoadReport};
 pub use protocol::{Incoming, ProtocolError};

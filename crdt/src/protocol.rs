@@ -53,11 +53,24 @@ pub enum ProtocolError {
     InvalidStateVector,
     #[error("invalid awareness update: {0}")]
     InvalidAwareness(String),
+    #[error("the frame holds more than {0} messages")]
+    TooManyMessages(usize),
 }
 
 /// Splits a binary frame into messages. Any error means the whole frame is
 /// rejected: nothing of it may be applied.
 pub fn decode_frame(frame: &Bytes) -> Result<Vec<Incoming>, ProtocolError> {
+    decode_frame_limited(frame, usize::MAX)
+}
+
+/// As `decode_frame`, refusing a frame that holds more than `max_messages`
+/// messages before decoding the one past the limit: a frame of a few
+/// megabytes can hold hundreds of thousands of messages, and limits count
+/// messages, not frames.
+pub fn decode_frame_limited(
+    frame: &Bytes,
+    max_messages: usize,
+) -> Result<Vec<Incoming>, ProtocolError> {
     if frame.is_empty() {
         return Err(ProtocolError::Empty);
     }
@@ -67,6 +80,9 @@ pub fn decode_frame(frame: &Bytes) -> Result<Vec<Incoming>, ProtocolError> {
     };
     let mut messages = Vec::with_capacity(1);
     while reader.cursor.has_content() {
+        if messages.len() >= max_messages {
+            return Err(ProtocolError::TooManyMessages(max_messages));
+        }
         messages.push(reader.message()?);
     }
     Ok(messages)
@@ -275,6 +291,23 @@ mod tests {
             let got = decode_frame(&Bytes::copy_from_slice(bytes));
             assert_eq!(got.as_ref().err(), Some(expected), "input {bytes:?}");
         }
+    }
+
+    #[test]
+    fn a_frame_packed_with_messages_is_refused_past_the_limit() {
+        let mut frame = Vec::new();
+        for _ in 0..1001 {
+            frame.extend_from_slice(&encode_sync_step1(&[0]));
+        }
+        let frame = Bytes::from(frame);
+        assert_eq!(
+            decode_frame_limited(&frame, 1000),
+            Err(ProtocolError::TooManyMessages(1000))
+        );
+        assert_eq!(
+            decode_frame_limited(&frame, 1001).map(|m| m.len()),
+            Ok(1001)
+        );
     }
 
     #[test]

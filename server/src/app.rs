@@ -57,6 +57,7 @@ pub struct App {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     store: Arc<dyn Store>,
+    registry: Arc<Registry>,
     persister: Persister,
     persister_thread: PersisterThread,
     /// The webhook outbox writer and dispatcher, stopped after the rooms
@@ -70,6 +71,14 @@ impl App {
         settings.validate()?;
         let metrics = crate::metrics::install();
         let auth = Auth::new(&settings.auth);
+        if let Some(secret) = &settings.auth.token_secret {
+            if secret.0.len() < crate::auth::MIN_SECRET_BYTES {
+                tracing::warn!(
+                    min_bytes = crate::auth::MIN_SECRET_BYTES,
+                    "TANDEM_TOKEN_SECRET is short: anyone holding a client token can try guesses at it offline; use at least 32 random bytes"
+                );
+            }
+        }
         if auth.dev_mode() {
             tracing::warn!("DEV MODE: no TANDEM_API_KEY is set, so the API and every document are open to anyone who can reach {}. Set TANDEM_API_KEY before exposing this server.", settings.bind);
         }
@@ -142,9 +151,10 @@ impl App {
             runtime: core_handle.clone(),
             webhooks: Arc::clone(&webhooks),
         });
+        let app_registry = Arc::clone(&registry);
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
-            registry,
+            registry: Arc::clone(&registry),
             auth,
             metrics,
             web: match settings.web_dir.clone() {
@@ -220,6 +230,7 @@ impl App {
             shutdown,
             tracker,
             store,
+            registry: app_registry,
             persister,
             persister_thread,
             outbox_tasks,
@@ -229,6 +240,11 @@ impl App {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The rooms (for tests that drive a room directly).
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
     }
 
     /// Cancelling this token stops the server gracefully (tests use it in

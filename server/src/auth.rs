@@ -63,6 +63,8 @@ pub enum AuthError {
 
 pub struct Auth {
     api_key: Option<Secret>,
+    /// Browser origins allowed besides the server's own (SPEC §3).
+    pub origins: AllowedOrigins,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -74,21 +76,19 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 impl Auth {
     pub fn new(settings: &AuthSettings) -> Self {
-        let secret = settings
-            .token_secret
-            .clone()
-            .or_else(|| settings.api_key.clone())
-            .map(|s| s.0.into_bytes())
-            .unwrap_or_else(|| {
-                let random: [u8; 32] = rand::random();
-                random.to_vec()
-            });
+        let secret = match (&settings.token_secret, &settings.api_key) {
+            (Some(secret), _) => secret.0.clone().into_bytes(),
+            (None, Some(key)) => token_secret_from_api_key(&key.0).to_vec(),
+            (None, None) => rand::random::<[u8; 32]>().to_vec(),
+        };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_exp = true;
         validation.set_required_spec_claims(&["exp"]);
         Auth {
             api_key: settings.api_key.clone(),
+            // `Settings::validate` has parsed it already.
+            origins: AllowedOrigins::parse(settings.allowed_origins.as_deref()).unwrap_or_default(),
             encoding: EncodingKey::from_secret(&secret),
             decoding: DecodingKey::from_secret(&secret),
             validation,
@@ -168,6 +168,22 @@ impl Auth {
     }
 }
 
+/// The token secret when only the API key is set: an HKDF-SHA256 of the
+/// key, so that a client token (which anyone holding it can test guesses
+/// against offline) says nothing about the key that opens the admin API.
+pub fn token_secret_from_api_key(api_key: &str) -> [u8; 32] {
+    let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"tandem token secret"), api_key.as_bytes());
+    let mut secret = [0u8; 32];
+    // 32 bytes is far below HKDF-SHA256's limit of 255 blocks.
+    if hkdf.expand(b"hs256", &mut secret).is_err() {
+        tracing::error!("deriving the token secret failed");
+    }
+    secret
+}
+
+/// Shorter secrets can be guessed from a token offline.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// `Bearer <value>` -> `<value>`.
 pub fn bearer(header: Option<&str>) -> Option<&str> {
     let value = header?.trim();
@@ -212,6 +228,67 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The origins allowed besides the server's own.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedOrigins {
+    /// `TANDEM_ALLOWED_ORIGINS` was set.
+    pub configured: bool,
+    any: bool,
+    /// `scheme://host[:port]`, lower case, without a trailing slash.
+    listed: Vec<String>,
+}
+
+impl AllowedOrigins {
+    /// Parses the comma-separated setting; `*` allows any origin.
+    pub fn parse(setting: Option<&str>) -> Result<Self, String> {
+        let Some(setting) = setting else {
+            return Ok(AllowedOrigins::default());
+        };
+        let mut allowed = AllowedOrigins {
+            configured: true,
+            ..AllowedOrigins::default()
+        };
+        for item in setting.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                allowed.any = true;
+                continue;
+            }
+            let url = url::Url::parse(item).map_err(|_| {
+                format!("{item:?} is not an origin such as https://app.example.com")
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(format!(
+                    "{item:?} is not an http(s) origin such as https://app.example.com"
+                ));
+            }
+            allowed
+                .listed
+                .push(url.origin().ascii_serialization().to_ascii_lowercase());
+        }
+        Ok(allowed)
+    }
+
+    /// Whether a request from `origin` may go on. `host` is the request's
+    /// `Host` header: an origin naming the same host and port is the
+    /// server's own page.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        if self.any {
+            return true;
+        }
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        if self.listed.contains(&origin) {
+            return true;
+        }
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        match (authority, host) {
+            (Some(authority), Some(host)) => authority == host.trim().to_ascii_lowercase(),
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,8 +297,30 @@ mod tests {
         Auth::new(&AuthSettings {
             api_key: key.map(|k| Secret(k.into())),
             token_secret: None,
+            allowed_origins: None,
             insecure_no_auth: false,
         })
+    }
+
+    #[test]
+    fn the_default_token_secret_is_derived_from_the_api_key_not_the_key_itself() {
+        let keyed = auth(Some("admin-key"));
+        let (token, _) = keyed
+            .mint("d", Perm::Write, DEFAULT_TTL, None, None)
+            .expect("mints");
+        // A token signed with the API key itself is not accepted...
+        let with_key = Auth::new(&AuthSettings {
+            api_key: Some(Secret("admin-key".into())),
+            token_secret: Some(Secret("admin-key".into())),
+            allowed_origins: None,
+            insecure_no_auth: false,
+        });
+        assert!(with_key.authorize(Some(&token), &name("d")).is_err());
+        // ...and the derived secret is stable across restarts.
+        assert!(auth(Some("admin-key"))
+            .authorize(Some(&token), &name("d"))
+            .is_ok());
+        assert_ne!(&token_secret_from_api_key("admin-key")[..], b"admin-key");
     }
 
     fn name(s: &str) -> DocName {
@@ -287,5 +386,29 @@ mod tests {
         );
         assert_eq!(a.check_api_key(None), Err(AuthError::Missing));
         assert!(auth(None).check_api_key(None).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_own_origin_and_listed_ones_pass() {
+        let none = AllowedOrigins::parse(None).expect("valid");
+        assert!(none.allows("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
+        assert!(none.allows("http://LOCALHOST:8080/", Some("localhost:8080")));
+        assert!(!none.allows("http://evil.example", Some("127.0.0.1:8080")));
+        assert!(!none.allows("http://127.0.0.1:9999", Some("127.0.0.1:8080")));
+        assert!(!none.allows("null", Some("127.0.0.1:8080")));
+        let listed = AllowedOrigins::parse(Some("https://app.example.com, http://x.test:3000"))
+            .expect("valid");
+        assert!(listed.allows("https://app.example.com", None));
+        assert!(listed.allows("http://x.test:3000", Some("127.0.0.1:8080")));
+        assert!(!listed.allows("http://app.example.com", None));
+        let any = AllowedOrigins::parse(Some("*")).expect("valid");
+        assert!(any.allows("http://evil.example", None));
+        assert!(AllowedOrigins::parse(Some("not an origin")).is_err());
+        assert!(AllowedOrigins::parse(Some("ftp://x.test")).is_err());
     }
 }

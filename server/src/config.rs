@@ -110,10 +110,17 @@ pub struct AuthSettings {
     #[arg(long, env = "TANDEM_API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
 
-    /// HS256 secret that signs and verifies client tokens (default: the API
-    /// key; in dev mode without either, a random secret per process).
+    /// HS256 secret that signs and verifies client tokens, at least 32
+    /// bytes (default: derived from the API key, never the key itself; in
+    /// dev mode without either, a random secret per process).
     #[arg(long, env = "TANDEM_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<Secret>,
+
+    /// Browser origins, besides the server's own, whose pages may open
+    /// WebSockets (comma-separated, such as `https://app.example.com`; `*`
+    /// allows any). Applies in dev mode, and with an API key when set.
+    #[arg(long, env = "TANDEM_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
 
     /// Allow dev mode (no API key) on a non-loopback address.
     #[arg(long, env = "TANDEM_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
@@ -255,6 +262,11 @@ impl Settings {
         }
         if self.workers == Some(0) || self.room_threads == Some(0) {
             return invalid("TANDEM_WORKERS and TANDEM_ROOM_THREADS must be at least 1");
+        }
+        if let Err(e) = crate::auth::AllowedOrigins::parse(self.auth.allowed_origins.as_deref()) {
+            return Err(SettingsError::Invalid(format!(
+                "TANDEM_ALLOWED_ORIGINS: {e}"
+            )));
         }
         let r = &self.rooms;
         if r.ping_interval.is_zero() || r.ping_timeout <= r.ping_interval {

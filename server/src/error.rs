@@ -24,6 +24,8 @@ pub enum ApiError {
     WrongState { code: &'static str, message: String },
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("the server is busy: {0}")]
     Unavailable(String),
     #[error("an internal error occurred")]
@@ -47,6 +49,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::WrongState { code, .. } => code,
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Unexpected(_) => "internal_error",
         }
@@ -78,9 +81,13 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-impl From<crate::room::registry::RoomUnavailable> for ApiError {
-    fn from(e: crate::room::registry::RoomUnavailable) -> Self {
-        ApiError::Unavailable(e.to_string())
+impl From<crate::room::registry::RoomError> for ApiError {
+    fn from(e: crate::room::registry::RoomError) -> Self {
+        use crate::room::registry::RoomError;
+        match e {
+            RoomError::Unavailable => ApiError::Unavailable(e.to_string()),
+            RoomError::Absent => ApiError::NotFound(e.to_string()),
+        }
     }
 }
 
@@ -105,6 +112,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::WrongState { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -252,11 +252,37 @@ impl Outbox {
         self.push_control(OP_PONG, payload);
     }
 
+    /// Queues a control frame. Control frames count against the backlog
+    /// like any other, and a pong not yet begun is replaced by the newest
+    /// (RFC 6455 allows answering only the last ping), so a client that
+    /// pings without reading cannot grow the queue.
     fn push_control(&self, op: u8, payload: Bytes) {
         let mut s = self.lock();
-        if s.close.is_none() && !s.broken {
-            self.send_locked(&mut s, Pending::new(op, payload));
+        if s.close.is_some() || s.broken {
+            return;
         }
+        if op == OP_PONG {
+            let unbegun_pong = s
+                .queue
+                .iter_mut()
+                .find(|f| f.written == 0 && f.header_len > 0 && f.header[0] == 0x80 | OP_PONG);
+            if let Some(pong) = unbegun_pong {
+                let old = pong.payload.len();
+                *pong = Pending::new(OP_PONG, payload);
+                let new = pong.payload.len();
+                s.queued_bytes = s.queued_bytes - old + new;
+                return;
+            }
+        }
+        if !s.queue.is_empty() && s.queued_bytes + payload.len() > self.limit {
+            self.close_locked(
+                &mut s,
+                CloseCode::TryAgainLater,
+                "too slow to keep up; reconnect to resync",
+            );
+            return;
+        }
+        self.send_locked(&mut s, Pending::new(op, payload));
     }
 
     /// Writes `frame` now if nothing is queued ahead of it; queues the rest.
@@ -590,6 +616,46 @@ mod tests {
         assert_eq!(result, Err(Overflow));
         assert!(outbox.is_closed());
         assert_eq!(outbox.begin_direct(&frame), Err(Overflow));
+    }
+
+    #[tokio::test]
+    async fn pongs_to_a_client_that_never_reads_coalesce_into_one() {
+        let (outbox, client) = pair(1 << 30).await;
+        // A frame the socket did not take: what follows queues behind it.
+        let frame = wire::binary_frame(&vec![0u8; 8 << 20]);
+        let Ok(Some(_)) = outbox.begin_direct(&frame) else {
+            panic!("idle outbox")
+        };
+        outbox
+            .end_direct(&frame, Err(io::ErrorKind::WouldBlock.into()))
+            .expect("queued");
+        let before = outbox.lock().queue.len();
+        for i in 0..100_000u32 {
+            outbox.pong(Bytes::copy_from_slice(&i.to_be_bytes()));
+        }
+        let s = outbox.lock();
+        assert_eq!(s.queue.len(), before + 1, "one pong queued, not 100,000");
+        let last = s.queue.back().expect("the pong");
+        assert_eq!(&last.payload[..], &99_999u32.to_be_bytes());
+        drop(s);
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn pings_count_against_the_backlog() {
+        let (outbox, _client) = pair(64).await;
+        // Something queued, so the backlog applies.
+        let frame = wire::binary_frame(&vec![0u8; 8 << 20]);
+        let Ok(Some(_)) = outbox.begin_direct(&frame) else {
+            panic!("idle outbox")
+        };
+        outbox
+            .end_direct(&frame, Err(io::ErrorKind::WouldBlock.into()))
+            .expect("queued");
+        for _ in 0..10 {
+            outbox.ping();
+        }
+        assert_eq!(outbox.close_code(), Some(CloseCode::TryAgainLater));
     }
 
     #[tokio::test]

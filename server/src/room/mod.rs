@@ -11,11 +11,12 @@
 //! outboxes, both without blocking (an outbox writes to its socket with a
 //! non-blocking `writev` and queues what the socket does not take).
 
-pub mod actor;
+pub mod core;
 pub mod load;
 pub mod persist;
 pub mod registry;
 pub mod session;
+pub mod task;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,6 +2,8 @@
 //! get-or-load: the first caller spawns the room, whose task loads the
 //! document before it reads its mailbox, so every later command (and every
 //! joiner's sync step 2) sees the loaded document: there is no load race.
+//! Only a WebSocket joiner's room may create its document; a room opened
+//! for the API finds it absent and says so (`RoomError::Absent`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::actor::{self, RoomCmd};
 use super::persist::Persister;
+use super::task::{self, Open, RoomArgs, RoomCmd, Status, StatusCell};
 use crate::config::{Limits, RoomSettings};
 use crate::doc_name::DocName;
 use crate::store::Store;
@@ -30,12 +32,22 @@ pub struct RoomHandle {
     pub tx: mpsc::Sender<Box<RoomCmd>>,
     /// Connections in the room, kept by the room.
     pub clients: Arc<AtomicUsize>,
+    /// Whether the room loaded, found nothing, or stopped.
+    pub status: Arc<StatusCell>,
+    /// The document's encoded size (an upper estimate), kept by the room:
+    /// sessions charge a sync step 1 by it.
+    pub doc_bytes: Arc<AtomicUsize>,
 }
 
-/// The room could not be reached (it kept unloading, or failed to load).
 #[derive(Debug, thiserror::Error)]
-#[error("the document is unavailable right now")]
-pub struct RoomUnavailable;
+pub enum RoomError {
+    /// The room could not be reached (it kept unloading, or failed to load).
+    #[error("the document is unavailable right now")]
+    Unavailable,
+    /// The document does not exist (it may have just been deleted).
+    #[error("the document does not exist")]
+    Absent,
+}
 
 /// How often a command is retried when the room it was sent to unloads.
 const CALL_ATTEMPTS: usize = 5;
@@ -59,7 +71,7 @@ pub struct Registry {
     rooms: Mutex<HashMap<DocName, RoomHandle>>,
     next_id: AtomicU64,
     /// Open WebSocket connections, across all rooms.
-    pub connections: AtomicUsize,
+    pub connections: Arc<AtomicUsize>,
     pub deps: RoomDeps,
 }
 
@@ -68,7 +80,7 @@ impl Registry {
         Arc::new(Registry {
             rooms: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            connections: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
             deps,
         })
     }
@@ -78,8 +90,9 @@ impl Registry {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The room of `name`, spawning (and so loading) it when absent.
-    pub fn handle(self: &Arc<Self>, name: &DocName) -> RoomHandle {
+    /// The room of `name`, spawning (and so loading) it when none runs;
+    /// `open` says whether that room may create the document.
+    pub fn handle(self: &Arc<Self>, name: &DocName, open: Open) -> RoomHandle {
         let mut rooms = self.lock();
         if let Some(h) = rooms.get(name) {
             if !h.tx.is_closed() {
@@ -91,18 +104,23 @@ impl Registry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             tx,
             clients: Arc::new(AtomicUsize::new(0)),
+            status: Arc::new(StatusCell::default()),
+            doc_bytes: Arc::new(AtomicUsize::new(0)),
         };
         rooms.insert(name.clone(), handle.clone());
         drop(rooms);
-        let room = actor::spawn_args(
-            name.clone(),
-            handle.id,
-            Arc::clone(&handle.clients),
-            Arc::clone(self),
-        );
+        let args = RoomArgs {
+            name: name.clone(),
+            id: handle.id,
+            open,
+            clients: Arc::clone(&handle.clients),
+            status: Arc::clone(&handle.status),
+            doc_bytes: Arc::clone(&handle.doc_bytes),
+            registry: Arc::clone(self),
+        };
         self.deps
             .tracker
-            .spawn_on(actor::run(room, rx), &self.deps.runtime);
+            .spawn_on(task::run(args, rx), &self.deps.runtime);
         handle
     }
 
@@ -125,24 +143,29 @@ impl Registry {
     }
 
     /// Sends a command built by `make` to the room of `name` (loading it if
-    /// needed) and waits for the reply, retrying on a fresh room when the
-    /// one it reached was unloading.
+    /// needed, never creating the document) and waits for the reply,
+    /// retrying on a fresh room when the one it reached was unloading.
     pub async fn call<T>(
         self: &Arc<Self>,
         name: &DocName,
         make: impl Fn(oneshot::Sender<T>) -> RoomCmd,
-    ) -> Result<T, RoomUnavailable> {
+    ) -> Result<T, RoomError> {
         for _ in 0..CALL_ATTEMPTS {
-            let room = self.handle(name);
+            let room = self.handle(name, Open::Existing);
             let (reply, answer) = oneshot::channel();
             if room.tx.send(Box::new(make(reply))).await.is_err() {
+                if room.status.get() == Status::Absent {
+                    return Err(RoomError::Absent);
+                }
                 continue;
             }
-            if let Ok(value) = answer.await {
-                return Ok(value);
+            match answer.await {
+                Ok(value) => return Ok(value),
+                Err(_) if room.status.get() == Status::Absent => return Err(RoomError::Absent),
+                Err(_) => continue,
             }
         }
-        Err(RoomUnavailable)
+        Err(RoomError::Unavailable)
     }
 
     /// Connections to `name` right now (0 when it is not loaded).

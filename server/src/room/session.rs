@@ -1,25 +1,28 @@
 //! One WebSocket connection: joins its room, reads frames, enforces the
 //! message-size and message-rate limits, keeps the connection alive, and
-//! leaves the room when it ends.
+//! leaves the room when it ends, however it ends.
 //!
 //! The session owns the socket Tandem took over after the upgrade. Frames
 //! are decoded here, on the connection's own task, so the room only sees
-//! well-formed messages. A bad frame closes this connection (4400, 4413)
-//! and nothing of it reaches the room. Outgoing frames are written by the
-//! room straight to the socket (`Outbox`); this task only sends what the
-//! socket could not take at once.
+//! well-formed messages; the rate limit counts messages (a frame may hold
+//! many) and pings. A bad frame closes this connection (4400, 4413) and
+//! nothing of it reaches the room. Outgoing frames are written by the room
+//! straight to the socket (`Outbox`); this task only sends what the socket
+//! could not take at once. While the room's mailbox is full the session
+//! stops reading (TCP pushes back on the client) but keeps serving its
+//! socket: pings, the close handshake, its token's expiry, shutdown.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tandem_crdt::protocol;
+use tandem_crdt::protocol::{self, ProtocolError};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::actor::{JoinRefused, RoomCmd};
 use super::registry::{Registry, RoomHandle};
+use super::task::{JoinRefused, Open, RoomCmd};
 use super::ConnId;
 use crate::doc_name::DocName;
 use crate::net::outbox::Outbox;
@@ -28,6 +31,10 @@ use crate::net::CloseCode;
 
 /// How often a join is retried when the room it was handed is unloading.
 const JOIN_ATTEMPTS: usize = 5;
+
+/// How long a joiner waits for its room at least (a room loading a long
+/// log, or a full mailbox) before it is told to come back later.
+const JOIN_DEADLINE: Duration = Duration::from_secs(25);
 
 /// How long a closing connection waits for its close frame to go out and
 /// for the client to hang up, so that the client reads the close code
@@ -49,14 +56,65 @@ pub struct Session {
     /// When the connection's token expires (unix seconds): it is closed then with 4401.
     pub expires_at: Option<u64>,
     pub registry: Arc<Registry>,
+    /// The connection's place in `TANDEM_MAX_CONNECTIONS`.
+    pub seat: Seat,
 }
 
-/// Decrements the connection count however the session ends.
-struct Counted(Arc<Registry>);
+/// A connection counted against `TANDEM_MAX_CONNECTIONS` from the moment
+/// its upgrade is answered (so connections are counted in the order they
+/// were admitted, not in the order their sessions start) until it ends.
+pub struct Seat {
+    connections: Arc<AtomicUsize>,
+    /// Whether the server was full when this one was admitted: it is then
+    /// closed with 1013 right after the upgrade.
+    over_limit: bool,
+    released: bool,
+}
 
-impl Drop for Counted {
+impl Seat {
+    pub fn take(connections: &Arc<AtomicUsize>, limit: usize) -> Seat {
+        let open = connections.fetch_add(1, Ordering::Relaxed) + 1;
+        Seat {
+            connections: Arc::clone(connections),
+            over_limit: open > limit,
+            released: false,
+        }
+    }
+
+    /// Gives the seat up (once): a closing connection no longer counts.
+    fn release(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Seat {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.release();
+    }
+}
+
+/// The session's membership of its room: dropping it tells the room the
+/// connection left, also when the session ends by a panic.
+struct Membership {
+    tx: mpsc::Sender<Box<RoomCmd>>,
+    conn: ConnId,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let leave = Box::new(RoomCmd::Leave { conn: self.conn });
+        if let Err(mpsc::error::TrySendError::Full(leave)) = self.tx.try_send(leave) {
+            // The room must hear of every leave (awareness cleanup), so wait
+            // for mailbox space on a task of its own.
+            let tx = self.tx.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(async move {
+                    let _ = tx.send(leave).await;
+                }));
+            }
+        }
     }
 }
 
@@ -73,7 +131,7 @@ enum End {
 impl Session {
     /// Runs the connection to its end. `early` holds bytes the client sent
     /// right behind its upgrade request, if any.
-    pub async fn run(self, stream: TcpStream, early: BytesMut) {
+    pub async fn run(mut self, stream: TcpStream, early: BytesMut) {
         if let Err(e) = stream.set_nodelay(true) {
             // Small frames would wait for the previous one's ACK (Nagle).
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -84,25 +142,25 @@ impl Session {
         let writer = outbox.run_writer();
         tokio::pin!(writer);
 
-        let open = self.registry.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let counted = Counted(Arc::clone(&self.registry));
         let mut end = End::Closing;
-        if open > limits.max_connections {
-            tracing::warn!(open, "server full; refusing the connection");
+        if self.seat.over_limit {
+            tracing::warn!(
+                limit = limits.max_connections,
+                "server full; refusing the connection"
+            );
             outbox.close(CloseCode::TryAgainLater, "server full");
         } else if let Some(room) = self.join(&outbox).await {
+            let membership = Membership {
+                tx: room.tx.clone(),
+                conn: self.conn,
+            };
             end = self
                 .serve(&room, &stream, &outbox, early, writer.as_mut())
                 .await;
-            // The room must hear of every leave (awareness cleanup), so wait
-            // for mailbox space; an error means the room is gone already.
-            let _ = room
-                .tx
-                .send(Box::new(RoomCmd::Leave { conn: self.conn }))
-                .await;
+            drop(membership);
         }
         // A closing connection no longer counts against the limits.
-        drop(counted);
+        self.seat.release();
         match end {
             End::Gone => {
                 tracing::debug!("connection lost");
@@ -136,21 +194,35 @@ impl Session {
         tokio::pin!(expiry);
         // Bytes that came with the upgrade request are handled first.
         let mut buffered = true;
+        // A command the room's full mailbox could not take yet: nothing more
+        // is read until it is delivered.
+        let mut pending: Option<Box<RoomCmd>> = None;
 
         loop {
-            if buffered {
+            if buffered && pending.is_none() {
                 buffered = false;
-                if let Err(end) = self
-                    .handle_buffered(room, outbox, &mut reader, &mut rate)
-                    .await
+                if let Err(end) =
+                    self.handle_buffered(room, outbox, &mut reader, &mut rate, &mut pending)
                 {
                     return end;
                 }
             }
-            // An idle connection holds no read buffer.
-            reader.release_idle_buffer();
+            if pending.is_none() {
+                // An idle connection holds no read buffer.
+                reader.release_idle_buffer();
+            }
             tokio::select! {
-                ready = stream.readable() => {
+                permit = room.tx.reserve(), if pending.is_some() => match (permit, pending.take()) {
+                    (Ok(permit), Some(cmd)) => {
+                        permit.send(cmd);
+                        buffered = true; // what was read behind it
+                    }
+                    _ => {
+                        outbox.close(CloseCode::InternalError, "room restarted; reconnect");
+                        return End::Closing;
+                    }
+                },
+                ready = stream.readable(), if pending.is_none() => {
                     if ready.is_err() {
                         outbox.gone();
                         return End::Gone;
@@ -179,7 +251,8 @@ impl Session {
                     };
                 }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > ping_timeout {
+                    // A client that is sending, even into a full mailbox, is alive.
+                    if pending.is_none() && last_heard.elapsed() > ping_timeout {
                         tracing::info!("no answer to pings; closing");
                         outbox.close(CloseCode::GoingAway, "ping timeout");
                         return End::Closing;
@@ -205,16 +278,23 @@ impl Session {
         }
     }
 
-    /// Handles every whole message in the read buffer.
-    async fn handle_buffered(
+    /// Handles every whole message in the read buffer, until one must wait
+    /// for the room's mailbox (left in `pending`).
+    fn handle_buffered(
         &self,
         room: &RoomHandle,
         outbox: &Outbox,
         reader: &mut FrameReader,
         rate: &mut RateLimit,
+        pending: &mut Option<Box<RoomCmd>>,
     ) -> Result<(), End> {
         let limits = &self.registry.deps.limits;
-        loop {
+        let rate_limited = |outbox: &Outbox| {
+            tracing::warn!("message rate over the limit; closing");
+            outbox.close(CloseCode::TryAgainLater, "message rate limit exceeded");
+            Err(End::Closing)
+        };
+        while pending.is_none() {
             let message = match reader.next_message() {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(()),
@@ -234,13 +314,16 @@ impl Session {
             };
             match message {
                 Incoming::Binary(frame) => {
-                    if !rate.admit(Instant::now(), message_cost(&frame)) {
-                        tracing::warn!("message rate over the limit; closing");
-                        outbox.close(CloseCode::TryAgainLater, "message rate limit exceeded");
-                        return Err(End::Closing);
-                    }
-                    if !self.forward(room, outbox, frame).await {
-                        return Err(End::Closing);
+                    let Some(cmd) = self.decode(room, outbox, rate, frame)? else {
+                        return rate_limited(outbox);
+                    };
+                    match room.tx.try_send(cmd) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(cmd)) => *pending = Some(cmd),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            outbox.close(CloseCode::InternalError, "room restarted; reconnect");
+                            return Err(End::Closing);
+                        }
                     }
                 }
                 Incoming::Text => {
@@ -251,7 +334,12 @@ impl Session {
                     );
                     return Err(End::Closing);
                 }
-                Incoming::Ping(payload) => outbox.pong(payload),
+                Incoming::Ping(payload) => {
+                    if !rate.admit(Instant::now(), PING_COST) {
+                        return rate_limited(outbox);
+                    }
+                    outbox.pong(payload);
+                }
                 Incoming::Pong => {}
                 Incoming::Close => {
                     outbox.close(CloseCode::GoingAway, "");
@@ -259,11 +347,13 @@ impl Session {
                 }
             }
         }
+        Ok(())
     }
 
     async fn join(&self, outbox: &Arc<Outbox>) -> Option<RoomHandle> {
+        let wait = self.registry.deps.rooms.shutdown_timeout.max(JOIN_DEADLINE);
         for _ in 0..JOIN_ATTEMPTS {
-            let room = self.registry.handle(&self.name);
+            let room = self.registry.handle(&self.name, Open::OrCreate);
             let (reply, answer) = oneshot::channel();
             let cmd = RoomCmd::Join {
                 conn: self.conn,
@@ -272,18 +362,23 @@ impl Session {
                 outbox: Arc::clone(outbox),
                 reply,
             };
-            if room.tx.send(Box::new(cmd)).await.is_err() {
-                continue; // the room stopped meanwhile: get a fresh one
+            let sent = tokio::time::timeout(wait, room.tx.send(Box::new(cmd))).await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => continue, // the room stopped meanwhile: get a fresh one
+                Err(_) => break,
             }
-            match answer.await {
-                Ok(Ok(())) => return Some(room),
-                Ok(Err(JoinRefused::Full)) => {
+            match tokio::time::timeout(wait, answer).await {
+                Ok(Ok(Ok(()))) => return Some(room),
+                Ok(Ok(Err(JoinRefused::Full))) => {
                     tracing::warn!("room full; refusing the connection");
                     outbox.close(CloseCode::TryAgainLater, "room full");
                     return None;
                 }
-                Ok(Err(JoinRefused::Unavailable)) => break,
-                Err(_) => continue, // the room unloaded before answering
+                Ok(Ok(Err(JoinRefused::Unavailable))) | Err(_) => break,
+                // An API call's room found no document: open one that creates it.
+                Ok(Ok(Err(JoinRefused::Absent))) => continue,
+                Ok(Err(_)) => continue, // the room unloaded before answering
             }
         }
         outbox.close(
@@ -293,30 +388,35 @@ impl Session {
         None
     }
 
-    /// Decodes a frame and hands it to the room. Returns false when the
-    /// connection must end.
-    async fn forward(&self, room: &RoomHandle, outbox: &Outbox, frame: Bytes) -> bool {
-        let messages = match protocol::decode_frame(&frame) {
+    /// Decodes a frame and charges its messages to the rate limit. `None`
+    /// when the limit refuses them; `Err` when the connection must end.
+    fn decode(
+        &self,
+        room: &RoomHandle,
+        outbox: &Outbox,
+        rate: &mut RateLimit,
+        frame: Bytes,
+    ) -> Result<Option<Box<RoomCmd>>, End> {
+        let messages = match protocol::decode_frame_limited(&frame, rate.burst()) {
             Ok(m) => m,
+            Err(ProtocolError::TooManyMessages(_)) => return Ok(None),
             Err(e) => {
                 self.registry.deps.metrics.malformed_messages.increment(1);
                 tracing::warn!(error = %e, bytes = frame.len(), "malformed message; closing");
                 outbox.close(CloseCode::Malformed, "malformed message");
-                return false;
+                return Err(End::Closing);
             }
         };
-        let cmd = RoomCmd::Frame {
+        let doc_bytes = room.doc_bytes.load(Ordering::Relaxed);
+        let cost: f64 = messages.iter().map(|m| message_cost(m, doc_bytes)).sum();
+        if !rate.admit(Instant::now(), cost) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(RoomCmd::Frame {
             conn: self.conn,
-            read_only: self.read_only,
-            user: self.user.clone(),
             frame,
             messages,
-        };
-        if room.tx.send(Box::new(cmd)).await.is_err() {
-            outbox.close(CloseCode::InternalError, "room restarted; reconnect");
-            return false;
-        }
-        true
+        })))
     }
 }
 
@@ -355,7 +455,11 @@ async fn linger(stream: &TcpStream, deadline: tokio::time::Instant) {
 async fn token_expiry(expires_at: Option<u64>) {
     match expires_at {
         Some(exp) => {
-            let wall = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
+            // A claim past what the clock can hold never expires (and must
+            // not overflow: `exp` is whatever the token says).
+            let Some(wall) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
+                return std::future::pending().await;
+            };
             let left = wall
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
@@ -365,15 +469,22 @@ async fn token_expiry(expires_at: Option<u64>) {
     }
 }
 
-/// What a frame costs against the rate limit. The stock client re-sends
-/// every awareness change it hears (its handler ignores the origin), so in a
-/// busy room each client echoes everyone's cursor moves; those echoes change
-/// nothing on the server and cost a tenth of a document message.
-fn message_cost(frame: &[u8]) -> f64 {
-    if frame.first() == Some(&protocol::MSG_AWARENESS) {
-        0.1
-    } else {
-        1.0
+/// What a ping costs against the rate limit: a ping makes the server
+/// write a pong, so a flood of them is a flood like any other.
+const PING_COST: f64 = 1.0;
+
+/// What a message costs against the rate limit. The stock client re-sends
+/// every awareness change it hears (its handler ignores the origin), so in
+/// a busy room each client echoes everyone's cursor moves; those echoes
+/// change nothing on the server and cost a tenth of a document message. A
+/// sync step 1 costs the room a diff of the whole document (unless it is
+/// the state vector another joiner just sent), so it costs one more
+/// message per 64 KiB of document: a client sends one when it connects.
+fn message_cost(message: &protocol::Incoming, doc_bytes: usize) -> f64 {
+    match message {
+        protocol::Incoming::Awareness { .. } => 0.1,
+        protocol::Incoming::SyncStep1(_) => 1.0 + (doc_bytes >> 16) as f64,
+        _ => 1.0,
     }
 }
 
@@ -386,6 +497,16 @@ struct RateLimit {
 }
 
 impl RateLimit {
+    /// The most messages one frame may hold: a burst's worth (none with
+    /// the limit off, but for what any frame can hold).
+    fn burst(&self) -> usize {
+        if self.per_second == 0.0 {
+            usize::MAX
+        } else {
+            self.capacity as usize
+        }
+    }
+
     fn new(per_second: u32) -> Self {
         let per_second = f64::from(per_second);
         let capacity = (per_second * 2.0).max(1000.0);

@@ -10,12 +10,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tandem_crdt::{ApplyError, DocState};
 use utoipa::{IntoParams, ToSchema};
-use yrs::updates::decoder::Decode;
 use yrs::StateVector;
 
 use crate::doc_name::DocName;
 use crate::error::ApiError;
-use crate::room::actor::RoomCmd;
+use crate::room::task::RoomCmd;
 use crate::state::AppState;
 use crate::store::DocMeta;
 use crate::time::rfc3339;

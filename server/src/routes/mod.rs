@@ -2,6 +2,7 @@
 //! `store` or `auth`; none holds business logic of its own. Nothing imports
 //! `routes` but `app.rs`.
 
+pub mod browser;
 pub mod docs;
 pub mod editor;
 pub mod health;
@@ -58,6 +59,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(health::metrics))
     .service(
         web::scope("/api")
+            .wrap(from_fn(browser::guard_api))
             .wrap(from_fn(require_api_key))
             .route("/openapi.json", web::get().to(openapi::document))
             .route("/tokens", web::post().to(tokens::mint))

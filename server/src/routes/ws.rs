@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::auth::{bearer, Perm};
 use crate::doc_name::DocName;
 use crate::error::ApiError;
-use crate::room::session::Session;
+use crate::room::session::{Seat, Session};
 use crate::room::ConnId;
 use crate::state::AppState;
 
@@ -57,6 +57,15 @@ pub async fn connect(
 ) -> Result<HttpResponse, ApiError> {
     let name = DocName::parse(&path)
         .map_err(|e| ApiError::bad_request("invalid_document_name", e.to_string()))?;
+    let origins = &state.auth.origins;
+    if (state.auth.dev_mode() || origins.configured)
+        && !super::browser::origin_allowed_for(origins, &req)
+    {
+        tracing::warn!(doc = %name, "WebSocket from a foreign origin refused");
+        return Err(ApiError::Forbidden(
+            "this page's origin may not connect; see TANDEM_ALLOWED_ORIGINS".into(),
+        ));
+    }
     let access = state.auth.authorize(token(&req), &name).map_err(|e| {
         tracing::warn!(doc = %name, "WebSocket refused: {e}");
         ApiError::from(e)
@@ -84,6 +93,10 @@ pub async fn connect(
         read_only: access.perm == Perm::Read,
         user: access.user.as_deref().map(Arc::from),
         expires_at: access.expires_at,
+        seat: Seat::take(
+            &state.registry.connections,
+            state.registry.deps.limits.max_connections,
+        ),
         registry: Arc::clone(&state.registry),
     }));
     Ok(response)

@@ -264,6 +264,12 @@ pub async fn a_stalled_peer_among_readers(app: &TestApp, readers: usize) {
     })
     .await
     .expect("the writer is never held up by a stalled peer");
+    // Everything the writer sent is in the room: once a fresh client has it,
+    // the room has pushed all of it towards the stalled peer too (reading
+    // the stalled peer before then would let it catch up instead).
+    let mut fresh = app.client("slow").await;
+    fresh.sync().await;
+    fresh.wait_text(&expected).await;
     // The stalled peer finds a close with 1013 at the end of what it got.
     // With readers on this thread the writer's loop often takes longer than
     // the server's grace of a second for that close, and the peer is dropped.
@@ -279,10 +285,6 @@ pub async fn a_stalled_peer_among_readers(app: &TestApp, readers: usize) {
     for reader in reading {
         reader.await.expect("every reader has the whole text");
     }
-    // Everything the writer sent is in the room (it may still be applying).
-    let mut fresh = app.client("slow").await;
-    fresh.sync().await;
-    fresh.wait_text(&expected).await;
 }
 
 pub fn close_code(code: u16) -> Ended {
