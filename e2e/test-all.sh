@@ -3,7 +3,7 @@
 # committed web bundle is up to date, Rust unit and integration tests, then
 # the end-to-end tests (stock y-websocket client and the browser editor in
 # Chromium against the release binary), then a short smoke run of the load
-# benchmark. Installs what it needs (Node packages with `npm ci`, Debian's
+# benchmark and of the soak. Installs what it needs (Node packages with `npm ci`, Debian's
 # `chromium` with apt-get).
 #
 # The cargo target directory defaults to ~/.cache/tandem/target so that a
@@ -46,4 +46,6 @@ step "end-to-end tests (stock y-websocket client, real binary)"
 if [ -f e2e/bench/package.json ]; then
   step "load benchmark: its own tests, then a smoke run (--quick)"
   (cd e2e/bench && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run bench -- --quick)
+  step "soak: memory and fds back down after connections and rooms are gone (--quick)"
+  (cd e2e/bench && node tools/soak.mjs --quick)
 fi

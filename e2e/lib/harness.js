@@ -23,8 +23,9 @@ export class Harness {
     this.raws = new Set()
   }
 
-  async start (extraEnv = {}) {
-    this.server = await startServer({ dataDir: this.dataDir, env: { ...this.env, ...extraEnv }, maxLogLines: this.maxLogLines })
+  /** Start the server; `port` binds that port (e.g. the previous server's) instead of a free one. */
+  async start (extraEnv = {}, { port } = {}) {
+    this.server = await startServer({ dataDir: this.dataDir, env: { ...this.env, ...extraEnv }, maxLogLines: this.maxLogLines, port })
     return this.server
   }
 

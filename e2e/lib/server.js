@@ -4,9 +4,11 @@
 // ending in .js/.mjs is run with node, which lets the harness itself be tried
 // against a stand-in server speaking the same protocol.
 //
-// Each server gets TANDEM_BIND=127.0.0.1:0 and an SQLite database in a data
-// directory; the port is parsed from the "listening on http://127.0.0.1:PORT"
-// log line (stdout or stderr, plain or JSON), then /healthz must answer 200.
+// Each server gets TANDEM_BIND=127.0.0.1:0 (or a fixed `port`, so that clients
+// reconnect to a restarted process by themselves) and an SQLite database in a
+// data directory; the port is parsed from the "listening on
+// http://127.0.0.1:PORT" log line (stdout or stderr, plain or JSON), then
+// /healthz must answer 200.
 
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
@@ -84,9 +86,19 @@ export class TandemServer {
     return this.stop({ signal: 'SIGKILL', timeoutMs: 10_000 })
   }
 
-  /** Start a new server process on the same database (and environment). */
-  restart (extraEnv = {}) {
-    return startServer({ dataDir: this.dataDir, env: { ...this.env, ...extraEnv }, maxLogLines: this.maxLogLines })
+  /**
+   * Start a new server process on the same database (and environment). A
+   * server started on a fixed port is restarted on it; `samePort: true` does
+   * the same for one that was started on port 0, so that clients reconnect to
+   * the new process by themselves.
+   */
+  restart (extraEnv = {}, { samePort = false } = {}) {
+    return startServer({
+      dataDir: this.dataDir,
+      env: { ...this.env, ...extraEnv },
+      maxLogLines: this.maxLogLines,
+      port: samePort ? this.port : undefined
+    })
   }
 }
 
@@ -94,8 +106,26 @@ export class TandemServer {
  * Start a server whose database lives in `dataDir` (which must exist).
  * `env` adds or overrides TANDEM_* settings. `maxLogLines` is how many of the
  * last log lines are kept (Infinity: all of them, e.g. to scan a whole log).
+ * `port` binds 127.0.0.1:port instead of a free port; while that address is
+ * still in use (a process that was just killed), the start is retried until
+ * `timeoutMs`. The returned server remembers the port in its `env`, so its
+ * `restart()` uses it again.
  */
-export async function startServer ({ dataDir, env = {}, timeoutMs = 20_000, maxLogLines = MAX_LOG_LINES }) {
+export async function startServer ({ dataDir, env = {}, timeoutMs = 20_000, maxLogLines = MAX_LOG_LINES, port }) {
+  if (port === undefined) return startOnce({ dataDir, env, timeoutMs, maxLogLines })
+  const fixed = { ...env, TANDEM_BIND: `127.0.0.1:${port}` }
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      return await startOnce({ dataDir, env: fixed, timeoutMs: Math.max(1000, deadline - Date.now()), maxLogLines })
+    } catch (err) {
+      if (!err.addressInUse || Date.now() > deadline) throw err
+      await sleep(50)
+    }
+  }
+}
+
+async function startOnce ({ dataDir, env, timeoutMs, maxLogLines }) {
   if (!fs.existsSync(TANDEM_BIN)) {
     throw new Error(`TANDEM_BIN does not exist: ${TANDEM_BIN} (build it, or set TANDEM_BIN)`)
   }
@@ -140,11 +170,16 @@ export async function startServer ({ dataDir, env = {}, timeoutMs = 20_000, maxL
   onData(proc.stdout)
   onData(proc.stderr)
   const exitedEarly = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })))
+  // 'close' comes after the last output has been read ('exit' may come before it)
+  const outputDone = new Promise((resolve) => proc.once('close', resolve))
 
   const fail = async (why) => {
     proc.kill('SIGKILL')
     await exitedEarly
-    throw new Error(`${why}\n--- server log ---\n${logLines.slice(-40).join('\n')}`)
+    await withTimeout(outputDone, 2000, 'the end of the server output').catch(() => {})
+    const err = new Error(`${why}\n--- server log ---\n${logLines.slice(-40).join('\n')}`)
+    err.addressInUse = logLines.some((line) => /Address already in use/.test(line))
+    throw err
   }
 
   const started = await withTimeout(

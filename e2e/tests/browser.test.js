@@ -32,6 +32,12 @@ const REFUSED_WEBSOCKET = [/WebSocket connection to '.*' failed/, /Failed to loa
 
 let browser
 let dev // a server in dev mode (no API key), shared by most tests
+/**
+ * Set when the server's page is not the one this checkout's web/dist holds
+ * (a binary built from other sources, without TANDEM_TEST_WEB_DIR): said in
+ * failure messages, as the page's behaviour may be another's.
+ */
+let bundleNote = ''
 /** every page opened, so that `after` can report stray errors */
 const pages = []
 
@@ -41,6 +47,12 @@ before(async () => {
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-dev-shm-usage'] })
   dev = new Harness({ env: WEB_ENV })
   await dev.start()
+  const local = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'web', 'dist', 'index.html')
+  const served = await (await fetch(`${dev.server.httpUrl}/`)).text()
+  if (fs.existsSync(local) && served !== fs.readFileSync(local, 'utf8')) {
+    bundleNote = ` (note: the server serves another bundle than web/dist of this checkout; set TANDEM_TEST_WEB_DIR=${path.relative(process.cwd(), path.dirname(local))} to test these sources with this binary)`
+    console.log(bundleNote.trim())
+  }
 })
 
 after(async () => {
@@ -584,6 +596,74 @@ test('with an API key: read-only links cannot change the document; write links c
   } finally {
     for (const page of open) await closePage(page)
   }
+})
+
+// ---- Share ---------------------------------------------------------------------
+
+/**
+ * Click Share on `page` and return what it put on the clipboard. The clipboard
+ * is the browser's, so a sentinel goes there first and the copy is whatever
+ * replaces it.
+ */
+async function clickShare (page) {
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: page.server.httpUrl })
+  const sentinel = `sentinel-${randomBytes(6).toString('hex')}`
+  await page.evaluate((text) => navigator.clipboard.writeText(text), sentinel)
+  await page.locator('.share-button').click()
+  return waitUntil(async () => {
+    const text = await page.evaluate(() => navigator.clipboard.readText())
+    return text !== sentinel ? text : null
+  }, { timeoutMs: 3000, intervalMs: 25, what: `Share to copy something on ${page.url()}${bundleNote}` })
+}
+
+test('Share copies the document\'s link without the sharer\'s token, says recipients need their own link, and copies the plain link in dev mode', async (t) => {
+  const key = `key-${randomBytes(12).toString('hex')}`
+  const h = new Harness({ env: { ...WEB_ENV, TANDEM_API_KEY: key } })
+  t.after(() => h.dispose())
+  const server = await h.start()
+  const doc = uniqueDoc('shared')
+  const minted = await api(server, 'POST', '/api/tokens', { key, body: { doc, perm: 'write', ttl_secs: 600, sub: 'user-ada', name: 'Ada (token)' } })
+  assert.equal(minted.status, 200, JSON.stringify(minted.body))
+  const token = minted.body.token
+
+  const open = []
+  t.after(async () => { for (const p of open) await closePage(p) })
+  const sharer = await openPage(`/d/${doc}?token=${token}`, { user: ADA, server })
+  open.push(sharer)
+  await waitState(sharer, 'live')
+  const copied = await clickShare(sharer)
+  assert.ok(!copied.includes(token), `the copied link holds the sharer's token: ${copied}${bundleNote}`)
+  assert.doesNotMatch(copied, /[?&]token=/, `the copied link has a token parameter${bundleNote}`)
+  assert.equal(copied, `${server.httpUrl}/d/${doc}`, `the copied link${bundleNote}`)
+  // the page says why, and what recipients need
+  const note = sharer.locator('.share-note')
+  await note.waitFor({ state: 'visible', timeout: 2000 })
+  assert.match(await note.textContent(), /their own link from whoever gave you yours/)
+  await screenshot(sharer, 'editor-share-with-token.png')
+  // the copied link is no credential: opened as it is, the server asks for one
+  const recipient = await openPage(new URL(copied).pathname, { user: GRACE, server })
+  open.push(recipient)
+  await waitState(recipient, 'closed', 10_000)
+  assert.match(await recipient.locator('.notice').textContent(), /needs an access link/i)
+  assertNoErrors([sharer])
+  assertNoErrors([recipient], REFUSED_WEBSOCKET)
+
+  // dev mode, no token: the plain link, which opens the document for anyone, as before
+  const devDoc = uniqueDoc('shared-dev')
+  const owner = await openPage(`/d/${devDoc}`, { user: ADA })
+  open.push(owner)
+  await waitState(owner, 'live')
+  await focusEnd(owner)
+  await owner.keyboard.type('Shared in dev mode.')
+  const plain = await clickShare(owner)
+  assert.equal(plain, `${dev.server.httpUrl}/d/${devDoc}`, `the copied link in dev mode${bundleNote}`)
+  await owner.locator('.share-button', { hasText: 'Link copied' }).waitFor({ timeout: 2000 })
+  assert.equal(await owner.locator('.share-note').count(), 0, 'no note about tokens without a token')
+  const friend = await openPage(new URL(plain).pathname, { user: GRACE })
+  open.push(friend)
+  await waitState(friend, 'live')
+  await waitText(friend, 'Shared in dev mode.')
+  assertNoErrors([owner, friend])
 })
 
 test('every page of the run: no console errors or uncaught exceptions beyond the expected refusals', () => {

@@ -89,8 +89,21 @@ export function mountEditor (root, rawName) {
     h('div', { class: 'me-panel-label' }, 'Colour'),
     swatches,
     h('p', { class: 'me-panel-hint' }, 'Others see this name next to your cursor.'))
+  // Share copies the document's link, never the sharer's own token: a token
+  // is a credential for one person (its `sub`, `name`, `perm` and expiry).
+  // Whoever issued it hands out links to others.
   const shareButton = navigator.clipboard
-    ? h('button', { type: 'button', class: 'button button-ghost share-button', title: 'Copy a link to this document', html: icons.share + '<span>Share</span>' })
+    ? h('button', {
+      type: 'button',
+      class: 'button button-ghost share-button',
+      title: token ? 'Copy a link to this document, without your access token' : 'Copy a link to this document',
+      html: icons.share + '<span>Share</span>'
+    })
+    : null
+  const shareNote = shareButton && token
+    ? h('div', { class: 'share-note', role: 'status', hidden: true },
+      h('strong', { class: 'share-note-title' }, 'Link copied, without your access'),
+      h('span', { class: 'share-note-text' }, 'Your link carries a token for you alone, so it was left out. People you share this with need their own link from whoever gave you yours.'))
     : null
 
   const topbar = h('header', { class: 'topbar' },
@@ -102,7 +115,7 @@ export function mountEditor (root, rawName) {
       h('div', { class: 'spacer' }),
       statusPill,
       presenceList,
-      shareButton,
+      shareButton ? h('div', { class: 'share' }, shareButton, shareNote) : null,
       h('div', { class: 'me' }, meButton, mePanel)))
 
   const toolbar = h('div', { class: 'toolbar', role: 'toolbar', 'aria-label': 'Formatting' })
@@ -357,15 +370,24 @@ export function mountEditor (root, rawName) {
   renderMe()
 
   // ---- share -------------------------------------------------------------------
+  let shareTimer = null
   shareButton?.addEventListener('click', async () => {
     const label = shareButton.querySelector('span')
+    clearTimeout(shareTimer)
     try {
-      await navigator.clipboard.writeText(location.href)
+      await navigator.clipboard.writeText(shareLink(location.href))
       label.textContent = 'Link copied'
+      if (shareNote) shareNote.hidden = false
     } catch {
       label.textContent = 'Copy failed'
     }
-    setTimeout(() => { label.textContent = 'Share' }, 1600)
+    shareTimer = setTimeout(() => {
+      label.textContent = 'Share'
+      if (shareNote) shareNote.hidden = true
+    }, shareNote && !shareNote.hidden ? 8000 : 1600)
+  })
+  document.addEventListener('pointerdown', (e) => {
+    if (shareNote && !shareNote.hidden && !e.target.closest('.share')) shareNote.hidden = true
   })
 
   // ---- toolbar -------------------------------------------------------------------
@@ -386,6 +408,13 @@ export function mountEditor (root, rawName) {
   }
 
   return { editor, provider, ydoc }
+}
+
+/** The page's address without the `token` parameter: the link a sharer may hand on. */
+export function shareLink (href) {
+  const url = new URL(href)
+  url.searchParams.delete('token')
+  return url.href
 }
 
 function safeColor (color) {
