@@ -10,6 +10,7 @@
 //
 //   node bench.mjs [--scenario a|b|c|d|e[,…]] [--quick] [--rounds K] [--targets tandem,reference]
 //                  [--tandem-bin PATH] [--tandem-env KEY=VALUE …] [--out FILE]
+//                  [--reference-bin PATH]  (the reference column is this Tandem build instead)
 //                  [--wait-idle SECONDS]  (wait, at most that long, for other load to stop)
 
 import { execFileSync } from 'node:child_process'
@@ -38,6 +39,7 @@ const { values: args } = parseArgs({
     rounds: { type: 'string' },
     targets: { type: 'string', default: 'tandem,reference' },
     'tandem-bin': { type: 'string', default: process.env.TANDEM_BIN || '/work/cargo-target/release/tandem' },
+    'reference-bin': { type: 'string' },
     'tandem-env': { type: 'string', multiple: true, default: [] },
     out: { type: 'string', default: join(HERE, 'results', 'latest.json') },
     'wait-idle': { type: 'string', default: '0' },
@@ -63,7 +65,7 @@ for (const kv of args['tandem-env']) {
   if (i <= 0) { console.error(`--tandem-env expects KEY=VALUE, got '${kv}'`); process.exit(2) }
   tandemEnv[kv.slice(0, i)] = kv.slice(i + 1)
 }
-const allTargets = makeTargets({ tandemBin: args['tandem-bin'], tandemEnv })
+const allTargets = makeTargets({ tandemBin: args['tandem-bin'], tandemEnv, referenceBin: args['reference-bin'] })
 const targetNames = args.targets.split(',').map((s) => s.trim()).filter(Boolean)
 for (const t of targetNames) if (!allTargets.some((x) => x.name === t)) { console.error(`unknown target '${t}'`); process.exit(2) }
 const targets = allTargets.filter((t) => targetNames.includes(t.name))

@@ -130,7 +130,8 @@ async function focusEnd (page) {
 async function api (server, method, urlPath, { body, key } = {}) {
   const headers = { accept: 'application/json' }
   if (key) headers.authorization = `Bearer ${key}`
-  if (body !== undefined) headers['content-type'] = 'application/json'
+  // Always JSON: in dev mode the server refuses state-changing calls of other types.
+  headers['content-type'] = 'application/json'
   const res = await fetch(`${server.httpUrl}${urlPath}`, {
     method,
     headers,

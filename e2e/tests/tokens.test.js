@@ -30,7 +30,8 @@ async function harness (t) {
 async function api (h, method, path, { body, key = h.apiKey, binary = false } = {}) {
   const headers = {}
   if (key !== null) headers.authorization = `Bearer ${key}`
-  if (body !== undefined) headers['content-type'] = 'application/json'
+  // Always JSON: in dev mode the server refuses state-changing calls of other types.
+  headers['content-type'] = 'application/json'
   const res = await fetch(`${h.server.httpUrl}${path}`, {
     method,
     headers,

@@ -99,7 +99,8 @@ class Ctx {
   async api (method, path, { body, key = this.apiKey } = {}) {
     const headers = {}
     if (key) headers.authorization = `Bearer ${key}`
-    if (body !== undefined) headers['content-type'] = 'application/json'
+    // Always JSON: in dev mode the server refuses state-changing calls of other types.
+    headers['content-type'] = 'application/json'
     const res = await fetch(`${this.server.httpUrl}${path}`, {
       method,
       headers,

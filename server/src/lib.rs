@@ -1,7 +1,8 @@
 //! Tandem, the collaboration server. See ARCHITECTURE.md for the map:
 //! `main.rs` parses `Settings` and runs `app::App`; a WebSocket frame goes
-//! `routes/ws.rs -> room/session.rs -> room/actor.rs`, which applies it with
-//! `tandem_crdt`, fans it out (`room/fanout.rs`) and hands it to
+//! `routes/ws.rs -> room/session.rs -> room/task.rs -> room/core.rs`, which
+//! applies it with `tandem_crdt` and returns effects; the task fans the frame
+//! out through `net/outbox.rs` and hands the update to
 //! `room/persist.rs -> store/`. Webhook events go `webhooks/events.rs ->
 //! store (the outbox) -> webhooks/dispatcher.rs`.
 

@@ -39,10 +39,23 @@ function referencePaths () {
 }
 
 /**
- * @param {{ tandemBin: string, tandemEnv: Record<string,string> }} opts
+ * @param {{ tandemBin: string, tandemEnv: Record<string,string>, referenceBin?: string }} opts
+ * With `referenceBin`, the "reference" column is that Tandem binary (same settings as
+ * `tandemBin`): a before/after comparison of two builds in one run.
  */
-export function makeTargets ({ tandemBin, tandemEnv = {} }) {
+export function makeTargets ({ tandemBin, tandemEnv = {}, referenceBin }) {
   const baseEnv = { PATH: process.env.PATH || '/usr/bin:/bin', HOME: process.env.HOME || '/tmp', LANG: 'C.UTF-8' }
+  const targets = makeTandemAndReference({ tandemBin, tandemEnv, baseEnv })
+  if (referenceBin) {
+    const tandem = targets[0]
+    const baseline = makeTandemAndReference({ tandemBin: referenceBin, tandemEnv, baseEnv })[0]
+    targets[1] = { ...baseline, name: 'reference', start: () => baseline.start.call(baseline, 'reference') }
+    targets[0] = tandem
+  }
+  return targets
+}
+
+function makeTandemAndReference ({ tandemBin, tandemEnv, baseEnv }) {
   return [
     {
       name: 'tandem',
@@ -65,11 +78,11 @@ export function makeTargets ({ tandemBin, tandemEnv = {} }) {
         try { accessSync(tandemBin, constants.X_OK) } catch { return `no executable at ${tandemBin} (set TANDEM_BIN)` }
         return null
       },
-      async start () {
+      async start (name = 'tandem') {
         const dir = mkdtempSync(join(tmpdir(), 'tandem-bench-'))
         const env = { ...baseEnv, ...this.fixedEnv(dir), ...tandemEnv }
         return launch({
-          name: 'tandem',
+          name,
           command: tandemBin,
           args: [],
           env,

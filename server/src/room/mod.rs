@@ -1,10 +1,9 @@
-//! Rooms: one task per loaded document owns its `DocState`, its awareness
-//! and its peers (`actor`); the `registry` finds or loads rooms; each socket
-//! runs a `session` on the TCP stream it took over at the upgrade, reading
-//! frames with `wire`; `fanout` is each peer's outgoing side, and
-//! `send_ring` writes one frame to many of them in one system call; `persist`
-//! writes accepted updates to the store with group commit, and `load`
-//! builds a document from the store a page at a time.
+//! Rooms: one task per loaded document (`task`) drives a `core` that owns
+//! its `DocState`, its awareness and its peers; the `registry` finds or
+//! loads rooms; each socket runs a `session` on the TCP stream it took over
+//! at the upgrade (the socket side itself is `crate::net`); `persist` writes
+//! accepted updates to the store with group commit, and `load` builds a
+//! document from the store a page at a time.
 //!
 //! Architecture invariant: a room never awaits storage, a peer or the
 //! network while relaying; it hands updates to the persister and frames to

@@ -81,6 +81,10 @@ pub enum RoomCmd {
     /// Makes the room panic, to test that the fault stays inside it.
     #[cfg(test)]
     Panic,
+    /// Makes the room stop reading its mailbox for a while, as a room
+    /// busy with heavy work would.
+    #[cfg(test)]
+    Stall(Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +332,11 @@ impl Room {
                     messages,
                 } => self.frame(conn, frame, messages, &mut turn).await,
                 RoomCmd::Delete { reply } => self.delete(reply).await,
+                #[cfg(test)]
+                RoomCmd::Stall(pause) => {
+                    tokio::time::sleep(pause).await;
+                    Next::Continue
+                }
                 other => self.contained(|room| room.handle(other)),
             };
             match next {
@@ -416,6 +425,8 @@ impl Room {
             RoomCmd::Frame { .. } | RoomCmd::Delete { .. } => {
                 unreachable!("handled by the loop")
             }
+            #[cfg(test)]
+            RoomCmd::Stall(_) => unreachable!("handled by the loop"),
             #[cfg(test)]
             RoomCmd::Panic => panic!("a test asked the room to panic"),
         }
@@ -807,6 +818,46 @@ mod tests {
             .await
             .expect("the other room's socket is open");
         stop.cancel();
+    }
+
+    #[actix_web::test]
+    async fn a_session_waiting_on_a_full_mailbox_still_serves_its_socket() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (registry, url, stop) = start(&dir).await;
+        let (ws, _) = connect(&format!("{url}/full")).await;
+        let name = DocName::parse("full").expect("valid");
+        let room = registry.handle(&name, Open::Existing);
+        room.tx
+            .send(Box::new(RoomCmd::Stall(Duration::from_secs(3))))
+            .await
+            .expect("delivered");
+        // More frames than the mailbox holds: the session ends up waiting.
+        let (mut sink, mut stream) = futures_util::StreamExt::split(ws);
+        let feeding = actix_web::rt::spawn(async move {
+            for _ in 0..3_000 {
+                let frame = protocol::encode_sync_step1(&[0]).to_vec();
+                if sink.feed(Message::Binary(frame.into())).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.flush().await;
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The server stops: the waiting session hears it and closes with
+        // 1001 at once, not when the room finally lets go of its mailbox.
+        stop.cancel();
+        let code = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(message) = stream.next().await {
+                if let Ok(Message::Close(frame)) = message {
+                    return frame.map(|f| u16::from(f.code));
+                }
+            }
+            None
+        })
+        .await
+        .expect("the session closed before the room woke up");
+        assert_eq!(code, Some(1001));
+        feeding.abort();
     }
 
     #[actix_web::test]
