@@ -122,6 +122,8 @@ struct Step2Cache {
     /// starts at 1 KiB.
     state_vector: Box<[u8]>,
     frame: Bytes,
+    /// Length of the update at the end of `frame`.
+    update_len: usize,
 }
 
 impl Default for DocState {
@@ -295,13 +297,24 @@ impl DocState {
                 return cache.frame.clone();
             }
         }
-        let frame = protocol::encode_sync_step2(&self.diff(sv));
+        let update = self.diff(sv);
+        let frame = protocol::encode_sync_step2(&update);
         self.step2_cache = Some(Step2Cache {
             version: self.version,
             state_vector: key.into_boxed_slice(),
             frame: frame.clone(),
+            update_len: update.len(),
         });
         frame
+    }
+
+    /// The whole document as one update, shared with the sync step 2 cache:
+    /// repeated reads of an unchanged document (joiners, the API) cost one
+    /// encoding, not one each.
+    pub fn state_update(&mut self) -> Bytes {
+        let frame = self.sync_step2_frame(&StateVector::default());
+        let len = self.step2_cache.as_ref().map_or(0, |c| c.update_len);
+        frame.slice(frame.len().saturating_sub(len)..)
     }
 
     /// Frees the cached sync step 2 frame (for example when the room goes idle).
@@ -440,6 +453,23 @@ mod tests {
             .expect("applies");
         let f3 = state.sync_step2_frame(&sv);
         assert_ne!(f1, f3);
+    }
+
+    #[test]
+    fn the_state_update_is_shared_with_the_step2_cache() {
+        let client = Doc::new();
+        let mut state = DocState::new();
+        state
+            .apply_update(&edit(&client, 0, "abc"), 1 << 20)
+            .expect("applies");
+        let update = state.state_update();
+        assert_eq!(&update[..], &state.encode_state()[..]);
+        let frame = state.sync_step2_frame(&StateVector::default());
+        assert_eq!(
+            update.as_ptr(),
+            frame[frame.len() - update.len()..].as_ptr(),
+            "no second encoding"
+        );
     }
 
     #[test]

@@ -379,11 +379,12 @@ impl<P> RoomCore<P> {
         applied
     }
 
-    /// The document as one update, or the diff against `sv`.
-    pub fn encode(&self, sv: Option<&StateVector>) -> Vec<u8> {
+    /// The document as one update (shared with joiners' sync step 2 while
+    /// the document is unchanged), or the diff against `sv`.
+    pub fn encode(&mut self, sv: Option<&StateVector>) -> Bytes {
         match sv {
-            Some(sv) => self.doc.diff(sv),
-            None => self.doc.encode_state(),
+            Some(sv) => Bytes::from(self.doc.diff(sv)),
+            None => self.doc.state_update(),
         }
     }
 }

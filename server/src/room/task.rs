@@ -71,7 +71,7 @@ pub enum RoomCmd {
     /// The document as one update, or the diff against a state vector.
     Encode {
         state_vector: Option<StateVector>,
-        reply: oneshot::Sender<Vec<u8>>,
+        reply: oneshot::Sender<Bytes>,
     },
     /// Deletes the document: storage first, then every socket is closed
     /// with 4404 and the room unloads. Replies whether it existed.

@@ -238,7 +238,7 @@ async fn encode(
     state: &AppState,
     name: &DocName,
     state_vector: Option<StateVector>,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<bytes::Bytes, ApiError> {
     existing(state, name).await?;
     Ok(state
         .registry
@@ -314,7 +314,7 @@ pub async fn json(
     let update = encode(&state, &name, None).await?;
     // Rendered off the room, on a blocking thread: a large document never delays the relay.
     let value = tokio::task::spawn_blocking(move || {
-        DocState::load(None, [update.as_slice()]).map(|(doc, _)| doc.to_json())
+        DocState::load(None, [update.as_ref()]).map(|(doc, _)| doc.to_json())
     })
     .await
     .map_err(ApiError::unexpected)?
