@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tandem_crdt::protocol::{self, ProtocolError};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::registry::{Registry, RoomHandle};
 use super::task::{JoinRefused, Open, RoomCmd};
@@ -194,16 +194,26 @@ impl Session {
         tokio::pin!(expiry);
         // Bytes that came with the upgrade request are handled first.
         let mut buffered = true;
-        // A command the room's full mailbox could not take yet: nothing more
-        // is read until it is delivered.
-        let mut pending: Option<Box<RoomCmd>> = None;
+        // A frame waiting for the connection's in-flight budget or for room
+        // in the mailbox: nothing more is read until it is delivered.
+        let mut pending: Option<Pending> = None;
+        // Bytes of frames handed to the room and not yet handled by it: a
+        // connection can make the server hold at most this much of what it
+        // sent, however slow its room is.
+        let capacity = in_flight_bytes(limits.max_message_bytes);
+        let budget = Arc::new(Semaphore::new(capacity));
 
         loop {
             if buffered && pending.is_none() {
                 buffered = false;
-                if let Err(end) =
-                    self.handle_buffered(room, outbox, &mut reader, &mut rate, &mut pending)
-                {
+                if let Err(end) = self.handle_buffered(
+                    room,
+                    outbox,
+                    &mut reader,
+                    &mut rate,
+                    &budget,
+                    &mut pending,
+                ) {
                     return end;
                 }
             }
@@ -212,16 +222,21 @@ impl Session {
                 reader.release_idle_buffer();
             }
             tokio::select! {
-                permit = room.tx.reserve(), if pending.is_some() => match (permit, pending.take()) {
-                    (Ok(permit), Some(cmd)) => {
-                        permit.send(cmd);
-                        buffered = true; // what was read behind it
+                ready = wait_for_room(room, &budget, pending.as_ref().map_or(0, |p| p.cost)), if pending.is_some() => {
+                    match (ready, pending.take()) {
+                        (Some((permit, slot)), Some(Pending { mut cmd, .. })) => {
+                            if let RoomCmd::Frame { budget, .. } = cmd.as_mut() {
+                                *budget = Some(permit);
+                            }
+                            slot.send(cmd);
+                            buffered = true; // what was read behind it
+                        }
+                        _ => {
+                            outbox.close(CloseCode::InternalError, "room restarted; reconnect");
+                            return End::Closing;
+                        }
                     }
-                    _ => {
-                        outbox.close(CloseCode::InternalError, "room restarted; reconnect");
-                        return End::Closing;
-                    }
-                },
+                }
                 ready = stream.readable(), if pending.is_none() => {
                     if ready.is_err() {
                         outbox.gone();
@@ -279,14 +294,15 @@ impl Session {
     }
 
     /// Handles every whole message in the read buffer, until one must wait
-    /// for the room's mailbox (left in `pending`).
+    /// for the connection's budget or the room's mailbox (left in `pending`).
     fn handle_buffered(
         &self,
         room: &RoomHandle,
         outbox: &Outbox,
         reader: &mut FrameReader,
         rate: &mut RateLimit,
-        pending: &mut Option<Box<RoomCmd>>,
+        budget: &Arc<Semaphore>,
+        pending: &mut Option<Pending>,
     ) -> Result<(), End> {
         let limits = &self.registry.deps.limits;
         let rate_limited = |outbox: &Outbox| {
@@ -314,12 +330,27 @@ impl Session {
             };
             match message {
                 Incoming::Binary(frame) => {
-                    let Some(cmd) = self.decode(room, outbox, rate, frame)? else {
+                    let capacity = in_flight_bytes(limits.max_message_bytes);
+                    let cost = frame_cost(frame.len(), capacity);
+                    let Some(mut cmd) = self.decode(room, outbox, rate, frame)? else {
                         return rate_limited(outbox);
                     };
+                    let Ok(permit) = Arc::clone(budget).try_acquire_many_owned(cost) else {
+                        *pending = Some(Pending { cmd, cost });
+                        continue;
+                    };
+                    if let RoomCmd::Frame { budget, .. } = cmd.as_mut() {
+                        *budget = Some(permit);
+                    }
                     match room.tx.try_send(cmd) {
                         Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(cmd)) => *pending = Some(cmd),
+                        Err(mpsc::error::TrySendError::Full(mut cmd)) => {
+                            // The permit goes back while the frame waits for room.
+                            if let RoomCmd::Frame { budget, .. } = cmd.as_mut() {
+                                *budget = None;
+                            }
+                            *pending = Some(Pending { cmd, cost });
+                        }
                         Err(mpsc::error::TrySendError::Closed(_)) => {
                             outbox.close(CloseCode::InternalError, "room restarted; reconnect");
                             return Err(End::Closing);
@@ -416,8 +447,45 @@ impl Session {
             conn: self.conn,
             frame,
             messages,
+            budget: None,
         })))
     }
+}
+
+/// A decoded frame the room cannot take yet, and what it costs of the
+/// connection's in-flight budget.
+struct Pending {
+    cmd: Box<RoomCmd>,
+    cost: u32,
+}
+
+/// A connection may have this many bytes of frames waiting in its room:
+/// enough for a message of the largest size allowed, or a few megabytes of
+/// small ones (permits are counted in `u32`).
+fn in_flight_bytes(max_message_bytes: usize) -> usize {
+    let most = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
+    max_message_bytes
+        .max(4 << 20)
+        .min(most)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+/// A frame's share of the budget: its length, and at most the whole budget
+/// (a frame as large as is allowed waits until nothing else is in flight).
+fn frame_cost(len: usize, capacity: usize) -> u32 {
+    u32::try_from(len.clamp(1, capacity)).unwrap_or(u32::MAX)
+}
+
+/// Resolves when `cost` of the budget and a mailbox slot are both free;
+/// `None` when the room is gone. Cancel-safe: what it took is given back.
+async fn wait_for_room<'a>(
+    room: &'a RoomHandle,
+    budget: &Arc<Semaphore>,
+    cost: u32,
+) -> Option<(OwnedSemaphorePermit, mpsc::Permit<'a, Box<RoomCmd>>)> {
+    let permit = Arc::clone(budget).acquire_many_owned(cost).await.ok()?;
+    let slot = room.tx.reserve().await.ok()?;
+    Some((permit, slot))
 }
 
 /// Sends the close frame, then waits (briefly) for the client to hang up:

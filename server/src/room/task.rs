@@ -53,11 +53,13 @@ pub enum RoomCmd {
         reply: oneshot::Sender<Result<(), JoinRefused>>,
     },
     /// A decoded frame. `frame` is kept to relay it unchanged when it holds
-    /// a single message.
+    /// a single message. `budget` is the sender's share of bytes in flight,
+    /// given back when the room has handled the frame.
     Frame {
         conn: ConnId,
         frame: Bytes,
         messages: Vec<Incoming>,
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     Leave {
         conn: ConnId,
@@ -330,7 +332,12 @@ impl Room {
                     conn,
                     frame,
                     messages,
-                } => self.frame(conn, frame, messages, &mut turn).await,
+                    budget,
+                } => {
+                    let next = self.frame(conn, frame, messages, &mut turn).await;
+                    drop(budget);
+                    next
+                }
                 RoomCmd::Delete { reply } => self.delete(reply).await,
                 #[cfg(test)]
                 RoomCmd::Stall(pause) => {
@@ -858,6 +865,38 @@ mod tests {
         .expect("the session closed before the room woke up");
         assert_eq!(code, Some(1001));
         feeding.abort();
+    }
+
+    #[actix_web::test]
+    async fn a_connection_cannot_make_its_room_hold_more_than_its_budget() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (registry, url, stop) = start(&dir).await;
+        let (ws, _) = connect(&format!("{url}/heavy")).await;
+        let name = DocName::parse("heavy").expect("valid");
+        let room = registry.handle(&name, Open::Existing);
+        room.tx
+            .send(Box::new(RoomCmd::Stall(Duration::from_secs(3))))
+            .await
+            .expect("delivered");
+        // A hundred frames of a megabyte each, while the room is busy.
+        let (mut sink, _stream) = futures_util::StreamExt::split(ws);
+        let feeding = actix_web::rt::spawn(async move {
+            for _ in 0..100 {
+                let frame = protocol::encode_update(&vec![0u8; 1 << 20]).to_vec();
+                if sink.feed(Message::Binary(frame.into())).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.flush().await;
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // What the room holds for this connection is bounded by its
+        // in-flight budget (16 MiB by default: the largest message), not
+        // by the mailbox's thousand slots.
+        let queued = room.tx.max_capacity() - room.tx.capacity();
+        assert!(queued <= 17, "{queued} megabyte frames wait in the room");
+        feeding.abort();
+        stop.cancel();
     }
 
     #[actix_web::test]
