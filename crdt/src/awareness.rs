@@ -91,8 +91,8 @@ pub enum AwarenessApplied {
     /// Every entry was applied: relay the update as it came.
     All,
     /// Only some entries were (the rest were stale, or another connection's):
-    /// relay this encoding of those.
-    Some(Vec<u8>),
+    /// relay these.
+    Some(Vec<AwarenessEntry>),
 }
 
 /// A connection's share of the states.
@@ -203,13 +203,11 @@ impl Awareness {
         if accepted.len() == update.entries.len() {
             return Ok(AwarenessApplied::All);
         }
-        let applied = AwarenessUpdate {
-            entries: accepted
-                .into_iter()
-                .map(|i| update.entries[i].clone())
-                .collect(),
-        };
-        Ok(AwarenessApplied::Some(applied.encode()))
+        let applied = accepted
+            .into_iter()
+            .map(|i| update.entries[i].clone())
+            .collect();
+        Ok(AwarenessApplied::Some(applied))
     }
 
     /// Removes every client that `owner` announced. Returns the entries
@@ -337,9 +335,8 @@ mod tests {
         let AwarenessApplied::Some(relayed) = applied else {
             panic!("expected a partial relay, got {applied:?}");
         };
-        let relayed = decode_awareness(&relayed).expect("valid");
-        assert_eq!(relayed.entries.len(), 1);
-        assert_eq!(relayed.entries[0].client, 8);
+        assert_eq!(relayed.len(), 1);
+        assert_eq!(relayed[0].client, 8);
         // The same user reconnecting may take its client over.
         let moved = a.apply(2, &update(&[(7, 9, r#"{"c":3}"#)]), LIMITS, |old| old == 1);
         assert_eq!(moved, Ok(AwarenessApplied::All));

@@ -319,7 +319,10 @@ mod tests {
         let doc = Doc::new();
         let mut txn = doc.transact_mut();
         let text = txn.get_or_insert_text("t");
-        text.insert(&mut txn, 0, "héllo 👋");
+        // ASCII: yrs 0.28 overflows in `SplittableString::block_offset` (a
+        // debug-build panic) when this same transaction removes from a
+        // multi-byte string, which is beside the point here.
+        text.insert(&mut txn, 0, "hello, world");
         let map = txn.get_or_insert_map("m");
         map.insert(&mut txn, "n", Any::from(vec![Any::from(1), Any::Null]));
         map.insert(&mut txn, "nested", MapPrelim::default());

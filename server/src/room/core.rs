@@ -10,17 +10,25 @@
 //! write to come back through `leave`, which removes any number of peers
 //! with one awareness message, without recursion.
 //!
+//! Awareness goes out by the tick: what peers announce between two ticks is
+//! merged (the newest state of each client wins) and relayed once, when the
+//! driver calls `flush_awareness`. The stock client echoes every awareness
+//! change it hears, so relaying each message at once would cost a room of N
+//! moving cursors N² frames; by the tick it costs N per tick.
+//!
 //! Invariants: an update is relayed and stored only after it is applied; a
 //! read-only peer's updates are never applied; a peer is closed only
 //! through an effect that also removes it here, so its `client.disconnected`
 //! is reported exactly once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_crdt::protocol::{self, Incoming};
 use tandem_crdt::{
-    Applied, ApplyError, Awareness, AwarenessApplied, AwarenessLimits, AwarenessUpdate, DocState,
+    Applied, ApplyError, Awareness, AwarenessApplied, AwarenessEntry, AwarenessLimits,
+    AwarenessUpdate, DocState,
 };
 use yrs::StateVector;
 
@@ -88,6 +96,11 @@ pub struct RoomFull;
 pub struct RoomCore<P> {
     doc: DocState,
     awareness: Awareness,
+    /// Awareness changes since the last tick, one entry per client (its
+    /// newest), in the order clients first changed.
+    awareness_due: Vec<AwarenessEntry>,
+    /// Where each client's entry is in `awareness_due`.
+    awareness_due_at: HashMap<u64, usize>,
     peers: Vec<Peer<P>>,
     limits: CoreLimits,
 }
@@ -97,6 +110,8 @@ impl<P> RoomCore<P> {
         RoomCore {
             doc,
             awareness: Awareness::new(),
+            awareness_due: Vec::new(),
+            awareness_due_at: HashMap::new(),
             peers: Vec::new(),
             limits,
         }
@@ -174,7 +189,7 @@ impl<P> RoomCore<P> {
             }
             Incoming::Update(update) => self.update(conn, update, frame, out),
             Incoming::SyncStep2(update) => self.update(conn, update, None, out),
-            Incoming::Awareness { update, raw } => self.awareness(conn, &update, raw, frame, out),
+            Incoming::Awareness { update, .. } => self.awareness(conn, update, out),
             Incoming::QueryAwareness => {
                 if let Some(all) = self.awareness.encode_all() {
                     out.push(Effect::Send {
@@ -231,14 +246,7 @@ impl<P> RoomCore<P> {
         }
     }
 
-    fn awareness(
-        &mut self,
-        conn: ConnId,
-        update: &AwarenessUpdate,
-        raw: Bytes,
-        frame: Option<&Bytes>,
-        out: &mut Vec<Effect<P>>,
-    ) {
+    fn awareness(&mut self, conn: ConnId, update: AwarenessUpdate, out: &mut Vec<Effect<P>>) {
         let peers = &self.peers;
         let user = peers
             .iter()
@@ -253,26 +261,57 @@ impl<P> RoomCore<P> {
                 .find(|p| p.conn.0 == owner)
                 .is_none_or(|p| p.user == user)
         };
-        let relay = match self
+        let applied = match self
             .awareness
-            .apply(conn.0, update, self.limits.awareness, same_user)
+            .apply(conn.0, &update, self.limits.awareness, same_user)
         {
             Ok(AwarenessApplied::Unchanged) => return,
-            Ok(AwarenessApplied::All) => match frame {
-                Some(frame) => frame.clone(),
-                None => protocol::encode_awareness(&raw),
-            },
-            Ok(AwarenessApplied::Some(applied)) => protocol::encode_awareness(&applied),
+            Ok(AwarenessApplied::All) => update.entries,
+            Ok(AwarenessApplied::Some(entries)) => entries,
             Err(e) => {
                 tracing::warn!(%conn, error = %e, "awareness over the limit; closing the connection");
                 self.close(conn, CloseCode::TooLarge, "awareness too large", out);
                 return;
             }
         };
-        // Echoed to the sender too: the stock client counts it as a sign of life.
+        self.awareness_due(applied);
+    }
+
+    /// Adds changed entries to the next tick's relay; a client's newer
+    /// entry replaces its older one.
+    fn awareness_due(&mut self, entries: Vec<AwarenessEntry>) {
+        for entry in entries {
+            match self.awareness_due_at.get(&entry.client) {
+                Some(&i) => self.awareness_due[i] = entry,
+                None => {
+                    self.awareness_due_at
+                        .insert(entry.client, self.awareness_due.len());
+                    self.awareness_due.push(entry);
+                }
+            }
+        }
+    }
+
+    /// Whether awareness changes wait for the next tick.
+    pub fn awareness_pending(&self) -> bool {
+        !self.awareness_due.is_empty()
+    }
+
+    /// The tick: relays every awareness change since the last one as one
+    /// message, to every peer (the sender included: the stock client counts
+    /// it as a sign of life).
+    pub fn flush_awareness(&mut self, out: &mut Vec<Effect<P>>) {
+        if self.awareness_due.is_empty() {
+            return;
+        }
+        self.awareness_due_at.clear();
+        let entries = std::mem::take(&mut self.awareness_due);
+        if self.peers.is_empty() {
+            return;
+        }
         out.push(Effect::Broadcast {
             except: None,
-            frame: relay,
+            frame: protocol::encode_awareness(&AwarenessUpdate { entries }.encode()),
         });
     }
 
@@ -333,12 +372,8 @@ impl<P> RoomCore<P> {
             }
             removed.entries.extend(self.awareness.remove_owner(conn.0));
         }
-        if !removed.entries.is_empty() && !self.peers.is_empty() {
-            out.push(Effect::Broadcast {
-                except: None,
-                frame: protocol::encode_awareness(&removed.encode()),
-            });
-        }
+        // Told with the next tick, merged with whatever else changed.
+        self.awareness_due(removed.entries);
         if self.peers.is_empty() {
             self.doc.drop_caches();
         }
@@ -553,9 +588,12 @@ mod tests {
             let frame = awareness_frame(&[(n, 1, "{}")]);
             send(&mut room, n, &frame);
         }
+        let mut out = Vec::new();
+        room.flush_awareness(&mut out);
         let gone: Vec<ConnId> = (0..4_999).map(ConnId).collect();
         let mut out = Vec::new();
         room.leave(&gone, &mut out);
+        room.flush_awareness(&mut out);
         let broadcasts: Vec<&Effect<()>> = out
             .iter()
             .filter(|e| matches!(e, Effect::Broadcast { .. }))
@@ -584,7 +622,9 @@ mod tests {
         let mut room = room();
         join(&mut room, 1);
         let frame = awareness_frame(&[(10, 1, "{}")]);
-        let out = send(&mut room, 1, &frame);
+        let mut out = send(&mut room, 1, &frame);
+        assert!(out.is_empty(), "awareness waits for the tick");
+        room.flush_awareness(&mut out);
         assert_eq!(
             out,
             vec![Effect::Broadcast {
@@ -605,6 +645,53 @@ mod tests {
     }
 
     #[test]
+    fn awareness_between_two_ticks_goes_out_once_with_each_clients_newest_state() {
+        let limits = CoreLimits {
+            max_connections_per_doc: 1_000,
+            ..LIMITS
+        };
+        let mut room: RoomCore<()> = RoomCore::new(DocState::new(), limits);
+        for n in 0..100u64 {
+            let mut out = Vec::new();
+            room.join(peer(n, None, false), &mut out).expect("joins");
+        }
+        // Each of 100 clients moves its cursor ten times, and every client
+        // echoes what it hears (same clocks: no change).
+        for clock in 1..=10u32 {
+            for n in 0..100u64 {
+                let state = format!(r#"{{"cursor":{clock}}}"#);
+                assert!(send(&mut room, n, &awareness_frame(&[(n, clock, &state)])).is_empty());
+                let echo = awareness_frame(&[((n + 1) % 100, clock - 1, "{}")]);
+                assert!(send(&mut room, n, &echo).is_empty());
+            }
+        }
+        let mut out = Vec::new();
+        room.flush_awareness(&mut out);
+        assert_eq!(out.len(), 1, "one frame for the tick, to every peer");
+        let Effect::Broadcast {
+            except: None,
+            frame,
+        } = &out[0]
+        else {
+            panic!("a broadcast to all, got {:?}", out[0]);
+        };
+        let Ok(messages) = decode_frame(frame) else {
+            panic!("valid frame")
+        };
+        let Incoming::Awareness { update, .. } = &messages[0] else {
+            panic!("an awareness message")
+        };
+        assert_eq!(update.entries.len(), 100);
+        assert!(update
+            .entries
+            .iter()
+            .all(|e| e.clock == 10 && e.json.as_ref() == r#"{"cursor":10}"#));
+        let mut out = Vec::new();
+        room.flush_awareness(&mut out);
+        assert!(out.is_empty(), "nothing new, nothing sent");
+    }
+
+    #[test]
     fn another_user_cannot_move_a_cursor() {
         let mut room = room();
         let mut out = Vec::new();
@@ -613,7 +700,9 @@ mod tests {
         room.join(peer(2, Some("eve"), false), &mut out)
             .expect("joins");
         send(&mut room, 1, &awareness_frame(&[(10, 1, r#"{"x":1}"#)]));
-        let out = send(&mut room, 2, &awareness_frame(&[(10, 9, r#"{"x":666}"#)]));
+        room.flush_awareness(&mut Vec::new());
+        let mut out = send(&mut room, 2, &awareness_frame(&[(10, 9, r#"{"x":666}"#)]));
+        room.flush_awareness(&mut out);
         assert!(out.is_empty(), "nothing relayed: {out:?}");
     }
 

@@ -37,6 +37,12 @@ use crate::webhooks::events;
 /// included) before its joiners and callers are told it is unavailable.
 const LOAD_DEADLINE: Duration = Duration::from_secs(20);
 
+/// Awareness is relayed by the tick: what changed during one is merged and
+/// sent once. Short enough that a cursor still looks live, long enough that
+/// a crowd of moving cursors costs a few frames per tick, not one per move
+/// per peer.
+pub const AWARENESS_TICK: Duration = Duration::from_millis(30);
+
 /// How long a room works before it lets the other rooms on its thread run.
 /// A frame holds up to a thousand messages, and a sync step 1 costs a diff
 /// of the whole document: without a turn, one connection's burst would
@@ -302,8 +308,28 @@ impl Room {
         let idle_timeout = self.registry.deps.rooms.idle_timeout;
         let shutdown = self.registry.deps.shutdown.clone();
         let mut turn = Instant::now();
+        // When the awareness changes waiting now go out.
+        let mut tick: Option<tokio::time::Instant> = None;
         loop {
-            let cmd = if self.core.peers().is_empty() {
+            if tick.is_none() && self.core.awareness_pending() {
+                tick = Some(tokio::time::Instant::now() + AWARENESS_TICK);
+            }
+            let cmd = if let Some(at) = tick {
+                tokio::select! {
+                    cmd = rx.recv() => cmd,
+                    _ = tokio::time::sleep_until(at) => {
+                        tick = None;
+                        self.contained(|room| {
+                            let mut effects = std::mem::take(&mut room.effects);
+                            room.core.flush_awareness(&mut effects);
+                            room.effects = effects;
+                            room.execute().1
+                        });
+                        continue;
+                    }
+                    _ = shutdown.cancelled() => return self.shut_down(&mut rx),
+                }
+            } else if self.core.peers().is_empty() {
                 tokio::select! {
                     cmd = rx.recv() => cmd,
                     _ = tokio::time::sleep(idle_timeout) => {
