@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::persist::Persister;
+use crate::persist::Persister;
 use super::task::{self, Open, RoomArgs, RoomCmd, Status, StatusCell};
 use crate::config::{Limits, RoomSettings};
 use crate::doc_name::DocName;
