@@ -47,7 +47,13 @@ async fn an_insert_and_delete_writer_keeps_the_log_bounded_in_bytes() {
         let http = http.clone();
         let url = app.http("/api/docs/churn/update");
         async move {
-            let r = http.post(url).body(update).send().await.unwrap();
+            let r = http
+                .post(url)
+                .header("content-type", "application/octet-stream")
+                .body(update)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
         }
     };

@@ -44,6 +44,7 @@ async fn create(app: &TestApp, name: &str) {
 async fn post_update(app: &TestApp, name: &str, update: Vec<u8>) -> (u16, Value) {
     let r = http()
         .post(app.http(&format!("/api/docs/{name}/update")))
+        .header("content-type", "application/octet-stream")
         .body(update)
         .send()
         .await
@@ -242,5 +243,36 @@ async fn a_stored_row_that_does_not_decode_is_quarantined_not_deleted() {
             .any(|l| l.starts_with("tandem_quarantined_rows_total ")),
         "{metrics}"
     );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_backlog_over_its_bound_refuses_writes_until_it_is_written() {
+    let app = spawn_app(&["--persist-backlog-bytes", "65536"]).await;
+    let mut writer = app.client("b").await;
+    writer.sync().await;
+    writer.insert(0, "a").await;
+    assert_eq!(readyz_becomes(&app, 200).await["status"], "ready");
+    // Another connection holds the database's write lock: the update log's
+    // writer waits for it, as behind a slow disk.
+    let db = rusqlite::Connection::open(app.dir.path().join("data/tandem.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let big = "y".repeat(100_000);
+    writer.insert(1, &big).await;
+    let body = readyz_becomes(&app, 503).await;
+    let reason = body["error"]["message"].as_str().unwrap();
+    assert!(reason.contains("wait to be written"), "{reason}");
+    writer.insert(0, "z").await;
+    assert_eq!(writer.ended().await, close_code(1013));
+    // The lock is released: the backlog is written, and writes are taken.
+    db.execute_batch("COMMIT").unwrap();
+    assert_eq!(readyz_becomes(&app, 200).await["status"], "ready");
+    let mut after = app.client("b").await;
+    after.sync().await;
+    assert_eq!(after.text(), format!("a{big}"));
+    after.insert(0, "ok;").await;
+    let mut check = app.client("b").await;
+    check.sync().await;
+    check.wait_text(&format!("ok;a{big}")).await;
     app.stop().await;
 }

@@ -304,8 +304,8 @@ impl Persister {
         let mut reached = watermark.subscribe();
         let mut healthy = self.inner.healthy.subscribe();
         let failed = async {
-            if fail_fast {
-                let _ = healthy.wait_for(|h| !*h).await;
+            if fail_fast && healthy.wait_for(|h| !*h).await.is_ok() {
+                return;
             }
             std::future::pending::<()>().await
         };

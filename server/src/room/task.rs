@@ -228,6 +228,14 @@ async fn load(
 ) -> Result<(DocId, DocState), LoadFailed> {
     let deps = &registry.deps;
     let flushed = deps.persister.flush_by(deadline).await;
+    // A write that fails for storage reasons tells the persister, so that
+    // `/readyz` says so until a write succeeds again.
+    let failed = |e: crate::store::StoreError| {
+        if e.is_unavailable() {
+            deps.persister.note_failure(&e);
+        }
+        LoadFailed::Error(e.to_string())
+    };
     let doc_id = match open {
         Open::Existing => match deps.store.get(name.as_str()).await {
             Ok(Some(meta)) => meta.id,
@@ -244,7 +252,7 @@ async fn load(
                 .store
                 .find_or_create(name.as_str(), now, created.as_ref())
                 .await
-                .map_err(|e| LoadFailed::Error(e.to_string()))?;
+                .map_err(failed)?;
             if found.created {
                 tracing::info!("document created");
                 if created.is_some() {
