@@ -120,7 +120,11 @@ async fn one_step_of_compaction_reads_a_bounded_number_of_bytes() {
     assert_eq!(head.updates.len(), COMPACT_PAGE.bytes / MIB);
     assert!(bytes <= COMPACT_PAGE.bytes, "{bytes}");
     // In order, from the oldest.
-    assert!(head.updates.iter().enumerate().all(|(i, (_, u))| u[0] == i as u8));
+    assert!(head
+        .updates
+        .iter()
+        .enumerate()
+        .all(|(i, (_, u))| u[0] == i as u8));
     // A single row larger than the page is a page of its own.
     let small = tandem::store::PageLimits {
         rows: 100,

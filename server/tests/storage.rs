@@ -91,7 +91,10 @@ async fn a_full_disk_refuses_writes_says_so_and_resumes_by_itself() {
     // Stored before the disk fills: a document written through the API...
     create(&app, "kept").await;
     let kept = Doc::new();
-    assert_eq!(post_update(&app, "kept", append(&kept, "safe")).await.0, 200);
+    assert_eq!(
+        post_update(&app, "kept", append(&kept, "safe")).await.0,
+        200
+    );
     // ...and one edited over a socket.
     let mut writer = app.client("victim").await;
     writer.sync().await;
@@ -114,7 +117,10 @@ async fn a_full_disk_refuses_writes_says_so_and_resumes_by_itself() {
     assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
     let reason = body["error"]["message"].as_str().unwrap();
     assert!(reason.contains("storage"), "{reason}");
-    assert!(reason.contains("full"), "the reason names the cause: {reason}");
+    assert!(
+        reason.contains("full"),
+        "the reason names the cause: {reason}"
+    );
 
     // API writes are refused with 503...
     let (status, body) = post_update(&app, "kept", append(&kept, "+lost")).await;
@@ -134,7 +140,11 @@ async fn a_full_disk_refuses_writes_says_so_and_resumes_by_itself() {
     assert_eq!(text_of(&app, "kept").await, "safe");
     let mut during = app.client("victim").await;
     during.sync().await;
-    assert_eq!(during.text(), accepted, "the refused update was not applied");
+    assert_eq!(
+        during.text(),
+        accepted,
+        "the refused update was not applied"
+    );
 
     // Space is back: service resumes by itself.
     disk.free();

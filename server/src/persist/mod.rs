@@ -258,8 +258,7 @@ impl Persister {
     ) -> Result<(), StorageUnavailable> {
         let seq = lock(&self.inner.queue).last_seq;
         self.ask_sync(seq);
-        self.wait_by(&self.inner.synced, seq, deadline, false)
-            .await
+        self.wait_by(&self.inner.synced, seq, deadline, false).await
     }
 
     /// Whether an update of `doc_id` waits to be committed. It looks through

@@ -293,7 +293,7 @@ impl Room {
             load(&self.registry, &self.name, self.open, deadline),
         )
         .await
-                .unwrap_or_else(|_| Err(LoadFailed::Error("loading took too long".into())));
+        .unwrap_or_else(|_| Err(LoadFailed::Error("loading took too long".into())));
         match loaded {
             Ok((doc_id, doc)) => {
                 self.doc_id = doc_id;
@@ -512,6 +512,10 @@ impl Room {
         conn: ConnId,
         message: &Incoming,
     ) -> Result<(), crate::persist::StorageUnavailable> {
+        // The common case first: two atomic loads.
+        let Err(refused) = self.registry.deps.persister.accepting() else {
+            return Ok(());
+        };
         let (Incoming::Update(update) | Incoming::SyncStep2(update)) = message else {
             return Ok(());
         };
@@ -523,7 +527,7 @@ impl Room {
         if self.core.peer(conn).is_none_or(|p| p.read_only) {
             return Ok(());
         }
-        self.registry.deps.persister.accepting()
+        Err(refused)
     }
 
     /// Carries out `self.effects`, then the effects of removing the peers

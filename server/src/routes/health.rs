@@ -22,11 +22,9 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "storage takes writes and the database answers"), (status = 503, description = "`storage_unavailable`, with the reason: writes fail (disk full, file read-only, database unreachable) or too many wait to be written")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.registry.deps.persister.health()?;
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| ApiError::StorageUnavailable(format!("storage unavailable: database not reachable: {e}")))?;
+    state.store.ping().await.map_err(|e| {
+        ApiError::StorageUnavailable(format!("storage unavailable: database not reachable: {e}"))
+    })?;
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
 }
 

@@ -342,8 +342,7 @@ pub trait Store: Send + Sync + 'static {
     /// (at least one row). What compaction folds in one step, so that its
     /// memory stays bounded however long the log has grown and however
     /// large its rows are.
-    async fn read_log_head(&self, doc_id: DocId, limits: PageLimits)
-        -> Result<DocLog, StoreError>;
+    async fn read_log_head(&self, doc_id: DocId, limits: PageLimits) -> Result<DocLog, StoreError>;
 
     /// Replaces the snapshot with `snapshot`, which holds every update up to
     /// row `upto_id`, and deletes those rows, in one transaction; the rows

@@ -349,11 +349,7 @@ impl Store for SqliteStore {
         self.read_log_rows(doc_id, None).await
     }
 
-    async fn read_log_head(
-        &self,
-        doc_id: DocId,
-        limits: PageLimits,
-    ) -> Result<DocLog, StoreError> {
+    async fn read_log_head(&self, doc_id: DocId, limits: PageLimits) -> Result<DocLog, StoreError> {
         self.read_log_rows(doc_id, Some(limits)).await
     }
 
