@@ -469,3 +469,29 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_are_told_apart_from_wrong_calls() {
+        let sqlite = |code| {
+            StoreError::Writer(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        // FULL, READONLY, IOERR_WRITE (an extended code), BUSY.
+        for code in [13, 8, 778, 5] {
+            assert!(sqlite(code).is_unavailable(), "{code}");
+        }
+        // CONSTRAINT, and a plain error.
+        for code in [19, 1] {
+            assert!(!sqlite(code).is_unavailable(), "{code}");
+        }
+        assert!(StoreError::Sync(std::io::Error::other("EIO")).is_unavailable());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_unavailable());
+    }
+}
