@@ -94,6 +94,12 @@ impl DocLoader {
         Ok(())
     }
 
+    /// What was applied and skipped so far: a caller that hands rows in
+    /// one at a time learns which of them did not decode.
+    pub fn report(&self) -> &LoadReport {
+        &self.report
+    }
+
     /// The loaded document, with an exact size and version 0.
     pub fn finish(self) -> (DocState, LoadReport) {
         let mut state = self.state;

@@ -2,6 +2,8 @@
 //! persister and compactor, binds the listener — port 0 works and the real
 //! port is kept), runs it, and shuts it down in order: stop accepting, close
 //! sockets with 1001, let rooms finish, flush the persister, close the pool.
+//! Every step of the stop has a deadline; a stop that could not write every
+//! accepted update ends with an error, so the process exits non-zero.
 
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
@@ -19,7 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::config::Settings;
-use crate::room::persist::{self, Persister, PersisterThread};
+use crate::persist::compactor::{self, CompactConfig, COMPACT_PAGE};
+use crate::persist::{PersistConfig, Persister, PersisterThread, Unwritten};
 use crate::room::registry::{Registry, RoomDeps};
 use crate::routes;
 use crate::state::AppState;
@@ -46,6 +49,16 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a run did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The final flush failed: accepted updates were not written.
+    #[error("stopped without writing everything: {0}")]
+    Unwritten(#[from] Unwritten),
 }
 
 pub struct App {
@@ -112,7 +125,10 @@ impl App {
             Arc::clone(&store),
             metrics_handles.clone(),
             Arc::clone(&webhooks),
-            settings.sync_interval,
+            PersistConfig {
+                sync_interval: settings.sync_interval,
+                backlog_bytes: settings.persist_backlog_bytes,
+            },
         )
         .map_err(StartError::Runtime)?;
         let core_handle = core.handle();
@@ -131,10 +147,14 @@ impl App {
             &core_handle,
         );
         tracker.spawn_on(
-            persist::run_compactor(
+            compactor::run_compactor(
                 Arc::clone(&store),
-                settings.rooms.compact_after_updates,
-                COMPACT_EVERY,
+                CompactConfig {
+                    min_updates: settings.rooms.compact_after_updates,
+                    min_bytes: settings.rooms.compact_after_bytes,
+                    page: COMPACT_PAGE,
+                    every: COMPACT_EVERY,
+                },
                 shutdown.clone(),
             ),
             &core_handle,
@@ -253,8 +273,10 @@ impl App {
         self.shutdown.clone()
     }
 
-    /// Serves until SIGTERM, SIGINT or the shutdown token, then stops in order.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    /// Serves until SIGTERM, SIGINT or the shutdown token, then stops in
+    /// order. An error when accepted updates could not be written before
+    /// the stop's deadline (storage failing): the caller exits non-zero.
+    pub async fn run_until_stopped(self) -> Result<(), RunError> {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -277,14 +299,15 @@ impl App {
         {
             tracing::warn!("some rooms did not stop in time");
         }
+        // The persister gets the grace period to write and sync what the
+        // rooms queued, retrying while storage fails; then it gives up.
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let flushed = self.persister.flush_durable_by(deadline).await;
         let backlog = self.persister.backlog();
-        if tokio::time::timeout(self.grace, self.persister.flush_durable())
-            .await
-            .is_err()
-        {
-            tracing::error!(backlog, "could not write every update before stopping");
+        let stopped = self.persister_thread.stop_by(deadline).await;
+        if let Err(e) = &flushed {
+            tracing::error!(backlog, error = %e, "could not write every update before stopping");
         }
-        self.persister_thread.stop().await;
         // Events queued by the last leaves are written; attempts in flight finish.
         self.outbox_stop.cancel();
         if tokio::time::timeout(self.grace, self.outbox_tasks.wait())
@@ -293,10 +316,23 @@ impl App {
         {
             tracing::warn!("webhook deliveries still in flight at stop; they will be retried after the next start");
         }
-        self.store.close().await;
+        if tokio::time::timeout(self.grace, self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database's connections did not close in time");
+        }
         drop(self.core);
-        tracing::info!("stopped");
-        Ok(())
+        match stopped {
+            Ok(()) => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "stopped; accepted updates were not written");
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -33,6 +33,13 @@ pub struct Settings {
     #[arg(long, env = "TANDEM_SYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sync_interval: Duration,
 
+    /// Bytes of accepted updates waiting to be written to the database
+    /// above which new writes are refused (WebSocket updates closed with
+    /// 1013, API writes answered 503) and `/readyz` answers 503, rather
+    /// than queued without bound while storage is slow or failing.
+    #[arg(long, env = "TANDEM_PERSIST_BACKLOG_BYTES", default_value_t = 64 * MIB)]
+    pub persist_backlog_bytes: usize,
+
     /// Log format: `pretty` (human) or `json` (one JSON object per line).
     /// Levels and filters come from `RUST_LOG` (default `info`).
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
@@ -185,6 +192,12 @@ pub struct RoomSettings {
     /// this many updates.
     #[arg(long, env = "TANDEM_COMPACT_AFTER_UPDATES", default_value_t = 500)]
     pub compact_after_updates: u32,
+
+    /// A document's stored update log is also folded once it holds this
+    /// many bytes (a writer that inserts and deletes large content keeps the
+    /// document small while its log grows).
+    #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES", default_value_t = 8 * MIB as u64)]
+    pub compact_after_bytes: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -277,6 +290,12 @@ impl Settings {
         if r.compact_after_updates < 2 {
             return invalid("TANDEM_COMPACT_AFTER_UPDATES must be at least 2");
         }
+        if r.compact_after_bytes < 64 * 1024 {
+            return invalid("TANDEM_COMPACT_AFTER_BYTES must be at least 65536");
+        }
+        if self.persist_backlog_bytes < 64 * 1024 {
+            return invalid("TANDEM_PERSIST_BACKLOG_BYTES must be at least 65536");
+        }
         let w = &self.webhooks;
         if w.timeout.is_zero() || w.concurrency == 0 {
             return invalid(
@@ -320,6 +339,8 @@ mod tests {
         assert!(s.limits.max_message_bytes >= MIB && s.limits.max_message_bytes < 64 * MIB);
         assert!(s.limits.max_document_bytes >= 16 * MIB);
         assert_eq!(s.bind, "127.0.0.1:8080");
+        assert_eq!(s.persist_backlog_bytes, 64 * MIB);
+        assert_eq!(s.rooms.compact_after_bytes, 8 * MIB as u64);
     }
 
     #[test]

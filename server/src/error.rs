@@ -28,6 +28,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the server is busy: {0}")]
     Unavailable(String),
+    /// 503: storage fails or is behind, so writes are refused (SPEC §6).
+    #[error("{0}")]
+    StorageUnavailable(String),
     #[error("an internal error occurred")]
     Unexpected(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -51,6 +54,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Unexpected(_) => "internal_error",
         }
     }
@@ -75,9 +79,22 @@ impl From<crate::auth::AuthError> for ApiError {
     }
 }
 
+/// A store error that says storage fails is a 503 `storage_unavailable`
+/// with its reason; any other is unexpected (500).
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::unexpected(e)
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "a request failed: storage unavailable");
+            ApiError::StorageUnavailable(format!("storage unavailable: {e}"))
+        } else {
+            ApiError::unexpected(e)
+        }
+    }
+}
+
+impl From<crate::persist::StorageUnavailable> for ApiError {
+    fn from(e: crate::persist::StorageUnavailable) -> Self {
+        ApiError::StorageUnavailable(e.to_string())
     }
 }
 
@@ -113,7 +130,9 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) | ApiError::WrongState { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::StorageUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

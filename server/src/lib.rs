@@ -3,7 +3,7 @@
 //! `routes/ws.rs -> room/session.rs -> room/task.rs -> room/core.rs`, which
 //! applies it with `tandem_crdt` and returns effects; the task fans the frame
 //! out through `net/outbox.rs` and hands the update to
-//! `room/persist.rs -> store/`. Webhook events go `webhooks/events.rs ->
+//! `persist/ -> store/`. Webhook events go `webhooks/events.rs ->
 //! store (the outbox) -> webhooks/dispatcher.rs`.
 
 pub mod app;
@@ -13,6 +13,7 @@ pub mod doc_name;
 pub mod error;
 pub mod metrics;
 pub mod net;
+pub mod persist;
 pub mod room;
 pub mod routes;
 pub mod state;

@@ -74,9 +74,28 @@ pub fn set_webhook_outbox(pending: i64) {
     metrics::gauge!("tandem_webhook_outbox_pending").set(pending as f64);
 }
 
+/// What the persister holds, read at scrape time.
+pub struct PersistGauges {
+    pub backlog_updates: usize,
+    pub backlog_bytes: usize,
+    pub storage_healthy: bool,
+}
+
 /// Sets the gauges that are read at scrape time.
-pub fn set_gauges(connections: usize, rooms: usize, persist_backlog: usize) {
+pub fn set_gauges(connections: usize, rooms: usize, persist: &PersistGauges) {
     metrics::gauge!("tandem_connections").set(connections as f64);
     metrics::gauge!("tandem_rooms_loaded").set(rooms as f64);
-    metrics::gauge!("tandem_persist_backlog_updates").set(persist_backlog as f64);
+    metrics::gauge!("tandem_persist_backlog_updates").set(persist.backlog_updates as f64);
+    metrics::gauge!("tandem_persist_backlog_bytes").set(persist.backlog_bytes as f64);
+    set_storage_healthy(persist.storage_healthy);
+}
+
+/// 1 while storage takes writes, 0 while it fails (SPEC §6).
+pub fn set_storage_healthy(healthy: bool) {
+    metrics::gauge!("tandem_storage_healthy").set(if healthy { 1.0 } else { 0.0 });
+}
+
+/// Counts stored rows set aside because they do not decode.
+pub fn rows_quarantined(rows: u64) {
+    metrics::counter!("tandem_quarantined_rows_total").increment(rows);
 }

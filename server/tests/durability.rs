@@ -247,7 +247,10 @@ async fn log_ids_reused_after_compaction_lose_nothing() {
     let upto = first.updates.last().unwrap().0;
     // An update accepted while the compactor merges: it keeps its row.
     log.append(&[row(b"d")], false).unwrap();
-    store.write_snapshot(doc.id, b"abc", upto).await.unwrap();
+    store
+        .write_snapshot(doc.id, b"abc", upto, &[])
+        .await
+        .unwrap();
     let second = store.read_log(doc.id).await.unwrap();
     assert_eq!(second.snapshot.as_deref(), Some(&b"abc"[..]));
     let after: Vec<&[u8]> = second.updates.iter().map(|(_, u)| u.as_slice()).collect();
@@ -257,7 +260,10 @@ async fn log_ids_reused_after_compaction_lose_nothing() {
     // Fold the rest: the log is empty, and the next id starts over below
     // the snapshot's old `upto_id`.
     let upto = second.updates[0].0;
-    store.write_snapshot(doc.id, b"abcd", upto).await.unwrap();
+    store
+        .write_snapshot(doc.id, b"abcd", upto, &[])
+        .await
+        .unwrap();
     log.append(&[row(b"e")], false).unwrap();
     let third = store.read_log(doc.id).await.unwrap();
     assert_eq!(third.snapshot.as_deref(), Some(&b"abcd"[..]));
@@ -269,7 +275,7 @@ async fn log_ids_reused_after_compaction_lose_nothing() {
     );
     // The next compaction folds exactly that row.
     store
-        .write_snapshot(doc.id, b"abcde", third.updates[0].0)
+        .write_snapshot(doc.id, b"abcde", third.updates[0].0, &[])
         .await
         .unwrap();
     let fourth = store.read_log(doc.id).await.unwrap();
@@ -294,11 +300,19 @@ async fn compaction_folds_a_long_log_in_pages() {
     }
     t.log.sync().unwrap();
     // One page of 10: the oldest 10 rows go, 15 stay.
-    let head = t.store.read_log_head(t.doc.id, 10).await.unwrap();
-    assert_eq!(head.updates.len(), 10);
-    tandem::room::persist::compact_document(&t.store, t.doc.id, 10)
+    let head = t
+        .store
+        .read_log_head(t.doc.id, tandem::store::PageLimits::rows(10))
         .await
         .unwrap();
+    assert_eq!(head.updates.len(), 10);
+    tandem::persist::compactor::compact_document(
+        &t.store,
+        t.doc.id,
+        tandem::store::PageLimits::rows(10),
+    )
+    .await
+    .unwrap();
     let after = t.store.read_log(t.doc.id).await.unwrap();
     assert!(
         after.updates.is_empty(),
@@ -464,9 +478,13 @@ async fn loads_during_compaction_see_every_update() {
         let (store, done) = (store.clone(), done.clone());
         tokio::spawn(async move {
             for _ in 0..20 {
-                tandem::room::persist::compact_document(&store, doc.id, 5)
-                    .await
-                    .unwrap();
+                tandem::persist::compactor::compact_document(
+                    &store,
+                    doc.id,
+                    tandem::store::PageLimits::rows(5),
+                )
+                .await
+                .unwrap();
             }
             done.store(true, Ordering::SeqCst);
         })
@@ -534,9 +552,13 @@ async fn a_log_is_read_in_pages_within_their_limits() {
     for i in 0..30 {
         t.append(&piece(i));
     }
-    tandem::room::persist::compact_document(&t.store, t.doc.id, 100)
-        .await
-        .unwrap();
+    tandem::persist::compactor::compact_document(
+        &t.store,
+        t.doc.id,
+        tandem::store::PageLimits::rows(100),
+    )
+    .await
+    .unwrap();
     for i in 30..127 {
         t.append(&piece(i));
     }

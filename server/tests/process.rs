@@ -282,3 +282,66 @@ fn an_unusable_database_url_stops_the_start_with_a_message() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+/// With the disk full, an accepted update cannot be written: a SIGTERM
+/// still stops the server within its deadline (it does not retry forever),
+/// and the exit status says that the final flush failed.
+#[tokio::test]
+async fn a_stop_with_failing_storage_ends_in_time_and_exits_non_zero() {
+    let Some(disk) = common::disk::TmpDisk::mount("16m") else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let mut server = start_with(
+        &disk.path().join("tandem.db"),
+        &[("TANDEM_SHUTDOWN_TIMEOUT", "2s")],
+    );
+    let r = http
+        .post(format!("{}/api/docs", server.base))
+        .bearer_auth(KEY)
+        .json(&json!({"id": "f"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    disk.fill();
+    // Applied and queued, but never written: not durable, so a 503.
+    let r = http
+        .post(format!("{}/api/docs/f/update", server.base))
+        .bearer_auth(KEY)
+        .body(update(0, &"x".repeat(1 << 20), &Doc::new()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let r = http
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+
+    let stopped = std::time::Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        if stopped.elapsed() > std::time::Duration::from_secs(20) {
+            server.child.kill().unwrap();
+            server.child.wait().unwrap();
+            panic!("still running 20 s after SIGTERM");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(15),
+        "stopped after {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(status.code(), Some(1), "{status:?}");
+}

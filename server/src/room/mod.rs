@@ -1,9 +1,9 @@
 //! Rooms: one task per loaded document (`task`) drives a `core` that owns
 //! its `DocState`, its awareness and its peers; the `registry` finds or
 //! loads rooms; each socket runs a `session` on the TCP stream it took over
-//! at the upgrade (the socket side itself is `crate::net`); `persist` writes
-//! accepted updates to the store with group commit, and `load` builds a
-//! document from the store a page at a time.
+//! at the upgrade (the socket side itself is `crate::net`); `crate::persist`
+//! writes accepted updates to the store with group commit, and `load`
+//! builds a document from the store a page at a time.
 //!
 //! Architecture invariant: a room never awaits storage, a peer or the
 //! network while relaying; it hands updates to the persister and frames to
@@ -12,7 +12,6 @@
 
 pub mod core;
 pub mod load;
-pub mod persist;
 pub mod registry;
 pub mod session;
 pub mod task;

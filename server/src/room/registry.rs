@@ -13,10 +13,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::persist::Persister;
 use super::task::{self, Open, RoomArgs, RoomCmd, Status, StatusCell};
 use crate::config::{Limits, RoomSettings};
 use crate::doc_name::DocName;
+use crate::persist::Persister;
 use crate::store::Store;
 
 /// Commands a room has not handled yet. Bounded so that a flood of writers

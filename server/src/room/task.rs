@@ -84,7 +84,7 @@ pub enum RoomCmd {
     /// Deletes the document: storage first, then every socket is closed
     /// with 4404 and the room unloads. Replies whether it existed.
     Delete {
-        reply: oneshot::Sender<Result<bool, String>>,
+        reply: oneshot::Sender<Result<bool, crate::store::StoreError>>,
     },
     /// Makes the room panic, to test that the fault stays inside it.
     #[cfg(test)]
@@ -224,13 +224,24 @@ enum LoadFailed {
 
 /// Loads a document: first waits for the persister to write everything it
 /// holds, so a room reloaded right after an unload sees every update.
+/// While storage fails that wait ends early; the load goes on only if
+/// nothing of this document waits to be written.
 async fn load(
     registry: &Registry,
     name: &DocName,
     open: Open,
+    deadline: tokio::time::Instant,
 ) -> Result<(DocId, DocState), LoadFailed> {
     let deps = &registry.deps;
-    deps.persister.flush().await;
+    let flushed = deps.persister.flush_by(deadline).await;
+    // A write that fails for storage reasons tells the persister, so that
+    // `/readyz` says so until a write succeeds again.
+    let failed = |e: crate::store::StoreError| {
+        if e.is_unavailable() {
+            deps.persister.note_failure(&e);
+        }
+        LoadFailed::Error(e.to_string())
+    };
     let doc_id = match open {
         Open::Existing => match deps.store.get(name.as_str()).await {
             Ok(Some(meta)) => meta.id,
@@ -247,7 +258,7 @@ async fn load(
                 .store
                 .find_or_create(name.as_str(), now, created.as_ref())
                 .await
-                .map_err(|e| LoadFailed::Error(e.to_string()))?;
+                .map_err(failed)?;
             if found.created {
                 tracing::info!("document created");
                 if created.is_some() {
@@ -258,6 +269,11 @@ async fn load(
             found.id
         }
     };
+    if let Err(e) = flushed {
+        if deps.persister.has_pending(doc_id) {
+            return Err(LoadFailed::Error(e.to_string()));
+        }
+    }
     let (state, report) = super::load::load_stored(deps.store.as_ref(), doc_id)
         .await
         .map_err(|e| LoadFailed::Error(e.to_string()))?;
@@ -277,10 +293,13 @@ async fn load(
 
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<Box<RoomCmd>>) {
-        let loaded =
-            tokio::time::timeout(LOAD_DEADLINE, load(&self.registry, &self.name, self.open))
-                .await
-                .unwrap_or_else(|_| Err(LoadFailed::Error("loading took too long".into())));
+        let deadline = tokio::time::Instant::now() + LOAD_DEADLINE;
+        let loaded = tokio::time::timeout_at(
+            deadline,
+            load(&self.registry, &self.name, self.open, deadline),
+        )
+        .await
+        .unwrap_or_else(|_| Err(LoadFailed::Error("loading took too long".into())));
         match loaded {
             Ok((doc_id, doc)) => {
                 self.doc_id = doc_id;
@@ -478,6 +497,21 @@ impl Room {
     ) -> Next {
         let single = messages.len() == 1;
         for message in messages {
+            if let Err(e) = self.accepts_write(conn, &message) {
+                // Not applied, so not relayed or queued: the client keeps
+                // the update and sends it again in its sync step 2 when it
+                // reconnects, once storage takes writes again.
+                tracing::warn!(%conn, reason = %e, "update refused; closing the connection with 1013");
+                let mut effects = std::mem::take(&mut self.effects);
+                self.core.close(
+                    conn,
+                    CloseCode::TryAgainLater,
+                    "storage unavailable",
+                    &mut effects,
+                );
+                self.effects = effects;
+                return self.execute().1;
+            }
             let next = self.contained(|room| {
                 let mut effects = std::mem::take(&mut room.effects);
                 room.core
@@ -494,6 +528,32 @@ impl Room {
             }
         }
         Next::Continue
+    }
+
+    /// Whether a message from `conn` may be applied: one that would write
+    /// (a non-empty update from a peer that may write) is refused while
+    /// storage fails or is behind (SPEC §6).
+    fn accepts_write(
+        &self,
+        conn: ConnId,
+        message: &Incoming,
+    ) -> Result<(), crate::persist::StorageUnavailable> {
+        // The common case first: two atomic loads.
+        let Err(refused) = self.registry.deps.persister.accepting() else {
+            return Ok(());
+        };
+        let (Incoming::Update(update) | Incoming::SyncStep2(update)) = message else {
+            return Ok(());
+        };
+        // An empty update (a sync step 2 with nothing new is `[0, 0]`)
+        // writes nothing; a read-only peer's update is dropped anyway.
+        if update.is_empty() || update.as_ref() == [0, 0] {
+            return Ok(());
+        }
+        if self.core.peer(conn).is_none_or(|p| p.read_only) {
+            return Ok(());
+        }
+        Err(refused)
     }
 
     /// Carries out `self.effects`, then the effects of removing the peers
@@ -643,7 +703,10 @@ impl Room {
         ));
     }
 
-    async fn delete(&mut self, reply: oneshot::Sender<Result<bool, String>>) -> Next {
+    async fn delete(
+        &mut self,
+        reply: oneshot::Sender<Result<bool, crate::store::StoreError>>,
+    ) -> Next {
         let deps = &self.registry.deps;
         let deleted = deps
             .webhooks
@@ -669,7 +732,7 @@ impl Room {
                 Next::Stop
             }
             Err(e) => {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(e));
                 Next::Continue
             }
         }
@@ -678,9 +741,10 @@ impl Room {
     /// Replaces the in-memory document with the stored one (which never saw
     /// the update that failed). Peers stay: they hold what was stored.
     async fn reload(&mut self) {
-        let loaded = tokio::time::timeout(
-            LOAD_DEADLINE,
-            load(&self.registry, &self.name, Open::Existing),
+        let deadline = tokio::time::Instant::now() + LOAD_DEADLINE;
+        let loaded = tokio::time::timeout_at(
+            deadline,
+            load(&self.registry, &self.name, Open::Existing, deadline),
         )
         .await
         .unwrap_or_else(|_| Err(LoadFailed::Error("loading took too long".into())));

@@ -16,7 +16,7 @@ use crate::doc_name::DocName;
 use crate::error::ApiError;
 use crate::room::task::RoomCmd;
 use crate::state::AppState;
-use crate::store::DocMeta;
+use crate::store::{DocMeta, StoreError};
 use crate::time::rfc3339;
 
 use super::{decode_cursor, encode_cursor};
@@ -110,6 +110,21 @@ pub fn parse_name(raw: &str) -> Result<DocName, ApiError> {
     DocName::parse(raw).map_err(|e| ApiError::bad_request("invalid_document_name", e.to_string()))
 }
 
+/// A write that failed: when storage itself fails, the persister is told,
+/// so that `/readyz` and other writes say so until a write succeeds again.
+fn write_failed(state: &AppState, e: StoreError) -> ApiError {
+    if e.is_unavailable() {
+        state.registry.deps.persister.note_failure(&e);
+    }
+    e.into()
+}
+
+/// Refuses a write while storage fails or is behind (503
+/// `storage_unavailable`), rather than queueing it without bound.
+fn accepting(state: &AppState) -> Result<(), ApiError> {
+    Ok(state.registry.deps.persister.accepting()?)
+}
+
 /// The document, or 404.
 async fn existing(state: &AppState, name: &DocName) -> Result<DocMeta, ApiError> {
     state
@@ -137,6 +152,7 @@ pub async fn create(
         Some(id) => parse_name(&id)?,
         None => parse_name(&uuid::Uuid::new_v4().to_string())?,
     };
+    accepting(&state)?;
     let now = crate::store::now_ms();
     let created = state
         .webhooks
@@ -145,7 +161,8 @@ pub async fn create(
     let meta = state
         .store
         .create(name.as_str(), now, created.as_ref())
-        .await?
+        .await
+        .map_err(|e| write_failed(&state, e))?
         .ok_or_else(|| ApiError::Conflict(format!("a document named {name:?} exists")))?;
     if created.is_some() {
         state.webhooks.messages_written();
@@ -201,12 +218,13 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let name = parse_name(&id)?;
     existing(&state, &name).await?;
+    accepting(&state)?;
     // Through the room, so that its sockets close and no joiner sees it half-deleted.
     let existed = state
         .registry
         .call(&name, |reply| RoomCmd::Delete { reply })
         .await?
-        .map_err(|e| ApiError::Unavailable(format!("deleting failed: {e}")))?;
+        .map_err(|e| write_failed(&state, e))?;
     if !existed {
         return Err(ApiError::NotFound(format!("no document named {name:?}")));
     }
@@ -267,7 +285,7 @@ fn parse_state_vector(sv: &str) -> Result<StateVector, ApiError> {
 #[utoipa::path(post, path = "/api/docs/{id}/update", tag = "documents",
     params(("id" = String, Path, description = "document name")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a Yjs v1 update"),
-    responses((status = 200, body = Applied, description = "applied, relayed and durable"), (status = 400), (status = 401), (status = 404), (status = 413)))]
+    responses((status = 200, body = Applied, description = "applied, relayed and durable"), (status = 400), (status = 401), (status = 404), (status = 413), (status = 503, description = "`storage_unavailable`: storage fails or is behind; try again later")))]
 pub async fn apply_update(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -276,6 +294,7 @@ pub async fn apply_update(
     let name = parse_name(&id)?;
     let body = read_body(body, state.registry.deps.limits.max_message_bytes).await?;
     existing(&state, &name).await?;
+    accepting(&state)?;
     let result = state
         .registry
         .call(&name, |reply| RoomCmd::ApplyUpdate {
@@ -291,12 +310,12 @@ pub async fn apply_update(
         Err(e) => return Err(ApiError::bad_request("invalid_update", e.to_string())),
     };
     if let Some(seq) = seq {
+        // The update is applied and queued: on a 503 it is written once
+        // storage is back (a retry of it is harmless, updates are idempotent).
         let persister = &state.registry.deps.persister;
-        tokio::time::timeout(DURABLE_WAIT, persister.wait_durable(seq))
-            .await
-            .map_err(|_| {
-                ApiError::Unavailable("the database did not confirm the write in time".into())
-            })?;
+        persister
+            .wait_durable_by(seq, tokio::time::Instant::now() + DURABLE_WAIT)
+            .await?;
     }
     Ok(HttpResponse::Ok().json(Applied {
         applied: seq.is_some(),

@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (the database answers).
+//! `GET /healthz` (the process answers) and `GET /readyz` (storage takes
+//! writes and the database answers; 503 with the reason otherwise).
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -18,25 +19,29 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok", "auth": auth }))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "the database answers"), (status = 503)))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "storage takes writes and the database answers"), (status = 503, description = "`storage_unavailable`, with the reason: writes fail (disk full, file read-only, database unreachable) or too many wait to be written")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("database not reachable: {e}")))?;
+    state.registry.deps.persister.health()?;
+    state.store.ping().await.map_err(|e| {
+        ApiError::StorageUnavailable(format!("storage unavailable: database not reachable: {e}"))
+    })?;
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let registry = &state.registry;
+    let persister = &registry.deps.persister;
     crate::metrics::set_gauges(
         registry
             .connections
             .load(std::sync::atomic::Ordering::Relaxed),
         registry.loaded(),
-        registry.deps.persister.backlog(),
+        &crate::metrics::PersistGauges {
+            backlog_updates: persister.backlog(),
+            backlog_bytes: persister.backlog_bytes(),
+            storage_healthy: persister.health().is_ok(),
+        },
     );
     match state.store.outbox_depth().await {
         Ok(pending) => crate::metrics::set_webhook_outbox(pending),

@@ -26,6 +26,37 @@ pub enum StoreError {
     Panicked,
 }
 
+impl StoreError {
+    /// Whether the error says that storage itself fails (the disk is full,
+    /// the file read-only or unreadable, the database unreachable or
+    /// locked), rather than that this call was wrong: such writes are
+    /// refused as "storage unavailable" and retried when it is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| UNAVAILABLE_CODES.contains(&(c & 0xff))),
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                _ => false,
+            },
+            StoreError::Writer(rusqlite::Error::SqliteFailure(e, _)) => {
+                UNAVAILABLE_CODES.contains(&(e.extended_code & 0xff))
+            }
+            StoreError::Sync(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's primary result codes that mean storage fails: BUSY, LOCKED,
+/// READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
+const UNAVAILABLE_CODES: [i32; 8] = [5, 6, 8, 10, 11, 13, 14, 26];
+
 /// Writes the update log. The persister owns one and calls it from its own
 /// thread only: each call blocks that thread until the database answers, so
 /// no async task makes them.
@@ -41,6 +72,20 @@ pub trait LogWriter: Send {
     /// disk (a crash or `kill -9` of the process loses none of them); this
     /// makes them survive a power cut too.
     fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// A small write that tells whether the database takes writes again
+    /// (after a failure elsewhere); it changes nothing anyone reads.
+    fn probe(&mut self) -> Result<(), StoreError>;
+}
+
+/// A stored row set aside because it does not decode: never deleted for
+/// that, it is moved to the quarantine table with its reason.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    /// Its id in the update log; `None` for the document's snapshot.
+    pub row_id: Option<i64>,
+    pub data: Vec<u8>,
+    pub reason: String,
 }
 
 /// A document's stored state: a snapshot (if compacted) and the log after it.
@@ -65,6 +110,16 @@ pub struct FoundDoc {
 pub struct PageLimits {
     pub rows: usize,
     pub bytes: usize,
+}
+
+impl PageLimits {
+    /// At most `rows` rows, whatever their bytes.
+    pub const fn rows(rows: usize) -> Self {
+        PageLimits {
+            rows,
+            bytes: usize::MAX,
+        }
+    }
 }
 
 /// One page of a stored document, in order: the snapshot (if any) opens the
@@ -258,8 +313,13 @@ pub trait Store: Send + Sync + 'static {
     /// that thread while it opens.
     fn log_writer(&self) -> Result<Box<dyn LogWriter>, StoreError>;
 
-    /// Documents whose log holds at least `min_updates` updates.
-    async fn compaction_candidates(&self, min_updates: u32) -> Result<Vec<DocId>, StoreError>;
+    /// Documents whose log holds at least `min_updates` updates or
+    /// `min_bytes` bytes.
+    async fn compaction_candidates(
+        &self,
+        min_updates: u32,
+        min_bytes: u64,
+    ) -> Result<Vec<DocId>, StoreError>;
 
     /// A document's snapshot and log, read as of one moment (a compaction
     /// committing meanwhile cannot pair the old snapshot with the new log).
@@ -277,19 +337,27 @@ pub trait Store: Send + Sync + 'static {
         pages: tokio::sync::mpsc::Sender<LogPage>,
     ) -> Result<(), StoreError>;
 
-    /// As `read_log`, with only the oldest `max_rows` updates of the log:
-    /// what compaction folds in one step, so that its memory stays bounded
-    /// however long the log has grown.
-    async fn read_log_head(&self, doc_id: DocId, max_rows: u32) -> Result<DocLog, StoreError>;
+    /// As `read_log`, with only the oldest updates of the log: at most
+    /// `limits.rows` rows, and no more once they hold `limits.bytes` bytes
+    /// (at least one row). What compaction folds in one step, so that its
+    /// memory stays bounded however long the log has grown and however
+    /// large its rows are.
+    async fn read_log_head(&self, doc_id: DocId, limits: PageLimits) -> Result<DocLog, StoreError>;
 
     /// Replaces the snapshot with `snapshot`, which holds every update up to
-    /// row `upto_id`, and deletes those rows, in one transaction.
+    /// row `upto_id`, and deletes those rows, in one transaction; the rows
+    /// (and old snapshot) in `quarantine` are moved to the quarantine table
+    /// in the same transaction.
     async fn write_snapshot(
         &self,
         doc_id: DocId,
         snapshot: &[u8],
         upto_id: i64,
+        quarantine: &[Quarantined],
     ) -> Result<(), StoreError>;
+
+    /// Rows of a document in the quarantine table.
+    async fn quarantined(&self, doc_id: DocId) -> Result<i64, StoreError>;
 
     // --- webhooks ---
 
@@ -400,4 +468,30 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_are_told_apart_from_wrong_calls() {
+        let sqlite = |code| {
+            StoreError::Writer(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        // FULL, READONLY, IOERR_WRITE (an extended code), BUSY.
+        for code in [13, 8, 778, 5] {
+            assert!(sqlite(code).is_unavailable(), "{code}");
+        }
+        // CONSTRAINT, and a plain error.
+        for code in [19, 1] {
+            assert!(!sqlite(code).is_unavailable(), "{code}");
+        }
+        assert!(StoreError::Sync(std::io::Error::other("EIO")).is_unavailable());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_unavailable());
+    }
 }

@@ -293,3 +293,4 @@ pub fn close_code(code: u16) -> Ended {
 
 #[allow(unused)]
 fn _assert_close_code_type(_: WsCloseCode) {}
+pub mod disk;

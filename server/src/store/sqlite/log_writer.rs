@@ -165,6 +165,16 @@ impl LogWriter for SqliteLogWriter {
             Err(e) => Err(StoreError::Sync(e)),
         }
     }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO storage_probe (id, at) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )?
+            .execute(params![now_ms()])?;
+        Ok(())
+    }
 }
 
 /// Adds a batch to the changes `document.updated` will report.

@@ -21,7 +21,7 @@ use self::log_writer::SqliteLogWriter;
 use super::{
     now_ms, AttemptRecord, AttemptRow, ChangesEvent, DeliveryRow, DocChanges, DocId, DocLog,
     DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage, LogWriter, NewEvent,
-    Outcome, PageLimits, Store, StoreError,
+    Outcome, PageLimits, Quarantined, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -55,23 +55,50 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// The snapshot and the oldest `limit` rows of the log (all for `-1`,
-    /// SQLite's "no limit"), in one read transaction: WAL gives it one
-    /// consistent view, so a compaction committing between the two reads
-    /// cannot pair the old snapshot with the shortened log.
-    async fn read_log_rows(&self, doc_id: DocId, limit: i64) -> Result<DocLog, StoreError> {
+    /// The snapshot and the oldest rows of the log (all for `None`), in
+    /// one read transaction: WAL gives it one consistent view, so a
+    /// compaction committing between the two reads cannot pair the old
+    /// snapshot with the shortened log. With `limits`, the rows' lengths are
+    /// read first (SQLite reads a blob's length from its header, not its
+    /// content) and only the rows within the limits are fetched.
+    async fn read_log_rows(
+        &self,
+        doc_id: DocId,
+        limits: Option<PageLimits>,
+    ) -> Result<DocLog, StoreError> {
         let mut tx = self.pool.begin().await?;
         let snapshot: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE doc_id = $1")
                 .bind(doc_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let rows =
-            sqlx::query("SELECT id, data FROM doc_updates WHERE doc_id = $1 ORDER BY id LIMIT $2")
-                .bind(doc_id)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
+        let mut upto = i64::MAX;
+        if let Some(limits) = limits {
+            let mut lengths = sqlx::query_as::<_, (i64, i64)>(
+                "SELECT id, LENGTH(data) FROM doc_updates WHERE doc_id = $1 ORDER BY id LIMIT $2",
+            )
+            .bind(doc_id)
+            .bind(i64::try_from(limits.rows).unwrap_or(i64::MAX))
+            .fetch(&mut *tx);
+            let mut bytes = 0usize;
+            let mut last = None;
+            while let Some((id, len)) = lengths.try_next().await? {
+                if last.is_some() && bytes >= limits.bytes {
+                    break;
+                }
+                bytes = bytes.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                last = Some(id);
+            }
+            drop(lengths);
+            upto = last.unwrap_or(i64::MIN);
+        }
+        let rows = sqlx::query(
+            "SELECT id, data FROM doc_updates WHERE doc_id = $1 AND id <= $2 ORDER BY id",
+        )
+        .bind(doc_id)
+        .bind(upto)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         let mut updates = Vec::with_capacity(rows.len());
         for row in rows {
@@ -297,21 +324,42 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteLogWriter::open(&self.path, BUSY_TIMEOUT)?))
     }
 
-    async fn compaction_candidates(&self, min_updates: u32) -> Result<Vec<DocId>, StoreError> {
+    async fn compaction_candidates(
+        &self,
+        min_updates: u32,
+        min_bytes: u64,
+    ) -> Result<Vec<DocId>, StoreError> {
+        // The log's bytes are the document's stored bytes less its snapshot.
         Ok(sqlx::query_scalar(
-            "SELECT id FROM documents WHERE log_count >= $1 ORDER BY log_count DESC LIMIT 64",
+            "SELECT id FROM (
+               SELECT id, log_count, size_bytes
+                 - COALESCE((SELECT LENGTH(data) FROM doc_snapshots WHERE doc_id = documents.id), 0)
+                 AS log_bytes
+               FROM documents WHERE log_count > 0)
+             WHERE log_count >= $1 OR log_bytes >= $2
+             ORDER BY log_bytes DESC LIMIT 64",
         )
         .bind(i64::from(min_updates))
+        .bind(i64::try_from(min_bytes).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?)
     }
 
     async fn read_log(&self, doc_id: DocId) -> Result<DocLog, StoreError> {
-        self.read_log_rows(doc_id, -1).await
+        self.read_log_rows(doc_id, None).await
     }
 
-    async fn read_log_head(&self, doc_id: DocId, max_rows: u32) -> Result<DocLog, StoreError> {
-        self.read_log_rows(doc_id, i64::from(max_rows)).await
+    async fn read_log_head(&self, doc_id: DocId, limits: PageLimits) -> Result<DocLog, StoreError> {
+        self.read_log_rows(doc_id, Some(limits)).await
+    }
+
+    async fn quarantined(&self, doc_id: DocId) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM doc_updates_quarantine WHERE doc_id = $1")
+                .bind(doc_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn read_log_pages(
@@ -367,8 +415,25 @@ impl Store for SqliteStore {
         doc_id: DocId,
         snapshot: &[u8],
         upto_id: i64,
+        quarantine: &[Quarantined],
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
+        // Set aside before the rows they came from are deleted, in the same
+        // transaction: a row that cannot be read is never lost.
+        let now = now_ms();
+        for q in quarantine {
+            sqlx::query(
+                "INSERT INTO doc_updates_quarantine (doc_id, row_id, data, reason, quarantined_at)
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM documents WHERE id = $1)",
+            )
+            .bind(doc_id)
+            .bind(q.row_id)
+            .bind(&q.data)
+            .bind(&q.reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         // The counters change by what is folded (the log writer adds what it
         // appends the same way): deltas, so their order does not matter.
         let (rows, bytes): (i64, i64) = sqlx::query_as(

@@ -1,0 +1,173 @@
+//! The compactor: folds long update logs into snapshots, off the relay
+//! path. It reads the oldest rows of a log in pages bounded by bytes as
+//! well as rows (a row may be as large as the largest message), merges
+//! them on a blocking thread, and replaces exactly the rows it read, so
+//! updates appended meanwhile are untouched.
+//!
+//! A log is compacted once it holds `min_updates` rows or `min_bytes`
+//! bytes: a writer that inserts and deletes a megabyte at a time keeps the
+//! document small while its log grows a megabyte per update, and only the
+//! byte count notices.
+//!
+//! Invariant: a stored row is never deleted because it cannot be read. A
+//! row (or snapshot) that does not decode is moved, in the transaction
+//! that writes the new snapshot, to the quarantine table, and reported
+//! (a warning and `tandem_quarantined_rows_total`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_crdt::DocLoader;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{DocId, PageLimits, Quarantined, Store};
+
+/// When a log is compacted, and how much of it one step reads.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactConfig {
+    /// A log with at least this many rows is compacted.
+    pub min_updates: u32,
+    /// A log of at least this many bytes is compacted.
+    pub min_bytes: u64,
+    /// How much of a log one step folds.
+    pub page: PageLimits,
+    /// How often the compactor looks for long logs.
+    pub every: Duration,
+}
+
+/// Rows and bytes folded per step. Rows read whole cost the benchmark's
+/// trace replay (d) 80 MiB of peak memory (about 125,000 rows every 5 s;
+/// 6 MiB with compaction off); in steps of 10,000 rows, 20 to 25 MiB. The
+/// byte bound keeps a step of large rows (each up to the largest message)
+/// to about the same.
+pub const COMPACT_PAGE: PageLimits = PageLimits {
+    rows: 10_000,
+    bytes: 8 << 20,
+};
+
+/// Steps per document per pass: a document written faster than it is
+/// folded does not hold the compactor; the rest waits for the next pass.
+const COMPACT_MAX_PAGES: usize = 100;
+
+pub type CompactError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Looks for long logs every `config.every` and folds them, until
+/// `shutdown`.
+pub async fn run_compactor(
+    store: Arc<dyn Store>,
+    config: CompactConfig,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let candidates = match store
+            .compaction_candidates(config.min_updates, config.min_bytes)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing documents to compact failed");
+                continue;
+            }
+        };
+        for doc_id in candidates {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(e) = compact_document(&store, doc_id, config.page).await {
+                tracing::warn!(doc_id, error = %e, "compaction failed; will retry");
+            }
+        }
+    }
+}
+
+/// What one step folded.
+struct Folded {
+    snapshot: Vec<u8>,
+    quarantined: Vec<Quarantined>,
+}
+
+/// Folds a document's log into its snapshot, a page of its oldest rows at
+/// a time, each step committed on its own. Rows that do not decode are
+/// quarantined, not dropped.
+pub async fn compact_document(
+    store: &Arc<dyn Store>,
+    doc_id: DocId,
+    page: PageLimits,
+) -> Result<(), CompactError> {
+    for _ in 0..COMPACT_MAX_PAGES {
+        let log = store.read_log_head(doc_id, page).await?;
+        let Some(upto_id) = log.updates.last().map(|(id, _)| *id) else {
+            return Ok(());
+        };
+        let rows = log.updates.len();
+        let read_bytes: usize = log.updates.iter().map(|(_, u)| u.len()).sum();
+        let folded = tokio::task::spawn_blocking(move || fold(log)).await??;
+        if !folded.quarantined.is_empty() {
+            crate::metrics::rows_quarantined(folded.quarantined.len() as u64);
+            for q in &folded.quarantined {
+                tracing::warn!(
+                    doc_id,
+                    row = ?q.row_id,
+                    bytes = q.data.len(),
+                    reason = %q.reason,
+                    "a stored row does not decode; moved to the quarantine table (doc_updates_quarantine), not deleted"
+                );
+            }
+        }
+        store
+            .write_snapshot(doc_id, &folded.snapshot, upto_id, &folded.quarantined)
+            .await?;
+        tracing::debug!(
+            doc_id,
+            rows,
+            read_bytes,
+            snapshot_bytes = folded.snapshot.len(),
+            "compacted"
+        );
+        if rows < page.rows && read_bytes < page.bytes {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the snapshot and the rows in order, setting aside those that do
+/// not decode.
+fn fold(log: crate::store::DocLog) -> Result<Folded, tandem_crdt::ApplyError> {
+    let mut loader = DocLoader::new();
+    let mut quarantined = Vec::new();
+    let mut skipped = 0;
+    if let Some(snapshot) = log.snapshot {
+        loader.apply(&snapshot)?;
+        if loader.report().skipped > skipped {
+            skipped = loader.report().skipped;
+            quarantined.push(Quarantined {
+                row_id: None,
+                data: snapshot,
+                reason: "the snapshot does not decode as a Yjs update".into(),
+            });
+        }
+    }
+    for (id, update) in log.updates {
+        loader.apply(&update)?;
+        if loader.report().skipped > skipped {
+            skipped = loader.report().skipped;
+            quarantined.push(Quarantined {
+                row_id: Some(id),
+                data: update,
+                reason: "the row does not decode as a Yjs update".into(),
+            });
+        }
+    }
+    let (state, _) = loader.finish();
+    Ok(Folded {
+        snapshot: state.encode_state(),
+        quarantined,
+    })
+}
