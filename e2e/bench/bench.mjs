@@ -8,7 +8,7 @@
 // and reports each figure's median over them, with the spread of the per-round ratios;
 // --quick runs 1 round.
 //
-//   node bench.mjs [--scenario a|b|c|d|e[,…]] [--quick] [--rounds K] [--targets tandem,reference]
+//   node bench.mjs [--scenario a|b|c|d|e|f[,…]] [--quick] [--rounds K] [--targets tandem,reference]
 //                  [--tandem-bin PATH] [--tandem-env KEY=VALUE …] [--out FILE]
 //                  [--reference-bin PATH]  (the reference column is this Tandem build instead)
 //                  [--wait-idle SECONDS]  (wait, at most that long, for other load to stop)
@@ -28,9 +28,10 @@ import * as b from './scenarios/b-idle-rooms.mjs'
 import * as c from './scenarios/c-join-storm.mjs'
 import * as d from './scenarios/d-trace-replay.mjs'
 import * as e from './scenarios/e-sustained.mjs'
+import * as f from './scenarios/f-awareness-crowd.mjs'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
-const SCENARIOS = [a, b, c, d, e]
+const SCENARIOS = [a, b, c, d, e, f]
 
 const { values: args } = parseArgs({
   options: {
@@ -54,7 +55,7 @@ if (args.help) {
 }
 
 const wanted = (args.scenario || []).flatMap((s) => s.split(',')).map((s) => s.trim().toLowerCase()).filter(Boolean)
-for (const w of wanted) if (!SCENARIOS.some((s) => s.id === w)) { console.error(`unknown scenario '${w}' (a, b, c, d, e)`); process.exit(2) }
+for (const w of wanted) if (!SCENARIOS.some((s) => s.id === w)) { console.error(`unknown scenario '${w}' (a, b, c, d, e, f)`); process.exit(2) }
 const scenarios = wanted.length ? SCENARIOS.filter((s) => wanted.includes(s.id)) : SCENARIOS
 const rounds = args.rounds === undefined ? (args.quick ? 1 : 3) : Number(args.rounds)
 if (!Number.isInteger(rounds) || rounds < 1) { console.error(`--rounds expects a whole number of at least 1, got '${args.rounds}'`); process.exit(2) }

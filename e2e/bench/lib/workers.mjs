@@ -6,9 +6,9 @@ import { fork } from 'node:child_process'
 import { withTimeout } from './stats.mjs'
 
 export class ClientWorker {
-  constructor (name) {
+  constructor (name, module = './client-worker.mjs') {
     this.name = name
-    this.child = fork(new URL('./client-worker.mjs', import.meta.url), [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    this.child = fork(new URL(module, import.meta.url), [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     this.pending = new Map()
     this.nextId = 1
     this.onProgress = null
@@ -43,8 +43,8 @@ export class ClientWorker {
 }
 
 /** Forks n workers. */
-export const spawnWorkers = (n, prefix = 'worker') =>
-  Array.from({ length: n }, (_, i) => new ClientWorker(`${prefix}${i + 1}`))
+export const spawnWorkers = (n, prefix = 'worker', module = './client-worker.mjs') =>
+  Array.from({ length: n }, (_, i) => new ClientWorker(`${prefix}${i + 1}`, module))
 
 /** Splits items into n nearly equal contiguous parts. */
 export function split (items, n) {
