@@ -95,6 +95,7 @@ impl App {
         if auth.dev_mode() {
             tracing::warn!("DEV MODE: no TANDEM_API_KEY is set, so the API and every document are open to anyone who can reach {}. Set TANDEM_API_KEY before exposing this server.", settings.bind);
         }
+        raise_open_file_limit(settings.limits.max_connections);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = settings.workers.unwrap_or(cores);
         // One core is left to the HTTP workers and SQLite's thread: every
@@ -381,5 +382,30 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Every connection holds a socket, and distributions start services with a
+/// soft limit of 1,024 open files, far below what one node serves: raise the
+/// soft limit to the hard one, and say so, or warn when even the hard limit
+/// cannot hold `max_connections`.
+fn raise_open_file_limit(max_connections: usize) {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
+    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok(before), Ok(after)) => {
+            if after > before {
+                tracing::info!(before, after, "raised the soft limit on open files");
+            }
+            if after < max_connections as u64 {
+                tracing::warn!(
+                    limit = after,
+                    max_connections,
+                    "the open-file limit is below TANDEM_MAX_CONNECTIONS: connections past it will be refused by the kernel; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+                );
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "could not read or raise the open-file limit");
+        }
     }
 }

@@ -345,3 +345,47 @@ async fn a_stop_with_failing_storage_ends_in_time_and_exits_non_zero() {
     );
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
+
+/// Distributions start services with a soft limit of 1,024 open files; the
+/// server raises its own to the hard limit at start, so that connections
+/// are not refused by the kernel long before `TANDEM_MAX_CONNECTIONS`.
+#[test]
+fn the_server_raises_its_soft_limit_on_open_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tandem.db");
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 256 && exec \"$0\"",
+            env!("CARGO_BIN_EXE_tandem"),
+        ])
+        .env("TANDEM_BIND", "127.0.0.1:0")
+        .env("TANDEM_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("TANDEM_API_KEY", KEY)
+        .env("TANDEM_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut said = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        said |= line.contains("raised the soft limit on open files");
+        if line.contains("listening on http://") {
+            break;
+        }
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .expect("a soft limit");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(soft > 256, "soft limit still {soft}");
+    assert!(said, "the raise is logged");
+}
