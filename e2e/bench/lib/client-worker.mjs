@@ -4,7 +4,8 @@
 // use the second core. All traffic goes to the 127.0.0.1 URLs the parent sends.
 //
 // Commands (request { id, cmd, ...args } -> reply { id, result } or { id, error }):
-//   open        connect RawClients to urls, optionally all at one agreed instant; wait until synced
+//   open        connect RawClients to urls (optionally from several local addresses), optionally
+//               all at one agreed instant; wait until synced
 //   record      start recording "[#seq]" update receipts (seq, receive time, client index)
 //   count       receipts so far and unexpected closes
 //   progress    push { type: 'progress', receipts } messages every intervalMs while receipts change
@@ -49,9 +50,10 @@ function markSeen (ci, seq) {
   return true
 }
 
-function makeClient (url, ci, syncedMinBytes) {
+function makeClient (url, ci, syncedMinBytes, localAddress) {
   return new RawClient(url, {
     syncedMinBytes,
+    localAddress,
     onUpdate: (buf, start, end, t) => {
       if (!recording) return
       scanMarkers(buf, start, end, (seq) => {
@@ -67,9 +69,10 @@ function makeClient (url, ci, syncedMinBytes) {
   })
 }
 
-async function open ({ urls, concurrency = 64, startAt = null, syncedMinBytes = 0, timeoutMs = 60000 }) {
+async function open ({ urls, concurrency = 64, startAt = null, syncedMinBytes = 0, timeoutMs = 60000, localAddresses = null }) {
   const base = clients.length
-  const batch = urls.map((u, k) => makeClient(u, base + k, syncedMinBytes))
+  const from = (k) => (localAddresses ? localAddresses[(base + k) % localAddresses.length] : undefined)
+  const batch = urls.map((u, k) => makeClient(u, base + k, syncedMinBytes, from(k)))
   clients.push(...batch)
   if (startAt !== null) {
     const wait = startAt - now()

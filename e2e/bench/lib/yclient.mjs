@@ -84,6 +84,8 @@ export class RawClient {
    * @param {(client: RawClient) => void} [h.onClose]
    * @param {number} [h.syncedMinBytes] only a sync step 2 with at least this many update bytes counts as "synced"
    * @param {boolean} [h.keepStep2] keep a copy of the sync step 2 payload in .step2
+   * @param {string} [h.localAddress] the local address to connect from (127.0.0.x: each
+   *   loopback address has its own ephemeral ports, for more than ~28,000 connections)
    */
   constructor (url, h = {}) {
     this.url = url
@@ -104,7 +106,7 @@ export class RawClient {
   connect () {
     return new Promise((resolve, reject) => {
       this.tStart = now()
-      const ws = new WebSocket(this.url, WS_OPTIONS)
+      const ws = new WebSocket(this.url, this.h.localAddress ? { ...WS_OPTIONS, localAddress: this.h.localAddress } : WS_OPTIONS)
       this.ws = ws
       ws.binaryType = 'nodebuffer'
       ws.on('open', () => {
@@ -240,6 +242,7 @@ export class DocClient {
    * @param {object} [h]
    * @param {(tRecv: number) => void} [h.onRemoteUpdate] called after each applied remote update frame
    * @param {(update: Uint8Array) => void} [h.onSend] called right before a local update is sent
+   * @param {string} [h.localAddress] the local address to connect from
    */
   constructor (url, doc, h = {}) {
     this.url = url
@@ -265,7 +268,7 @@ export class DocClient {
   /** Resolves once the server's sync step 2 has been applied. */
   connect () {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url, WS_OPTIONS)
+      const ws = new WebSocket(this.url, this.h.localAddress ? { ...WS_OPTIONS, localAddress: this.h.localAddress } : WS_OPTIONS)
       this.ws = ws
       ws.binaryType = 'nodebuffer'
       ws.on('open', () => {
