@@ -11,10 +11,10 @@
 // room (p50/p99/max) and updates lost, while at that size; the server's open file
 // descriptors. Exits 1 when a connection fails, an update is lost, or the server dies.
 //
-// File limits: the tool needs about 2 × connections descriptors on this side and one per
-// connection on the server's. When its own limit is lower it runs itself again under
-// `prlimit --nofile=N:N` (raising a hard limit needs root, as in CI); the server inherits
-// that limit and raises its own soft limit to it at start.
+// File limits: the server needs one descriptor per connection, each load generator one per
+// client it holds. When the tool's own limit is lower it runs itself again under
+// `prlimit --nofile=N:N` (raising a hard limit needs CAP_SYS_RESOURCE); the server and the
+// load generators inherit that limit, and the server raises its own soft limit at start.
 //
 //   node tools/many-connections.mjs [--rooms N] [--workers N] [--rate N] [--duration S]
 //                                   [--idle S] [--bin PATH]
@@ -57,25 +57,35 @@ if (!existsSync(BIN)) { console.error(`no Tandem binary at ${BIN} (set --bin or 
 
 const CONNECTIONS = 2 * ROOMS
 const WRITERS = Math.max(1, Math.round(ROOMS / 100))
-// Both ends of every connection live on this machine, plus the writers and slack.
-const FILES_NEEDED = 2 * (CONNECTIONS + WRITERS) + 4096
+// The server holds one descriptor per connection (plus its database, listener and
+// logs); each load generator holds its share of the clients.
+const FILES_NEEDED = CONNECTIONS + WRITERS + 1024
 
 // ---- file limits ---------------------------------------------------------------------------
-function softFileLimit () {
+function fileLimits () {
   const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'))
-  const soft = line ? line.split(/\s+/)[3] : '0'
-  return soft === 'unlimited' ? Infinity : Number(soft)
+  const [soft, hard] = line ? line.split(/\s+/).slice(3, 5) : ['0', '0']
+  const n = (v) => (v === 'unlimited' ? Infinity : Number(v))
+  return { soft: n(soft), hard: n(hard) }
 }
-if (softFileLimit() < FILES_NEEDED) {
-  if (process.env.MANY_CONNECTIONS_REEXEC) {
-    console.error(`the open-file limit is ${softFileLimit()}, ${FILES_NEEDED} are needed, and prlimit could not raise it (not root?)`)
+if (fileLimits().soft < FILES_NEEDED) {
+  const { soft, hard } = fileLimits()
+  if (hard >= FILES_NEEDED) {
+    // Raising the soft limit up to the hard one needs no privilege.
+    console.error(`raising the open-file limit from ${soft} to ${FILES_NEEDED} (prlimit)`)
+  } else if (process.env.MANY_CONNECTIONS_REEXEC) {
+    const most = Math.floor((hard - WRITERS - 1024) / 2)
+    console.error(`the open-file limit is ${soft} (hard ${hard}) and ${FILES_NEEDED} are needed: raising a hard limit needs CAP_SYS_RESOURCE, which this process does not have; at most --rooms ${most} fit under it`)
     process.exit(2)
   }
-  console.error(`raising the open-file limit from ${softFileLimit()} to ${FILES_NEEDED} (prlimit)`)
-  const r = spawnSync('prlimit', [`--nofile=${FILES_NEEDED}:${FILES_NEEDED}`, process.execPath, ...process.argv.slice(1)], {
+  const r = spawnSync('prlimit', [`--nofile=${FILES_NEEDED}:${Math.max(FILES_NEEDED, hard)}`, process.execPath, ...process.argv.slice(1)], {
     stdio: 'inherit',
     env: { ...process.env, MANY_CONNECTIONS_REEXEC: '1' }
   })
+  if (r.status !== 0 && !process.env.MANY_CONNECTIONS_REEXEC && hard < FILES_NEEDED) {
+    const most = Math.floor((hard - WRITERS - 1024) / 2)
+    console.error(`could not raise the hard open-file limit past ${hard} (raising it needs CAP_SYS_RESOURCE); at most --rooms ${most} fit under it`)
+  }
   process.exit(r.status ?? 1)
 }
 
