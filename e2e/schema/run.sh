@@ -126,8 +126,8 @@ for mode in $SCHEMA_MODES; do
   say "mode $mode: schemathesis $SCHEMATHESIS_VERSION against $BASE (seed $SCHEMA_SEED, at most $SCHEMA_MAX_EXAMPLES examples per operation)"
   started=$(date +%s)
   # shellcheck disable=SC2086
-  if ! (cd "$WORK" && "$SCHEMA_VENV/bin/schemathesis" --no-color run "$BASE/api/openapi.json" \
-      --config-file "$HERE/schemathesis.toml" \
+  if ! (cd "$WORK" && "$SCHEMA_VENV/bin/schemathesis" --no-color --config-file "$HERE/schemathesis.toml" \
+      run "$BASE/api/openapi.json" \
       "${auth[@]}" "${EXCLUDE[@]}" \
       --checks all \
       --seed "$SCHEMA_SEED" --max-examples "$SCHEMA_MAX_EXAMPLES" \

@@ -8,7 +8,7 @@ use crate::state::AppState;
 
 /// Also says whether `/api` needs the API key (`auth`: `api_key` or `open`),
 /// so that the editor's start page knows what to show.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process answers: `{status, auth}`")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "the process answers: `{status, auth}`")))]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let auth = if state.auth.dev_mode() {
         "open"
@@ -18,7 +18,7 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok", "auth": auth }))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "the database answers"), (status = 503)))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "the database answers"), (status = 503)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
         .store
@@ -28,7 +28,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let registry = &state.registry;
     crate::metrics::set_gauges(

@@ -13,10 +13,12 @@ use crate::state::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// A document name, or a prefix ending in `*` (`team:*`).
+    /// A document name, or a prefix ending in `*` (`team:*`; `*` alone: every document).
+    #[schema(pattern = r"^(\*|[A-Za-z0-9._~:@-]{1,255}\*?)$")]
     pub doc: String,
     pub perm: Perm,
     /// Lifetime in seconds (default 3600, at most 30 days).
+    #[schema(minimum = 1, maximum = 2592000)]
     pub ttl_secs: Option<u64>,
     /// The user id, reported in webhooks and logs.
     pub sub: Option<String>,
