@@ -39,7 +39,10 @@ async fn undeclared_methods_are_405_with_allow(app: &TestApp, key: Option<&str>)
     assert!(paths.len() >= 15, "{paths:?}");
     for path in paths {
         let allowed = listed(&doc, &path);
-        let concrete = path.replace("{id}", "x").replace("{doc}", "x").replace("{delivery}", "y");
+        let concrete = path
+            .replace("{id}", "x")
+            .replace("{doc}", "x")
+            .replace("{delivery}", "y");
         for method in ["PUT", "PATCH", "DELETE", "POST", "TRACE"] {
             if allowed.contains(method) {
                 continue;
@@ -111,7 +114,10 @@ async fn the_document_declares_auth_and_the_dev_mode_guard() {
             );
             if method != "delete" {
                 assert!(responses.contains_key("415"), "{method} {path}: 415");
-                assert!(op["requestBody"]["content"].is_object(), "{method} {path}: body");
+                assert!(
+                    op["requestBody"]["content"].is_object(),
+                    "{method} {path}: body"
+                );
                 assert_eq!(
                     dev["paths"][path][method]["requestBody"]["required"], true,
                     "dev mode: {method} {path} needs its body"

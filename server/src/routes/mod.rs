@@ -93,7 +93,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 resource("/webhooks/{id}/rotate-secret", "POST")
                     .route(guarded(web::post().to(webhooks::rotate_secret))),
             )
-            .service(resource("/webhooks/{id}/test", "POST").route(guarded(web::post().to(webhooks::test))))
+            .service(
+                resource("/webhooks/{id}/test", "POST")
+                    .route(guarded(web::post().to(webhooks::test))),
+            )
             .service(
                 resource("/webhooks/{id}/deliveries", "GET")
                     .route(web::get().to(webhooks::deliveries)),

@@ -84,11 +84,16 @@ impl Modify for Conventions {
                     if method != "delete" {
                         respond(op, "415", "dev mode: the body is not `application/json` (`application/octet-stream` for updates)");
                         op.request_body.get_or_insert_with(|| {
-                            let any = ObjectBuilder::new().schema_type(SchemaType::AnyValue).build();
+                            let any = ObjectBuilder::new()
+                                .schema_type(SchemaType::AnyValue)
+                                .build();
                             let mut body = RequestBody::new();
-                            body.description = Some("Ignored. In dev mode, send `{}` as `application/json`.".into());
+                            body.description = Some(
+                                "Ignored. In dev mode, send `{}` as `application/json`.".into(),
+                            );
                             body.required = Some(Required::False);
-                            body.content.insert("application/json".into(), Content::new(Some(any)));
+                            body.content
+                                .insert("application/json".into(), Content::new(Some(any)));
                             body
                         });
                     }

@@ -84,7 +84,10 @@ pub struct CreateEndpoint {
     /// Absolute `http://` or `https://` URL, without credentials; not a
     /// loopback, private or internal address unless
     /// TANDEM_WEBHOOK_ALLOW_PRIVATE is set.
-    #[schema(max_length = 2048, pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]\S*)?$")]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]\S*)?$"
+    )]
     pub url: String,
     /// Event types, or `["*"]`.
     #[schema(value_type = Vec<EventType>, min_items = 1, max_items = 32)]
@@ -100,7 +103,10 @@ pub struct CreateEndpoint {
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
     /// As for creating one.
-    #[schema(max_length = 2048, pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]\S*)?$")]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]\S*)?$"
+    )]
     pub url: Option<String>,
     #[schema(value_type = Option<Vec<EventType>>, min_items = 1, max_items = 32)]
     pub events: Option<Vec<String>>,
