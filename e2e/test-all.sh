@@ -3,7 +3,8 @@
 # committed web bundle is up to date, Rust unit and integration tests, then
 # the end-to-end tests (stock y-websocket client and the browser editor in
 # Chromium against the release binary), then a short smoke run of the load
-# benchmark and of the soak. Installs what it needs (Node packages with `npm ci`, Debian's
+# benchmark and of the soak, and schemathesis against the API's OpenAPI
+# document. Installs what it needs (Node packages with `npm ci`, Debian's
 # `chromium` with apt-get).
 #
 # The cargo target directory defaults to ~/.cache/tandem/target so that a
@@ -42,6 +43,12 @@ fi
 
 step "end-to-end tests (stock y-websocket client, real binary)"
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+# schemathesis (pinned, in a venv under e2e/schema) against the release
+# binary's own OpenAPI document, with an API key and in dev mode, inside a
+# network namespace of its own.
+step "the API against its OpenAPI document (schemathesis)"
+e2e/schema/run.sh
 
 if [ -f e2e/bench/package.json ]; then
   step "load benchmark: its own tests, then a smoke run (--quick)"

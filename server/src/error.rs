@@ -22,6 +22,9 @@ pub enum ApiError {
     /// 409 with its own code: the resource is in a state that forbids the call.
     #[error("{message}")]
     WrongState { code: &'static str, message: String },
+    /// 405, with the methods the path has in `Allow`.
+    #[error("this path answers only {allow}")]
+    MethodNotAllowed { allow: &'static str },
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -51,6 +54,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::WrongState { code, .. } => code,
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
@@ -128,6 +132,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::WrongState { .. } => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) | ApiError::StorageUnavailable(_) => {
@@ -141,7 +146,11 @@ impl ResponseError for ApiError {
         if let ApiError::Unexpected(_) = self {
             tracing::error!(error = ?self, "request failed");
         }
-        HttpResponse::build(self.status_code()).json(json!({
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::MethodNotAllowed { allow } = self {
+            response.insert_header((actix_web::http::header::ALLOW, *allow));
+        }
+        response.json(json!({
             "error": { "code": self.code(), "message": self.to_string() }
         }))
     }

@@ -39,8 +39,10 @@ fn origin_allowed(allowed: &AllowedOrigins, headers: &header::HeaderMap) -> bool
         .is_ok_and(|origin| allowed.allows(origin, host))
 }
 
-/// The API middleware for dev mode (with an API key, a page cannot forge
-/// the `Authorization` header, so this adds nothing there).
+/// The middleware of every state-changing API route, for dev mode (with an
+/// API key, a page cannot forge the `Authorization` header, so this adds
+/// nothing there). Per route (routes/mod.rs), so that a method a path lacks
+/// is 405 whatever the request's origin or body type.
 pub async fn guard_api(
     req: ServiceRequest,
     next: Next<impl MessageBody>,

@@ -53,7 +53,8 @@ pub struct DocList {
 
 #[derive(Deserialize, ToSchema, Default)]
 pub struct CreateDoc {
-    /// The name; a UUID is generated when absent.
+    /// The name (1-255 of A-Z a-z 0-9 - _ . ~ : @); a UUID is generated when absent.
+    #[schema(pattern = r"^[A-Za-z0-9._~:@-]{1,255}$")]
     pub id: Option<String>,
 }
 
@@ -62,6 +63,7 @@ pub struct ListQuery {
     /// Only names starting with this.
     pub prefix: Option<String>,
     /// Page size, 1–1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -69,7 +71,9 @@ pub struct ListQuery {
 
 #[derive(Deserialize, IntoParams)]
 pub struct UpdateQuery {
-    /// A base64 Yjs state vector: only what it lacks is returned.
+    /// A base64 (standard or URL-safe, padded or not) Yjs state vector:
+    /// only what it lacks is returned.
+    #[param(pattern = r"^[A-Za-z0-9+/_-]+={0,2}$")]
     pub sv: Option<String>,
 }
 
@@ -135,18 +139,20 @@ async fn existing(state: &AppState, name: &DocName) -> Result<DocMeta, ApiError>
 }
 
 #[utoipa::path(post, path = "/api/docs", tag = "documents",
-    request_body(content = Option<CreateDoc>, description = "Optional; `{}` or no body generates an id"),
+    request_body(content = Option<CreateDoc>, description = "Optional; `{}`, `null` or no body generates an id"),
     responses((status = 201, body = DocInfo), (status = 400), (status = 401), (status = 409)))]
 pub async fn create(
     state: web::Data<AppState>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(body, SMALL_BODY).await?;
+    // No body and a JSON `null` (what the document allows) both mean "no id".
     let req: CreateDoc = if body.iter().all(u8::is_ascii_whitespace) {
         CreateDoc::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<CreateDoc>>(&body)
             .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
+            .unwrap_or_default()
     };
     let name = match req.id {
         Some(id) => parse_name(&id)?,
@@ -198,7 +204,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/api/docs/{id}", tag = "documents",
-    params(("id" = String, Path, description = "document name")),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$")),
     responses((status = 200, body = DocInfo), (status = 400), (status = 401), (status = 404)))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -210,7 +216,7 @@ pub async fn get(
 }
 
 #[utoipa::path(delete, path = "/api/docs/{id}", tag = "documents",
-    params(("id" = String, Path, description = "document name")),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$")),
     responses((status = 204, description = "deleted; its sockets were closed with 4404"), (status = 400), (status = 401), (status = 404)))]
 pub async fn delete(
     state: web::Data<AppState>,
@@ -232,7 +238,7 @@ pub async fn delete(
 }
 
 #[utoipa::path(get, path = "/api/docs/{id}/update", tag = "documents",
-    params(("id" = String, Path, description = "document name"), UpdateQuery),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$"), UpdateQuery),
     responses((status = 200, description = "a Yjs v1 update", content_type = "application/octet-stream", body = Vec<u8>), (status = 400), (status = 401), (status = 404)))]
 pub async fn read_update(
     state: web::Data<AppState>,
@@ -283,7 +289,7 @@ fn parse_state_vector(sv: &str) -> Result<StateVector, ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/docs/{id}/update", tag = "documents",
-    params(("id" = String, Path, description = "document name")),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a Yjs v1 update"),
     responses((status = 200, body = Applied, description = "applied, relayed and durable"), (status = 400), (status = 401), (status = 404), (status = 413), (status = 503, description = "`storage_unavailable`: storage fails or is behind; try again later")))]
 pub async fn apply_update(
@@ -323,7 +329,7 @@ pub async fn apply_update(
 }
 
 #[utoipa::path(get, path = "/api/docs/{id}/json", tag = "documents",
-    params(("id" = String, Path, description = "document name")),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$")),
     responses((status = 200, description = "root types as JSON: Text as string, Map as object, Array as array, XML as string", body = Object), (status = 400), (status = 401), (status = 404)))]
 pub async fn json(
     state: web::Data<AppState>,

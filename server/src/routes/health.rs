@@ -9,7 +9,7 @@ use crate::state::AppState;
 
 /// Also says whether `/api` needs the API key (`auth`: `api_key` or `open`),
 /// so that the editor's start page knows what to show.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process answers: `{status, auth}`")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "the process answers: `{status, auth}`")))]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let auth = if state.auth.dev_mode() {
         "open"
@@ -19,7 +19,7 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok", "auth": auth }))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "storage takes writes and the database answers"), (status = 503, description = "`storage_unavailable`, with the reason: writes fail (disk full, file read-only, database unreachable) or too many wait to be written")))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "storage takes writes and the database answers"), (status = 503, description = "`storage_unavailable`, with the reason: writes fail (disk full, file read-only, database unreachable) or too many wait to be written")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.registry.deps.persister.health()?;
     state.store.ping().await.map_err(|e| {
@@ -28,7 +28,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let registry = &state.registry;
     let persister = &registry.deps.persister;

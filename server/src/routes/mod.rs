@@ -32,7 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::PathConfig::default()
             .error_handler(|e, _| ApiError::bad_request("invalid_parameter", e.to_string()).into()),
     )
-    .route("/ws/{doc:.*}", web::get().to(ws::connect))
+    .service(resource("/ws/{doc:.*}", "GET").route(web::get().to(ws::connect)))
     // The editor's files are compressed; WebSocket frames and API bodies are not.
     .service(
         web::resource("/")
@@ -54,42 +54,75 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .wrap(Compress::default())
             .route(web::get().to(editor::file)),
     )
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(health::metrics))
+    .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+    .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))
+    .service(resource("/metrics", "GET").route(web::get().to(health::metrics)))
     .service(
         web::scope("/api")
-            .wrap(from_fn(browser::guard_api))
             .wrap(from_fn(require_api_key))
-            .route("/openapi.json", web::get().to(openapi::document))
-            .route("/tokens", web::post().to(tokens::mint))
-            .route("/docs", web::post().to(docs::create))
-            .route("/docs", web::get().to(docs::list))
-            .route("/docs/{id}", web::get().to(docs::get))
-            .route("/docs/{id}", web::delete().to(docs::delete))
-            .route("/docs/{id}/update", web::get().to(docs::read_update))
-            .route("/docs/{id}/update", web::post().to(docs::apply_update))
-            .route("/docs/{id}/json", web::get().to(docs::json))
-            .route("/webhooks", web::post().to(webhooks::create))
-            .route("/webhooks", web::get().to(webhooks::list))
-            .route("/webhooks/{id}", web::get().to(webhooks::get))
-            .route("/webhooks/{id}", web::patch().to(webhooks::update))
-            .route("/webhooks/{id}", web::delete().to(webhooks::delete))
-            .route(
-                "/webhooks/{id}/rotate-secret",
-                web::post().to(webhooks::rotate_secret),
+            .service(resource("/openapi.json", "GET").route(web::get().to(openapi::document)))
+            .service(resource("/tokens", "POST").route(guarded(web::post().to(tokens::mint))))
+            .service(
+                resource("/docs", "GET, POST")
+                    .route(web::get().to(docs::list))
+                    .route(guarded(web::post().to(docs::create))),
             )
-            .route("/webhooks/{id}/test", web::post().to(webhooks::test))
-            .route(
-                "/webhooks/{id}/deliveries",
-                web::get().to(webhooks::deliveries),
+            .service(
+                resource("/docs/{id}", "GET, DELETE")
+                    .route(web::get().to(docs::get))
+                    .route(guarded(web::delete().to(docs::delete))),
             )
-            .route(
-                "/webhooks/{id}/deliveries/{delivery}/retry",
-                web::post().to(webhooks::retry),
+            .service(
+                resource("/docs/{id}/update", "GET, POST")
+                    .route(web::get().to(docs::read_update))
+                    .route(guarded(web::post().to(docs::apply_update))),
+            )
+            .service(resource("/docs/{id}/json", "GET").route(web::get().to(docs::json)))
+            .service(
+                resource("/webhooks", "GET, POST")
+                    .route(web::get().to(webhooks::list))
+                    .route(guarded(web::post().to(webhooks::create))),
+            )
+            .service(
+                resource("/webhooks/{id}", "GET, PATCH, DELETE")
+                    .route(web::get().to(webhooks::get))
+                    .route(guarded(web::patch().to(webhooks::update)))
+                    .route(guarded(web::delete().to(webhooks::delete))),
+            )
+            .service(
+                resource("/webhooks/{id}/rotate-secret", "POST")
+                    .route(guarded(web::post().to(webhooks::rotate_secret))),
+            )
+            .service(
+                resource("/webhooks/{id}/test", "POST")
+                    .route(guarded(web::post().to(webhooks::test))),
+            )
+            .service(
+                resource("/webhooks/{id}/deliveries", "GET")
+                    .route(web::get().to(webhooks::deliveries)),
+            )
+            .service(
+                resource("/webhooks/{id}/deliveries/{delivery}/retry", "POST")
+                    .route(guarded(web::post().to(webhooks::retry))),
             )
             .default_service(web::to(not_found)),
     );
+}
+
+/// A resource answering the methods in `allow` (its routes) and any other
+/// method with 405 and that `Allow` header, which lists what the OpenAPI
+/// document lists for the path.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow })
+    }))
+}
+
+/// A state-changing API route, behind the dev-mode guard (routes/browser.rs).
+/// Per route rather than for the whole scope, so that a method a path does
+/// not have is answered 405 whatever its origin or body type.
+fn guarded(route: actix_web::Route) -> actix_web::Route {
+    route.wrap(from_fn(browser::guard_api))
 }
 
 /// Every `/api/*` call needs `Authorization: Bearer <api key>` (SPEC §3),

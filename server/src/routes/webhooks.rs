@@ -19,6 +19,8 @@ use crate::webhooks::{signer, ssrf};
 const ROTATION_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
+/// In bytes; the document says characters, and the URL pattern it gives
+/// allows no multi-byte ones, so the two agree.
 const MAX_URL_LEN: usize = 2048;
 const MAX_DESCRIPTION_LEN: usize = 1024;
 /// More than every type there is, repeats included; bounds the work per call.
@@ -55,13 +57,43 @@ pub struct EndpointList {
     pub items: Vec<Endpoint>,
 }
 
+/// An event type, or `*` for all of them (documentation only: the server
+/// checks the strings against `events::ALL`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum EventType {
+    #[schema(rename = "document.created")]
+    DocumentCreated,
+    #[schema(rename = "document.updated")]
+    DocumentUpdated,
+    #[schema(rename = "document.deleted")]
+    DocumentDeleted,
+    #[schema(rename = "client.connected")]
+    ClientConnected,
+    #[schema(rename = "client.disconnected")]
+    ClientDisconnected,
+    #[schema(rename = "webhook.test")]
+    WebhookTest,
+    #[schema(rename = "*")]
+    All,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
-    /// Absolute `http://` or `https://` URL.
+    /// Absolute `http://` or `https://` URL, without credentials; not a
+    /// loopback, private or internal address unless
+    /// TANDEM_WEBHOOK_ALLOW_PRIVATE is set.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]\S*)?$"
+    )]
     pub url: String,
     /// Event types, or `["*"]`.
+    #[schema(value_type = Vec<EventType>, min_items = 1, max_items = 32)]
     pub events: Vec<String>,
+    /// At most 1024 characters.
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     #[serde(default)]
     pub include_content: bool,
@@ -70,10 +102,18 @@ pub struct CreateEndpoint {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
+    /// As for creating one.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]\S*)?$"
+    )]
     pub url: Option<String>,
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1, max_items = 32)]
     pub events: Option<Vec<String>>,
     /// `true` re-enables a disabled endpoint and clears its reason.
     pub enabled: Option<bool>,
+    /// At most 1024 characters.
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     pub include_content: Option<bool>,
 }
@@ -124,8 +164,10 @@ pub struct DeliveryList {
 #[derive(Deserialize, IntoParams)]
 pub struct DeliveryQuery {
     /// `pending`, `delivered` or `failed`.
+    #[param(pattern = "^(pending|delivered|failed)$")]
     pub status: Option<String>,
     /// 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -227,9 +269,9 @@ fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
 
 fn check_description(d: Option<String>) -> Result<Option<String>, ApiError> {
     match d {
-        Some(d) if d.len() > MAX_DESCRIPTION_LEN => Err(ApiError::bad_request(
+        Some(d) if d.chars().count() > MAX_DESCRIPTION_LEN => Err(ApiError::bad_request(
             "invalid_description",
-            format!("the description is longer than {MAX_DESCRIPTION_LEN} bytes"),
+            format!("the description is longer than {MAX_DESCRIPTION_LEN} characters"),
         )),
         d => Ok(d),
     }

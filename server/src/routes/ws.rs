@@ -47,8 +47,9 @@ fn token(req: &HttpRequest) -> Option<&str> {
     })
 }
 
-#[utoipa::path(get, path = "/ws/{doc}", tag = "websocket",
-    params(("doc" = String, Path, description = "document name"), ("token" = Option<String>, Query, description = "client token")),
+#[utoipa::path(get, path = "/ws/{doc}", tag = "websocket", security(()),
+    params(("doc" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$"),
+        ("token" = Option<String>, Query, description = "client token (or `Authorization: Bearer`); optional in dev mode")),
     responses((status = 101, description = "upgraded: the y-websocket protocol"), (status = 400), (status = 401), (status = 403)))]
 pub async fn connect(
     req: HttpRequest,
