@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const MIB: usize = 1024 * 1024;
 
@@ -12,6 +12,11 @@ const MIB: usize = 1024 * 1024;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tandem", version, about, long_about = None)]
 pub struct Settings {
+    /// What to do; `serve` when none is given. Settings go before the
+    /// command (or in the environment): `tandem --database-url … backup out.db`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on (host:port). Port 0 picks a free port.
     #[arg(long, env = "TANDEM_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
@@ -81,6 +86,62 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
 }
 
+/// The subcommands. Every one reads the same settings as the server.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Mint a client token with the configured HS256 secret and print it.
+    Token(TokenArgs),
+    /// Copy the SQLite database to PATH, consistently, while the server
+    /// runs (`VACUUM INTO`). Refuses to overwrite PATH.
+    Backup {
+        /// The new file.
+        path: std::path::PathBuf,
+    },
+    /// Write every document to DIR: `<name>.bin` (its whole state as a
+    /// Yjs v1 update) and `<name>.json` (its JSON rendering), names
+    /// percent-encoded, listed with their files in `tandem-export.json`.
+    Export {
+        /// A folder that is absent or empty.
+        dir: std::path::PathBuf,
+    },
+    /// Create the documents of an `export` folder. Refuses (writing
+    /// nothing) when one of them exists, unless `--overwrite`.
+    Import {
+        dir: std::path::PathBuf,
+        /// Replace existing documents of the same names (their content is
+        /// replaced, not merged). Only for documents nobody has open.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Validate the settings, reach the database, print the effective
+    /// settings (secrets redacted); exit non-zero on a problem.
+    Check,
+    /// Run the database migrations and exit.
+    Migrate,
+}
+
+/// `tandem token`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct TokenArgs {
+    /// A document name, or a prefix followed by `*` (`*` alone: every document).
+    #[arg(long)]
+    pub doc: String,
+    /// The user id (`sub` claim).
+    #[arg(long, visible_alias = "user")]
+    pub sub: Option<String>,
+    /// A display name (`name` claim).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Read-only: the client syncs but cannot write.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Lifetime, such as `1h` or `30d` (at most 30 days).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -122,6 +183,21 @@ pub struct AuthSettings {
     /// dev mode without either, a random secret per process).
     #[arg(long, env = "TANDEM_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<Secret>,
+
+    /// Public key that verifies client tokens signed elsewhere: a PEM text,
+    /// or the path of a PEM file. ES256 (P-256), RS256 or EdDSA (Ed25519),
+    /// told by the key. HS256 tokens are accepted beside it only when
+    /// `TANDEM_TOKEN_SECRET` is set too.
+    #[arg(long, env = "TANDEM_TOKEN_PUBLIC_KEY")]
+    pub token_public_key: Option<String>,
+
+    /// When set, client tokens must carry this `iss` claim.
+    #[arg(long, env = "TANDEM_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// When set, client tokens must carry this `aud` claim.
+    #[arg(long, env = "TANDEM_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
 
     /// Browser origins, besides the server's own, whose pages may open
     /// WebSockets (comma-separated, such as `https://app.example.com`; `*`
