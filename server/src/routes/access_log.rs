@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::InternalError;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 
@@ -25,27 +26,37 @@ pub async fn log(
     let id = request_id(req.headers().get(&REQUEST_ID));
     let method = req.method().clone();
     let path = req.path().to_owned();
-    let http_req = req.request().clone();
-    // An error from a middleware (the API key check) becomes its response
-    // here, so that it is logged and carries the id too.
-    let mut res = match next.call(req).await {
-        Ok(res) => res.map_into_boxed_body(),
-        Err(e) => ServiceResponse::from_err(e, http_req).map_into_boxed_body(),
+    let line = |status: u16| {
+        tracing::info!(
+            target: "tandem::access",
+            method = %method,
+            path = %path,
+            status,
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = %id,
+            "request"
+        );
     };
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(REQUEST_ID, value);
+    let header = HeaderValue::from_str(&id).ok();
+    match next.call(req).await {
+        Ok(mut res) => {
+            if let Some(value) = header {
+                res.headers_mut().insert(REQUEST_ID, value);
+            }
+            line(res.status().as_u16());
+            Ok(res)
+        }
+        // An error from a middleware (the API key check) becomes its
+        // response only further out: it is built here to carry the id.
+        Err(e) => {
+            let mut response = e.error_response();
+            if let Some(value) = header {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+            line(response.status().as_u16());
+            Err(InternalError::from_response(e, response).into())
+        }
     }
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(
-        target: "tandem::access",
-        method = %method,
-        path = %path,
-        status = res.status().as_u16(),
-        latency_ms,
-        request_id = %id,
-        "request"
-    );
-    Ok(res)
 }
 
 /// The client's id when it is usable, a new one otherwise.
