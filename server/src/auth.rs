@@ -33,13 +33,18 @@ pub struct Claims {
     pub sub: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Written when `TANDEM_TOKEN_ISSUER` is set (and then checked).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-    /// Written when `TANDEM_TOKEN_AUDIENCE` is set; checked by the
-    /// validation, which reads it as a string or a list.
-    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+}
+
+/// The claims a token minted here carries: `iss` and `aud` when they are
+/// configured (the validation checks them in the token as it reads it).
+#[derive(Serialize)]
+struct Minted<'a> {
+    #[serde(flatten)]
+    claims: &'a Claims,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 /// What a connection may do.
@@ -191,10 +196,13 @@ impl Auth {
             exp,
             sub,
             name,
-            iss: self.issuer.clone(),
-            aud: self.audience.clone(),
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, encoding)
+        let minted = Minted {
+            claims: &claims,
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &minted, encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         Ok((token, exp))
     }
@@ -555,12 +563,82 @@ mod tests {
             exp: now_secs() - 1,
             sub: None,
             name: None,
-            iss: None,
-            aud: None,
         };
         let (encoding, _) = a.hmac.as_ref().expect("hs256");
         let t = encode(&Header::new(Algorithm::HS256), &claims, encoding).expect("encodes");
         assert_eq!(a.authorize(Some(&t), &name("d")), Err(AuthError::Expired));
+    }
+
+    const ED25519_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEA0OhrRSQBswTM44N89gKN6WttjfjB1tWpCaVI9hYbZhQ=
+-----END PUBLIC KEY-----
+";
+    const RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDjyYQcXggAC2GtQjBTtW1jvE+K
+yC2xjWgYIZrB8ziqAc7gYvx7K5Nlp8Unysj+KJZL/QLU5mKRBRjURl2LomaIOR+G
+hWmEzdvMp6eufUEFM8kBe6Lj672SDE5XzPUUf2Pzz0drTRWSFcCCZ0muvtY22HwX
+YlH5gBkUvGU00/0P5wIDAQAB
+-----END PUBLIC KEY-----
+";
+    const P384_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEa7fXqXlYuW4P+g5wi/ybiGi1j/sx67K4
+GrI4lA88OZpHG/THwPhYEtj2tyhjVhNbyU07ZivdEv12C8PLu9k1EEufgEWRWSVV
+YKGdn4XIs7+PyhZE34Y8LAXvvgLCU8fs
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn the_algorithm_comes_from_the_key() {
+        let (alg, _) = public_key(ED25519_PEM).expect("ed25519");
+        assert_eq!(alg, Algorithm::EdDSA);
+        let (alg, _) = public_key(RSA_PEM).expect("rsa");
+        assert_eq!(alg, Algorithm::RS256);
+        assert!(public_key(P384_PEM).is_err());
+        assert!(
+            public_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").is_err()
+        );
+        assert!(public_key("/no/such/key.pem").is_err());
+        assert_eq!(spki_key(&[0x30, 0x05, 0x30]), None);
+    }
+
+    #[test]
+    fn with_a_public_key_and_no_secret_hs256_is_off() {
+        let mut s = settings(Some("key"), None);
+        s.token_public_key = Some(ED25519_PEM.into());
+        let a = Auth::new(&s).expect("valid");
+        assert_eq!(a.algorithms(), vec![Algorithm::EdDSA]);
+        assert_eq!(
+            a.mint("d", Perm::Write, DEFAULT_TTL, None, None),
+            Err(AuthError::NoSigningSecret)
+        );
+        // A token signed with the secret the API key would give is refused.
+        let (t, _) = auth(Some("key"))
+            .mint("d", Perm::Write, DEFAULT_TTL, None, None)
+            .expect("mints");
+        assert!(matches!(
+            a.authorize(Some(&t), &name("d")),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn minted_tokens_carry_the_configured_issuer_and_audience() {
+        let mut s = settings(Some("key"), None);
+        s.token_issuer = Some("iss-a".into());
+        s.token_audience = Some("aud-a".into());
+        let a = Auth::new(&s).expect("valid");
+        let (t, _) = a
+            .mint("d", Perm::Read, DEFAULT_TTL, None, None)
+            .expect("mints");
+        assert!(a.authorize(Some(&t), &name("d")).is_ok());
+        // The plain server's token has neither: refused.
+        let (plain, _) = auth(Some("key"))
+            .mint("d", Perm::Read, DEFAULT_TTL, None, None)
+            .expect("mints");
+        assert!(a.authorize(Some(&plain), &name("d")).is_err());
+        s.token_audience = Some("aud-b".into());
+        let b = Auth::new(&s).expect("valid");
+        assert!(b.authorize(Some(&t), &name("d")).is_err());
     }
 
     #[test]
