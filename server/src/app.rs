@@ -38,6 +38,8 @@ pub enum StartError {
     #[error("invalid settings: {0}")]
     Settings(#[from] crate::config::SettingsError),
     #[error(transparent)]
+    Key(#[from] crate::auth::KeyError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
@@ -83,7 +85,7 @@ impl App {
     pub async fn build(settings: Settings) -> Result<App, StartError> {
         settings.validate()?;
         let metrics = crate::metrics::install();
-        let auth = Auth::new(&settings.auth);
+        let auth = Auth::new(&settings.auth)?;
         if let Some(secret) = &settings.auth.token_secret {
             if secret.0.len() < crate::auth::MIN_SECRET_BYTES {
                 tracing::warn!(
@@ -201,6 +203,7 @@ impl App {
                 .app_data(state.clone())
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
+                .wrap(actix_web::middleware::from_fn(routes::access_log::log))
         };
         // actix-web's `HttpServer` has no upgrade hook, so the same HTTP
         // service is assembled here with one: WebSocket upgrades go to

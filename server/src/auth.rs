@@ -35,6 +35,18 @@ pub struct Claims {
     pub name: Option<String>,
 }
 
+/// The claims a token minted here carries: `iss` and `aud` when they are
+/// configured (the validation checks them in the token as it reads it).
+#[derive(Serialize)]
+struct Minted<'a> {
+    #[serde(flatten)]
+    claims: &'a Claims,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
 /// What a connection may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
@@ -59,40 +71,93 @@ pub enum AuthError {
     BadApiKey,
     #[error("invalid document pattern: a document name, or a prefix of one followed by `*`")]
     BadPattern,
+    #[error("this server verifies tokens with TANDEM_TOKEN_PUBLIC_KEY and has no TANDEM_TOKEN_SECRET to sign them with")]
+    NoSigningSecret,
 }
 
 pub struct Auth {
     api_key: Option<Secret>,
     /// Browser origins allowed besides the server's own (SPEC §3).
     pub origins: AllowedOrigins,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    /// The HS256 secret, as keys; `None` when tokens are verified by a
+    /// public key only (then this server mints none).
+    hmac: Option<(EncodingKey, DecodingKey)>,
+    /// A public key and the one algorithm it verifies.
+    public: Option<(Algorithm, DecodingKey)>,
+    issuer: Option<String>,
+    audience: Option<String>,
 }
+
+/// `TANDEM_TOKEN_PUBLIC_KEY` cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("TANDEM_TOKEN_PUBLIC_KEY: {0}")]
+pub struct KeyError(pub String);
 
 /// Longest lifetime `POST /api/tokens` grants.
 pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 impl Auth {
-    pub fn new(settings: &AuthSettings) -> Self {
-        let secret = match (&settings.token_secret, &settings.api_key) {
-            (Some(secret), _) => secret.0.clone().into_bytes(),
-            (None, Some(key)) => token_secret_from_api_key(&key.0).to_vec(),
-            (None, None) => rand::random::<[u8; 32]>().to_vec(),
+    /// The keys that `settings` name. HS256 is on with `TANDEM_TOKEN_SECRET`,
+    /// or without a public key (then derived from the API key, or random in
+    /// dev mode); a public key adds its own algorithm.
+    pub fn new(settings: &AuthSettings) -> Result<Self, KeyError> {
+        let secret = match (
+            &settings.token_secret,
+            &settings.token_public_key,
+            &settings.api_key,
+        ) {
+            (Some(secret), _, _) => Some(secret.0.clone().into_bytes()),
+            (None, Some(_), _) => None,
+            (None, None, Some(key)) => Some(token_secret_from_api_key(&key.0).to_vec()),
+            (None, None, None) => Some(rand::random::<[u8; 32]>().to_vec()),
         };
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.validate_exp = true;
-        validation.set_required_spec_claims(&["exp"]);
-        Auth {
+        let public = match &settings.token_public_key {
+            Some(setting) => Some(public_key(setting)?),
+            None => None,
+        };
+        Ok(Auth {
             api_key: settings.api_key.clone(),
             // `Settings::validate` has parsed it already.
             origins: AllowedOrigins::parse(settings.allowed_origins.as_deref()).unwrap_or_default(),
-            encoding: EncodingKey::from_secret(&secret),
-            decoding: DecodingKey::from_secret(&secret),
-            validation,
+            hmac: secret.map(|s| (EncodingKey::from_secret(&s), DecodingKey::from_secret(&s))),
+            public,
+            issuer: settings.token_issuer.clone(),
+            audience: settings.token_audience.clone(),
+        })
+    }
+
+    /// The checks for a token signed with `alg`: that algorithm only, so a
+    /// token can never pick the key family it is verified with.
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        let mut required = vec!["exp"];
+        match &self.issuer {
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            None => validation.iss = None,
         }
+        match &self.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        validation
+    }
+
+    /// The algorithms tokens may be signed with.
+    pub fn algorithms(&self) -> Vec<Algorithm> {
+        let hmac = self.hmac.as_ref().map(|_| Algorithm::HS256);
+        hmac.into_iter()
+            .chain(self.public.as_ref().map(|(alg, _)| *alg))
+            .collect()
     }
 
     pub fn dev_mode(&self) -> bool {
@@ -123,6 +188,7 @@ impl Auth {
         name: Option<String>,
     ) -> Result<(String, u64), AuthError> {
         check_pattern(doc)?;
+        let (encoding, _) = self.hmac.as_ref().ok_or(AuthError::NoSigningSecret)?;
         let exp = now_secs().saturating_add(ttl.as_secs());
         let claims = Claims {
             doc: doc.to_string(),
@@ -131,7 +197,12 @@ impl Auth {
             sub,
             name,
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let minted = Minted {
+            claims: &claims,
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &minted, encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         Ok((token, exp))
     }
@@ -150,7 +221,19 @@ impl Auth {
                 Err(AuthError::Missing)
             };
         };
-        let claims = decode::<Claims>(token, &self.decoding, &self.validation)
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let key = match (&self.hmac, &self.public) {
+            (Some((_, key)), _) if header.alg == Algorithm::HS256 => key,
+            (_, Some((alg, key))) if header.alg == *alg => key,
+            _ => {
+                return Err(AuthError::Invalid(format!(
+                    "tokens signed with {:?} are not accepted here",
+                    header.alg
+                )))
+            }
+        };
+        let claims = decode::<Claims>(token, key, &self.validation(header.alg))
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(e.to_string()),
@@ -179,6 +262,113 @@ pub fn token_secret_from_api_key(api_key: &str) -> [u8; 32] {
         tracing::error!("deriving the token secret failed");
     }
     secret
+}
+
+/// The setting is a PEM text or the path of a PEM file; the algorithm
+/// is the key's: ES256 for a P-256 key, RS256 for RSA, EdDSA for Ed25519.
+fn public_key(setting: &str) -> Result<(Algorithm, DecodingKey), KeyError> {
+    use base64::Engine;
+    let pem = if setting.trim_start().starts_with("-----BEGIN") {
+        setting.to_string()
+    } else {
+        std::fs::read_to_string(setting)
+            .map_err(|e| KeyError(format!("neither a PEM text nor a readable file: {e}")))?
+    };
+    if pem.contains("PRIVATE KEY") {
+        return Err(KeyError(
+            "this is a private key; give the public key only".into(),
+        ));
+    }
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| KeyError("not a PEM public key".into()))?;
+    if pem.contains("-----BEGIN RSA PUBLIC KEY-----") {
+        // PKCS#1: the RSAPublicKey itself.
+        return Ok((Algorithm::RS256, DecodingKey::from_rsa_der(&der)));
+    }
+    let alg = key_algorithm(&der)?;
+    let key = spki_key(&der).ok_or_else(|| KeyError("not a PEM public key".into()))?;
+    let key = match alg {
+        Algorithm::ES256 => DecodingKey::from_ec_der(key),
+        Algorithm::RS256 => DecodingKey::from_rsa_der(key),
+        _ => DecodingKey::from_ed_der(key),
+    };
+    Ok((alg, key))
+}
+
+/// Which algorithm a SubjectPublicKeyInfo is for, from its object
+/// identifiers.
+fn key_algorithm(der: &[u8]) -> Result<Algorithm, KeyError> {
+    let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    // id-ecPublicKey, prime256v1, rsaEncryption, id-Ed25519 (DER-encoded).
+    const EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const RSA: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+    if has(EC) {
+        return if has(P256) {
+            Ok(Algorithm::ES256)
+        } else {
+            Err(KeyError(
+                "an EC key on a curve other than P-256; only ES256 is supported".into(),
+            ))
+        };
+    }
+    if has(RSA) {
+        return Ok(Algorithm::RS256);
+    }
+    if has(ED25519) {
+        return Ok(Algorithm::EdDSA);
+    }
+    Err(KeyError(
+        "not a P-256, RSA or Ed25519 public key in PEM".into(),
+    ))
+}
+
+/// The key bits of a DER SubjectPublicKeyInfo: `SEQUENCE { SEQUENCE
+/// algorithm, BIT STRING key }`.
+fn spki_key(der: &[u8]) -> Option<&[u8]> {
+    let (tag, spki, _) = der_element(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, _, rest) = der_element(spki)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, bits, _) = der_element(rest)?;
+    // A BIT STRING whose first byte (the unused bits) is 0.
+    match (tag, bits.split_first()) {
+        (0x03, Some((0, key))) => Some(key),
+        _ => None,
+    }
+}
+
+/// One DER element: its tag, its content and what follows it.
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, rest) = (rest.get(..n)?, rest.get(n..)?);
+        let len = bytes
+            .iter()
+            .fold(0usize, |len, &b| (len << 8) | usize::from(b));
+        (len, rest)
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
 }
 
 /// Shorter secrets can be guessed from a token offline.
@@ -294,12 +484,19 @@ mod tests {
     use super::*;
 
     fn auth(key: Option<&str>) -> Auth {
-        Auth::new(&AuthSettings {
+        Auth::new(&settings(key, None)).expect("valid")
+    }
+
+    fn settings(key: Option<&str>, secret: Option<&str>) -> AuthSettings {
+        AuthSettings {
             api_key: key.map(|k| Secret(k.into())),
-            token_secret: None,
+            token_secret: secret.map(|k| Secret(k.into())),
+            token_public_key: None,
+            token_issuer: None,
+            token_audience: None,
             allowed_origins: None,
             insecure_no_auth: false,
-        })
+        }
     }
 
     #[test]
@@ -309,12 +506,7 @@ mod tests {
             .mint("d", Perm::Write, DEFAULT_TTL, None, None)
             .expect("mints");
         // A token signed with the API key itself is not accepted...
-        let with_key = Auth::new(&AuthSettings {
-            api_key: Some(Secret("admin-key".into())),
-            token_secret: Some(Secret("admin-key".into())),
-            allowed_origins: None,
-            insecure_no_auth: false,
-        });
+        let with_key = Auth::new(&settings(Some("admin-key"), Some("admin-key"))).expect("valid");
         assert!(with_key.authorize(Some(&token), &name("d")).is_err());
         // ...and the derived secret is stable across restarts.
         assert!(auth(Some("admin-key"))
@@ -372,8 +564,81 @@ mod tests {
             sub: None,
             name: None,
         };
-        let t = encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).expect("encodes");
+        let (encoding, _) = a.hmac.as_ref().expect("hs256");
+        let t = encode(&Header::new(Algorithm::HS256), &claims, encoding).expect("encodes");
         assert_eq!(a.authorize(Some(&t), &name("d")), Err(AuthError::Expired));
+    }
+
+    const ED25519_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEA0OhrRSQBswTM44N89gKN6WttjfjB1tWpCaVI9hYbZhQ=
+-----END PUBLIC KEY-----
+";
+    const RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDjyYQcXggAC2GtQjBTtW1jvE+K
+yC2xjWgYIZrB8ziqAc7gYvx7K5Nlp8Unysj+KJZL/QLU5mKRBRjURl2LomaIOR+G
+hWmEzdvMp6eufUEFM8kBe6Lj672SDE5XzPUUf2Pzz0drTRWSFcCCZ0muvtY22HwX
+YlH5gBkUvGU00/0P5wIDAQAB
+-----END PUBLIC KEY-----
+";
+    const P384_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEa7fXqXlYuW4P+g5wi/ybiGi1j/sx67K4
+GrI4lA88OZpHG/THwPhYEtj2tyhjVhNbyU07ZivdEv12C8PLu9k1EEufgEWRWSVV
+YKGdn4XIs7+PyhZE34Y8LAXvvgLCU8fs
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn the_algorithm_comes_from_the_key() {
+        let (alg, _) = public_key(ED25519_PEM).expect("ed25519");
+        assert_eq!(alg, Algorithm::EdDSA);
+        let (alg, _) = public_key(RSA_PEM).expect("rsa");
+        assert_eq!(alg, Algorithm::RS256);
+        assert!(public_key(P384_PEM).is_err());
+        assert!(
+            public_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").is_err()
+        );
+        assert!(public_key("/no/such/key.pem").is_err());
+        assert_eq!(spki_key(&[0x30, 0x05, 0x30]), None);
+    }
+
+    #[test]
+    fn with_a_public_key_and_no_secret_hs256_is_off() {
+        let mut s = settings(Some("key"), None);
+        s.token_public_key = Some(ED25519_PEM.into());
+        let a = Auth::new(&s).expect("valid");
+        assert_eq!(a.algorithms(), vec![Algorithm::EdDSA]);
+        assert_eq!(
+            a.mint("d", Perm::Write, DEFAULT_TTL, None, None),
+            Err(AuthError::NoSigningSecret)
+        );
+        // A token signed with the secret the API key would give is refused.
+        let (t, _) = auth(Some("key"))
+            .mint("d", Perm::Write, DEFAULT_TTL, None, None)
+            .expect("mints");
+        assert!(matches!(
+            a.authorize(Some(&t), &name("d")),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn minted_tokens_carry_the_configured_issuer_and_audience() {
+        let mut s = settings(Some("key"), None);
+        s.token_issuer = Some("iss-a".into());
+        s.token_audience = Some("aud-a".into());
+        let a = Auth::new(&s).expect("valid");
+        let (t, _) = a
+            .mint("d", Perm::Read, DEFAULT_TTL, None, None)
+            .expect("mints");
+        assert!(a.authorize(Some(&t), &name("d")).is_ok());
+        // The plain server's token has neither: refused.
+        let (plain, _) = auth(Some("key"))
+            .mint("d", Perm::Read, DEFAULT_TTL, None, None)
+            .expect("mints");
+        assert!(a.authorize(Some(&plain), &name("d")).is_err());
+        s.token_audience = Some("aud-b".into());
+        let b = Auth::new(&s).expect("valid");
+        assert!(b.authorize(Some(&t), &name("d")).is_err());
     }
 
     #[test]

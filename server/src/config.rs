@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const MIB: usize = 1024 * 1024;
 
@@ -12,13 +12,24 @@ const MIB: usize = 1024 * 1024;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tandem", version, about, long_about = None)]
 pub struct Settings {
+    /// What to do; `serve` when none is given. Every setting may come
+    /// before or after it: `tandem backup out.db --database-url …`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on (host:port). Port 0 picks a free port.
-    #[arg(long, env = "TANDEM_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(
+        global = true,
+        long,
+        env = "TANDEM_BIND",
+        default_value = "127.0.0.1:8080"
+    )]
     pub bind: String,
 
     /// Database: `sqlite://PATH` (created with its folder when absent) or
     /// `postgres://…`.
     #[arg(
+        global = true,
         long,
         env = "TANDEM_DATABASE_URL",
         default_value = "sqlite://./tandem-data/tandem.db"
@@ -30,42 +41,42 @@ pub struct Settings {
     /// `kill -9` of the server never loses it; this bounds what a power cut
     /// or an OS crash can take. `0s`: every commit waits for the disk.
     /// Updates through the HTTP API are on the disk before their 2xx.
-    #[arg(long, env = "TANDEM_SYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, env = "TANDEM_SYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sync_interval: Duration,
 
     /// Bytes of accepted updates waiting to be written to the database
     /// above which new writes are refused (WebSocket updates closed with
     /// 1013, API writes answered 503) and `/readyz` answers 503, rather
     /// than queued without bound while storage is slow or failing.
-    #[arg(long, env = "TANDEM_PERSIST_BACKLOG_BYTES", default_value_t = 64 * MIB)]
+    #[arg(global = true, long, env = "TANDEM_PERSIST_BACKLOG_BYTES", default_value_t = 64 * MIB)]
     pub persist_backlog_bytes: usize,
 
     /// Log format: `pretty` (human) or `json` (one JSON object per line).
     /// Levels and filters come from `RUST_LOG` (default `info`).
-    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    #[arg(global = true, long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
     /// HTTP worker threads: requests and WebSocket handshakes (default: the
     /// number of CPU cores).
-    #[arg(long, env = "TANDEM_WORKERS")]
+    #[arg(global = true, long, env = "TANDEM_WORKERS")]
     pub workers: Option<usize>,
 
     /// Threads that run the WebSocket connections and the rooms (reading
     /// frames, applying updates, writing them to every peer), the persister
     /// and webhooks (default: one less than the CPU cores, at least 1).
-    #[arg(long, env = "TANDEM_ROOM_THREADS")]
+    #[arg(global = true, long, env = "TANDEM_ROOM_THREADS")]
     pub room_threads: Option<usize>,
 
     /// Relay an update to a room's peers with one io_uring system call for
     /// all of them (Linux); `false` writes to each socket with its own
     /// `send`. Where io_uring is unavailable the server falls back by itself.
-    #[arg(long, env = "TANDEM_IO_URING", default_value_t = true, action = clap::ArgAction::Set,
+    #[arg(global = true, long, env = "TANDEM_IO_URING", default_value_t = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub io_uring: bool,
 
     /// Serve the browser editor's files from this folder (a build of `web/`)
     /// instead of the copy embedded in the binary: for working on the editor.
-    #[arg(long, env = "TANDEM_WEB_DIR")]
+    #[arg(global = true, long, env = "TANDEM_WEB_DIR")]
     pub web_dir: Option<std::path::PathBuf>,
 
     #[command(flatten)]
@@ -79,6 +90,62 @@ pub struct Settings {
 
     #[command(flatten)]
     pub webhooks: WebhookSettings,
+}
+
+/// The subcommands. Every one reads the same settings as the server.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Mint a client token with the configured HS256 secret and print it.
+    Token(TokenArgs),
+    /// Copy the SQLite database to PATH, consistently, while the server
+    /// runs (`VACUUM INTO`). Refuses to overwrite PATH.
+    Backup {
+        /// The new file.
+        path: std::path::PathBuf,
+    },
+    /// Write every document to DIR: `<name>.bin` (its whole state as a
+    /// Yjs v1 update) and `<name>.json` (its JSON rendering), names
+    /// percent-encoded, listed with their files in `tandem-export.json`.
+    Export {
+        /// A folder that is absent or empty.
+        dir: std::path::PathBuf,
+    },
+    /// Create the documents of an `export` folder. Refuses (writing
+    /// nothing) when one of them exists, unless `--overwrite`.
+    Import {
+        dir: std::path::PathBuf,
+        /// Replace existing documents of the same names (their content is
+        /// replaced, not merged). Only for documents nobody has open.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Validate the settings, reach the database, print the effective
+    /// settings (secrets redacted); exit non-zero on a problem.
+    Check,
+    /// Run the database migrations and exit.
+    Migrate,
+}
+
+/// `tandem token`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct TokenArgs {
+    /// A document name, or a prefix followed by `*` (`*` alone: every document).
+    #[arg(long)]
+    pub doc: String,
+    /// The user id (`sub` claim).
+    #[arg(long, visible_alias = "user")]
+    pub sub: Option<String>,
+    /// A display name (`name` claim).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Read-only: the client syncs but cannot write.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Lifetime, such as `1h` or `30d` (at most 30 days).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,23 +181,43 @@ pub struct AuthSettings {
     /// Admin API key: every `/api/*` call needs `Authorization: Bearer <key>`,
     /// and WebSocket clients need a token. Without it the server runs in dev
     /// mode: everything is open.
-    #[arg(long, env = "TANDEM_API_KEY", hide_env_values = true)]
+    #[arg(global = true, long, env = "TANDEM_API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
 
     /// HS256 secret that signs and verifies client tokens, at least 32
     /// bytes (default: derived from the API key, never the key itself; in
     /// dev mode without either, a random secret per process).
-    #[arg(long, env = "TANDEM_TOKEN_SECRET", hide_env_values = true)]
+    #[arg(
+        global = true,
+        long,
+        env = "TANDEM_TOKEN_SECRET",
+        hide_env_values = true
+    )]
     pub token_secret: Option<Secret>,
+
+    /// Public key that verifies client tokens signed elsewhere: a PEM text,
+    /// or the path of a PEM file. ES256 (P-256), RS256 or EdDSA (Ed25519),
+    /// told by the key. HS256 tokens are accepted beside it only when
+    /// `TANDEM_TOKEN_SECRET` is set too.
+    #[arg(global = true, long, env = "TANDEM_TOKEN_PUBLIC_KEY")]
+    pub token_public_key: Option<String>,
+
+    /// When set, client tokens must carry this `iss` claim.
+    #[arg(global = true, long, env = "TANDEM_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// When set, client tokens must carry this `aud` claim.
+    #[arg(global = true, long, env = "TANDEM_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
 
     /// Browser origins, besides the server's own, whose pages may open
     /// WebSockets (comma-separated, such as `https://app.example.com`; `*`
     /// allows any). Applies in dev mode, and with an API key when set.
-    #[arg(long, env = "TANDEM_ALLOWED_ORIGINS")]
+    #[arg(global = true, long, env = "TANDEM_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
 
     /// Allow dev mode (no API key) on a non-loopback address.
-    #[arg(long, env = "TANDEM_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(global = true, long, env = "TANDEM_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_no_auth: bool,
 }
 
@@ -139,32 +226,47 @@ pub struct AuthSettings {
 pub struct Limits {
     /// Largest WebSocket message a client may send, in bytes; over it the
     /// connection is closed with 4413.
-    #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES", default_value_t = 16 * MIB)]
+    #[arg(global = true, long, env = "TANDEM_MAX_MESSAGE_BYTES", default_value_t = 16 * MIB)]
     pub max_message_bytes: usize,
 
     /// Largest encoded document, in bytes; an update that would make it larger
     /// is not applied and its connection is closed with 4413.
-    #[arg(long, env = "TANDEM_MAX_DOCUMENT_BYTES", default_value_t = 64 * MIB)]
+    #[arg(global = true, long, env = "TANDEM_MAX_DOCUMENT_BYTES", default_value_t = 64 * MIB)]
     pub max_document_bytes: usize,
 
     /// Connections per document; one more is closed with 1013.
-    #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_DOC", default_value_t = 5_000)]
+    #[arg(
+        global = true,
+        long,
+        env = "TANDEM_MAX_CONNECTIONS_PER_DOC",
+        default_value_t = 5_000
+    )]
     pub max_connections_per_doc: usize,
 
     /// Connections in total; one more is closed with 1013.
-    #[arg(long, env = "TANDEM_MAX_CONNECTIONS", default_value_t = 20_000)]
+    #[arg(
+        global = true,
+        long,
+        env = "TANDEM_MAX_CONNECTIONS",
+        default_value_t = 20_000
+    )]
     pub max_connections: usize,
 
     /// Sustained messages per second per connection (bursts of up to twice
     /// this, and never less than 1,000, are allowed); a connection that keeps
     /// sending faster is closed with 1013. 0 turns the limit off.
-    #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_SECOND", default_value_t = 1_000)]
+    #[arg(
+        global = true,
+        long,
+        env = "TANDEM_MAX_MESSAGES_PER_SECOND",
+        default_value_t = 1_000
+    )]
     pub max_messages_per_second: u32,
 
     /// A client's unsent backlog, in bytes; over it the client is closed with
     /// 1013 (it resyncs on reconnect) and the room carries on. A single frame
     /// larger than this is still sent when the backlog is empty.
-    #[arg(long, env = "TANDEM_SEND_QUEUE_BYTES", default_value_t = 32 * MIB)]
+    #[arg(global = true, long, env = "TANDEM_SEND_QUEUE_BYTES", default_value_t = 32 * MIB)]
     pub send_queue_bytes: usize,
 }
 
@@ -172,31 +274,36 @@ pub struct Limits {
 #[derive(Args, Debug, Clone)]
 pub struct RoomSettings {
     /// How often idle connections are pinged.
-    #[arg(long, env = "TANDEM_PING_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, env = "TANDEM_PING_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 
     /// A connection that sends nothing (not even a pong) for this long is closed.
-    #[arg(long, env = "TANDEM_PING_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, env = "TANDEM_PING_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ping_timeout: Duration,
 
     /// A document with no connection for this long is unloaded from memory.
-    #[arg(long = "room-idle-timeout", env = "TANDEM_ROOM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long = "room-idle-timeout", env = "TANDEM_ROOM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// On SIGTERM/SIGINT, how long to wait for connections to finish their
     /// close handshake and for queued writes, before exiting anyway.
-    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, env = "TANDEM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
     /// A document's stored update log is folded into a snapshot once it holds
     /// this many updates.
-    #[arg(long, env = "TANDEM_COMPACT_AFTER_UPDATES", default_value_t = 500)]
+    #[arg(
+        global = true,
+        long,
+        env = "TANDEM_COMPACT_AFTER_UPDATES",
+        default_value_t = 500
+    )]
     pub compact_after_updates: u32,
 
     /// A document's stored update log is also folded once it holds this
     /// many bytes (a writer that inserts and deletes large content keeps the
     /// document small while its log grows).
-    #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES", default_value_t = 8 * MIB as u64)]
+    #[arg(global = true, long, env = "TANDEM_COMPACT_AFTER_BYTES", default_value_t = 8 * MIB as u64)]
     pub compact_after_bytes: u64,
 }
 
@@ -204,29 +311,30 @@ pub struct RoomSettings {
 pub struct WebhookSettings {
     /// Waits between a failed webhook attempt and the next, comma-separated;
     /// each gets ±20 % jitter. After the last, the message has failed.
-    #[arg(long = "webhook-retry-schedule", env = "TANDEM_WEBHOOK_RETRY_SCHEDULE",
+    #[arg(global = true, long = "webhook-retry-schedule", env = "TANDEM_WEBHOOK_RETRY_SCHEDULE",
           default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
     pub retry_schedule: RetrySchedule,
 
     /// How long a webhook endpoint has to answer before the attempt fails.
-    #[arg(long = "webhook-timeout", env = "TANDEM_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long = "webhook-timeout", env = "TANDEM_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
     /// `document.updated` is sent this long after a document's last change...
-    #[arg(long = "webhook-debounce", env = "TANDEM_WEBHOOK_DEBOUNCE", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long = "webhook-debounce", env = "TANDEM_WEBHOOK_DEBOUNCE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
 
     /// ...and at most this long after its first unreported change.
-    #[arg(long = "webhook-max-wait", env = "TANDEM_WEBHOOK_MAX_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long = "webhook-max-wait", env = "TANDEM_WEBHOOK_MAX_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub max_wait: Duration,
 
     /// Allow webhooks to loopback, private, link-local and other internal
     /// addresses (self-hosted intranets, tests). Off: such deliveries fail.
-    #[arg(long = "webhook-allow-private", env = "TANDEM_WEBHOOK_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(global = true, long = "webhook-allow-private", env = "TANDEM_WEBHOOK_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private: bool,
 
     /// Deliveries in flight to one endpoint at once.
     #[arg(
+        global = true,
         long = "webhook-concurrency",
         env = "TANDEM_WEBHOOK_CONCURRENCY",
         default_value_t = 8

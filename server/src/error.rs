@@ -76,6 +76,7 @@ impl From<crate::auth::AuthError> for ApiError {
         match e {
             A::WrongDocument => ApiError::Forbidden(e.to_string()),
             A::BadPattern => ApiError::bad_request("invalid_document_pattern", e.to_string()),
+            A::NoSigningSecret => ApiError::bad_request("no_signing_secret", e.to_string()),
             A::Missing | A::Invalid(_) | A::Expired | A::BadApiKey => {
                 ApiError::Unauthorized(e.to_string())
             }

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod doc_name;
 pub mod error;

@@ -2,6 +2,7 @@
 //! `store` or `auth`; none holds business logic of its own. Nothing imports
 //! `routes` but `app.rs`.
 
+pub mod access_log;
 pub mod browser;
 pub mod docs;
 pub mod editor;

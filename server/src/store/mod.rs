@@ -453,12 +453,39 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store that `url` names, running migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open_with(url, true).await
+}
+
+/// As `open`, for a tool (export, import, check) that may run beside a
+/// server on the same database: it runs migrations but leaves alone what
+/// belongs to the server's log writer.
+pub async fn open_for_tool(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open_with(url, false).await
+}
+
+async fn open_with(url: &str, recount: bool) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::open_with(url, recount).await?,
+        ))
     } else {
         Err(StoreError::Config {
             url: url.to_string(),
             reason: "only sqlite:// is supported by this build so far".into(),
+        })
+    }
+}
+
+/// A consistent copy of the database at `url` in the new file `dest`,
+/// taken while the server runs.
+pub async fn backup(url: &str, dest: &std::path::Path) -> Result<(), StoreError> {
+    if url.starts_with("sqlite:") {
+        sqlite::SqliteStore::backup(url, dest).await
+    } else {
+        Err(StoreError::Config {
+            url: url.to_string(),
+            reason: "`tandem backup` copies SQLite databases; back up PostgreSQL with pg_dump"
+                .into(),
         })
     }
 }

@@ -108,6 +108,13 @@ impl SqliteStore {
     }
 
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, true).await
+    }
+
+    /// As `open`; with `recount` false, the counters a log writer left
+    /// pending are left alone: for tools that may run beside a server,
+    /// whose log writer still holds them.
+    pub async fn open_with(url: &str, recount: bool) -> Result<Self, StoreError> {
         let config_err = |reason: String| StoreError::Config {
             url: url.to_string(),
             reason,
@@ -141,13 +148,49 @@ impl SqliteStore {
             .await
             .map_err(|e| config_err(format!("cannot open {}: {e}", path.display())))?;
         MIGRATOR.run(&pool).await?;
-        sqlx::query(RECOUNT_PENDING).execute(&pool).await?;
+        if recount {
+            sqlx::query(RECOUNT_PENDING).execute(&pool).await?;
+        }
         // Opened as loads need them: a server that loads nothing holds none.
         let loads = SqlitePoolOptions::new()
             .max_connections(LOAD_CONNECTIONS)
             .test_before_acquire(false)
             .connect_lazy_with(options);
         Ok(SqliteStore { pool, loads, path })
+    }
+
+    /// Copies the database at `url` to the new file `dest` with `VACUUM
+    /// INTO`: one read transaction, so the copy is consistent while
+    /// writers go on, and it holds every commit made before it started.
+    /// Refuses an existing `dest`.
+    pub async fn backup(url: &str, dest: &Path) -> Result<(), StoreError> {
+        use sqlx::Connection;
+        let config_err = |reason: String| StoreError::Config {
+            url: url.to_string(),
+            reason,
+        };
+        if dest.exists() {
+            return Err(config_err(format!("{} exists already", dest.display())));
+        }
+        let dest = dest
+            .to_str()
+            .ok_or_else(|| config_err("the backup path is not UTF-8".into()))?;
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| config_err(e.to_string()))?
+            .busy_timeout(BUSY_TIMEOUT);
+        let path = options.get_filename().to_path_buf();
+        if !path.exists() {
+            return Err(config_err(format!("{} does not exist", path.display())));
+        }
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| config_err(format!("cannot open {}: {e}", path.display())))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(dest)
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(())
     }
 
     /// A transaction that reads before it writes must take the write lock
