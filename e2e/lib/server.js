@@ -133,7 +133,9 @@ async function startOnce ({ dataDir, env, timeoutMs, maxLogLines }) {
     TANDEM_BIND: '127.0.0.1:0',
     TANDEM_DATABASE_URL: `sqlite://${path.join(dataDir, 'tandem.db')}`,
     TANDEM_LOG_FORMAT: 'json',
-    RUST_LOG: 'info',
+    // The access log (a line per request) would push the lines tests wait for
+    // out of the kept window.
+    RUST_LOG: 'info,tandem::access=warn',
     ...env
   }
   const isScript = /\.(m?js)$/.test(TANDEM_BIN)
