@@ -36,6 +36,8 @@ pub enum ShapeError {
     TooDeep,
     #[error("unknown content type {0}")]
     UnknownContent(u8),
+    #[error("a client ID is over 53 bits")]
+    ClientTooLarge,
 }
 
 impl From<yrs::encoding::read::Error> for ShapeError {
@@ -75,7 +77,7 @@ pub fn check_state_vector(bytes: &[u8]) -> Result<(), ShapeError> {
     let n = u64::from(r.read_var::<u32>()?);
     fits(&r, "state vector entries", n, 2)?;
     for _ in 0..n {
-        r.read_var::<u64>()?;
+        client(&mut r)?;
         r.read_var::<u32>()?;
     }
     Ok(())
@@ -98,7 +100,7 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
     fits(&r, "clients", clients, 3)?;
     for _ in 0..clients {
         let blocks = u64::from(r.read_var::<u32>()?);
-        let client = ClientID::new(r.read_var::<u64>()?);
+        let client = client(&mut r)?;
         let mut clock: u32 = r.read_var()?;
         fits(&r, "blocks", blocks, 2)?;
         for _ in 0..blocks {
@@ -113,7 +115,7 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
     let clients = u64::from(r.read_var::<u32>()?);
     fits(&r, "delete set clients", clients, 2)?;
     for _ in 0..clients {
-        r.read_var::<u64>()?;
+        client(&mut r)?;
         let ranges = u64::from(r.read_var::<u32>()?);
         fits(&r, "deleted ranges", ranges, 2)?;
         for _ in 0..ranges {
@@ -210,9 +212,20 @@ fn block(r: &mut Cursor) -> Result<(u32, bool), ShapeError> {
 }
 
 fn id(r: &mut Cursor) -> Result<(), ShapeError> {
-    r.read_var::<u64>()?;
+    client(r)?;
     r.read_var::<u32>()?;
     Ok(())
+}
+
+/// A client ID. Yjs' are at most 53 bits (a JavaScript integer); yrs
+/// asserts as much in debug builds and in release folds the bits above
+/// into the same ID, so client 2^53 + 5 would write as client 5.
+fn client(r: &mut Cursor) -> Result<ClientID, ShapeError> {
+    let id = r.read_var::<u64>()?;
+    if id >> 53 != 0 {
+        return Err(ShapeError::ClientTooLarge);
+    }
+    Ok(ClientID::new(id))
 }
 
 /// One lib0 `Any` value, walked with an explicit stack: each entry counts
@@ -346,6 +359,41 @@ mod tests {
             check_update(&nested_any_update(1_000_000)),
             Err(ShapeError::TooDeep)
         );
+    }
+
+    #[test]
+    fn client_ids_over_53_bits_are_refused() {
+        // Found by the apply_update fuzz target: yrs' `ClientID::new`
+        // asserts in debug builds, and aliases the ID in release ones.
+        let with_client = |client: u64| {
+            let mut u = nested_any_update(0);
+            // Client 7 is the single byte at offset 2.
+            u.splice(2..3, []);
+            let mut id = Vec::new();
+            id.write_var(client);
+            u.splice(2..2, id);
+            u
+        };
+        assert!(check_update(&with_client((1 << 53) - 1)).is_ok());
+        for client in [1 << 53, u64::MAX] {
+            assert_eq!(
+                check_update(&with_client(client)),
+                Err(ShapeError::ClientTooLarge)
+            );
+            let mut sv = Vec::new();
+            sv.write_var(1u32);
+            sv.write_var(client);
+            sv.write_var(1u32);
+            assert_eq!(check_state_vector(&sv), Err(ShapeError::ClientTooLarge));
+            // A delete set entry of that client.
+            let mut ds = vec![0u8];
+            ds.write_var(1u32);
+            ds.write_var(client);
+            ds.write_var(1u32);
+            ds.write_var(0u32);
+            ds.write_var(1u32);
+            assert_eq!(check_update(&ds), Err(ShapeError::ClientTooLarge));
+        }
     }
 
     #[test]
