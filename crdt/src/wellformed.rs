@@ -38,6 +38,8 @@ pub enum ShapeError {
     UnknownContent(u8),
     #[error("a client ID is over 53 bits")]
     ClientTooLarge,
+    #[error("a clock range runs past 2^32")]
+    ClockOverflow,
 }
 
 impl From<yrs::encoding::read::Error> for ShapeError {
@@ -108,7 +110,7 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
             if is_type {
                 shape.type_items.push(ID::new(client, clock));
             }
-            clock = clock.wrapping_add(len);
+            clock = clock.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
         }
     }
     // The delete set: `varUint(n) • n × [varUint(client) • varUint(m) • m × [clock • len]]`.
@@ -119,8 +121,11 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
         let ranges = u64::from(r.read_var::<u32>()?);
         fits(&r, "deleted ranges", ranges, 2)?;
         for _ in 0..ranges {
-            r.read_var::<u32>()?;
-            r.read_var::<u32>()?;
+            // yrs adds these without a check (a panic in debug builds, an
+            // inverted range in release ones).
+            let start = r.read_var::<u32>()?;
+            let len = r.read_var::<u32>()?;
+            start.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
         }
     }
     Ok(shape)
@@ -394,6 +399,33 @@ mod tests {
             ds.write_var(1u32);
             assert_eq!(check_update(&ds), Err(ShapeError::ClientTooLarge));
         }
+    }
+
+    #[test]
+    fn clock_ranges_past_2_pow_32_are_refused() {
+        // Found by the apply_update fuzz target: yrs' delete set decoder
+        // adds clock and length unchecked.
+        let delete = |start: u32, len: u32| {
+            let mut ds = vec![0u8];
+            ds.write_var(1u32);
+            ds.write_var(7u64);
+            ds.write_var(1u32);
+            ds.write_var(start);
+            ds.write_var(len);
+            ds
+        };
+        assert!(check_update(&delete(u32::MAX - 1, 1)).is_ok());
+        assert_eq!(
+            check_update(&delete(u32::MAX, 1)),
+            Err(ShapeError::ClockOverflow)
+        );
+        // A block's clock past 2^32.
+        let mut u = nested_any_update(0);
+        // Clock 0 is the single byte at offset 3.
+        let mut clock = Vec::new();
+        clock.write_var(u32::MAX);
+        u.splice(3..4, clock);
+        assert_eq!(check_update(&u), Err(ShapeError::ClockOverflow));
     }
 
     #[test]
