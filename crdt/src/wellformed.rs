@@ -233,6 +233,26 @@ fn client(r: &mut Cursor) -> Result<ClientID, ShapeError> {
     Ok(ClientID::new(id))
 }
 
+/// Consumes a signed `varInt` exactly as yrs' `read_var_i64` does, without
+/// its arithmetic: yrs shifts the tenth byte past 64 bits, a panic in debug
+/// builds (found by the apply_update fuzz target).
+fn skip_var_i64(r: &mut Cursor) -> Result<(), ShapeError> {
+    if r.read_u8()? < 0x80 {
+        return Ok(());
+    }
+    let mut bits = 6u32;
+    loop {
+        let byte = r.read_u8()?;
+        bits += 7;
+        if byte < 0x80 {
+            return Ok(());
+        }
+        if bits > 70 {
+            return Err(ShapeError::Invalid);
+        }
+    }
+}
+
 /// One lib0 `Any` value, walked with an explicit stack: each entry counts
 /// the values its array or map still holds.
 fn any(r: &mut Cursor) -> Result<(), ShapeError> {
@@ -256,9 +276,7 @@ fn any(r: &mut Cursor) -> Result<(), ShapeError> {
         }
         match r.read_u8()? {
             127 | 126 | 121 | 120 => {}
-            125 => {
-                r.read_var::<i64>()?;
-            }
+            125 => skip_var_i64(r)?,
             124 => {
                 r.read_f32()?;
             }
@@ -426,6 +444,27 @@ mod tests {
         clock.write_var(u32::MAX);
         u.splice(3..4, clock);
         assert_eq!(check_update(&u), Err(ShapeError::ClockOverflow));
+    }
+
+    #[test]
+    fn an_integer_of_eleven_bytes_is_walked_without_overflow() {
+        // A map entry holding an integer of eleven bytes, the last one
+        // shifted 69 bits: yrs reads it (wrapping in release builds).
+        let mut u = nested_any_update(0);
+        let at = u.len() - 2; // before the null and the delete set
+        u.truncate(at);
+        u.write_u8(125);
+        u.extend_from_slice(&[0xff; 10]);
+        u.write_u8(0x01);
+        u.write_var(0u32);
+        assert!(check_update(&u).is_ok());
+        // Twelve: yrs refuses it, and so does the check.
+        let mut long = u[..at].to_vec();
+        long.write_u8(125);
+        long.extend_from_slice(&[0xff; 11]);
+        long.write_u8(0x01);
+        long.write_var(0u32);
+        assert_eq!(check_update(&long), Err(ShapeError::Invalid));
     }
 
     #[test]
