@@ -41,6 +41,37 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 // ---------------------------------------------------------------------------
+// Panics.
+
+thread_local! {
+    static LAST_PANIC: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Tandem catches panics where yrs may raise them (decoding and integrating
+/// updates, decoding state vectors): a room survives them. libFuzzer's hook
+/// aborts on every panic, caught or not; this one only remembers it, and
+/// `run` aborts when a panic leaves the target, printing it.
+/// `TANDEM_FUZZ_PANICS=1` prints the caught ones too.
+pub fn quiet_caught_panics() {
+    let verbose = std::env::var_os("TANDEM_FUZZ_PANICS").is_some();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.to_string();
+        if verbose {
+            eprintln!("caught? {message}");
+        }
+        LAST_PANIC.with(|last| *last.borrow_mut() = message);
+    }));
+}
+
+/// Runs a harness; a panic it does not catch aborts, as libFuzzer expects.
+pub fn run(harness: fn(&[u8]), data: &[u8]) {
+    if std::panic::catch_unwind(|| harness(data)).is_err() {
+        LAST_PANIC.with(|last| eprintln!("panicked: {}", last.borrow()));
+        std::process::abort();
+    }
+}
+
+// ---------------------------------------------------------------------------
 // ws_frames: the WebSocket frame reader, then the y-protocols frame decoder
 // on every binary message, as a session reads a socket.
 
