@@ -197,12 +197,17 @@ fn awareness_room(messages: &[Incoming]) {
         let before = live_states(&room);
         match room.apply(owner, update, AWARENESS_LIMITS, |previous| previous == 0) {
             Ok(AwarenessApplied::Unchanged) | Err(_) => {
-                assert_eq!(live_states(&room), before, "a refused update changed states");
+                assert_eq!(
+                    live_states(&room),
+                    before,
+                    "a refused update changed states"
+                );
             }
             Ok(AwarenessApplied::All) => {
                 let after = live_states(&room);
                 for e in &update.entries {
-                    let expected = (e.json.as_ref() != "null").then(|| (e.clock, e.json.to_string()));
+                    let expected =
+                        (e.json.as_ref() != "null").then(|| (e.clock, e.json.to_string()));
                     assert_eq!(after.get(&e.client).cloned(), expected, "entry not applied");
                 }
             }
@@ -241,7 +246,13 @@ fn live_states(room: &Awareness) -> BTreeMap<u64, (u32, String)> {
         Ok(update) => update
             .entries
             .into_iter()
-            .map(|AwarenessEntry { client, clock, json }| (client, (clock, json.to_string())))
+            .map(
+                |AwarenessEntry {
+                     client,
+                     clock,
+                     json,
+                 }| (client, (clock, json.to_string())),
+            )
             .collect(),
         Err(e) => panic!("encode_all does not decode: {e}"),
     }
@@ -282,8 +293,16 @@ pub fn apply_update(data: &[u8]) {
                 check_document(&mut state);
             }
             Err(ApplyError::Malformed(_) | ApplyError::TooLarge { .. }) => {
-                assert_eq!(state.version(), version, "a refused update changed the version");
-                assert_eq!(state.state_vector(), sv, "a refused update changed the document");
+                assert_eq!(
+                    state.version(),
+                    version,
+                    "a refused update changed the version"
+                );
+                assert_eq!(
+                    state.state_vector(),
+                    sv,
+                    "a refused update changed the document"
+                );
             }
             // The room discards this document and reloads it from storage.
             Err(ApplyError::Poisoned(_)) => return,
@@ -312,9 +331,17 @@ fn check_document(state: &mut DocState) {
     let encoded = state.encode_state();
     // Byte equality would be too strict: yrs encodes a subdocument's options
     // from a fresh `HashMap`, so two encodings may order its keys apart.
-    assert_eq!(state.state_update().len(), encoded.len(), "cached encoding differs");
+    assert_eq!(
+        state.state_update().len(),
+        encoded.len(),
+        "cached encoding differs"
+    );
     let reloaded = reload(&encoded);
-    assert_eq!(reloaded.to_json(), json, "the reloaded document renders differently");
+    assert_eq!(
+        reloaded.to_json(),
+        json,
+        "the reloaded document renders differently"
+    );
     assert_eq!(
         decode_sv(&reloaded.state_vector()),
         decode_sv(&state.state_vector()),
@@ -433,7 +460,10 @@ pub fn token(data: &[u8]) {
         0 => {
             let token = String::from_utf8_lossy(rest);
             // A token nobody signed is never accepted.
-            assert!(auth.authorize(Some(&token), &doc).is_err(), "forged {token:?}");
+            assert!(
+                auth.authorize(Some(&token), &doc).is_err(),
+                "forged {token:?}"
+            );
         }
         1 => {
             let header = fields.next().unwrap_or_default();
@@ -461,8 +491,14 @@ pub fn token(data: &[u8]) {
                 [p, lo, hi, ..] => (*p, i16::from_le_bytes([*lo, *hi])),
                 _ => (0, 60),
             };
-            let sub = fields.next().map(|s| String::from_utf8_lossy(s).into_owned());
-            let perm = if perm & 1 == 0 { Perm::Read } else { Perm::Write };
+            let sub = fields
+                .next()
+                .map(|s| String::from_utf8_lossy(s).into_owned());
+            let perm = if perm & 1 == 0 {
+                Perm::Read
+            } else {
+                Perm::Write
+            };
             // Whole minutes, never 0: the test does not race the clock.
             let offset = if offset == 0 { 1 } else { i64::from(offset) } * 60;
             let now = tandem::auth::now_secs();
@@ -500,7 +536,10 @@ pub fn webhook_url(data: &[u8]) {
     let strict = validate_url(&raw, false);
     let open = validate_url(&raw, true);
     let Ok(normal) = open else {
-        assert!(strict.is_err(), "allowed only when private addresses are refused");
+        assert!(
+            strict.is_err(),
+            "allowed only when private addresses are refused"
+        );
         return;
     };
     assert!(raw.len() <= MAX_URL_LEN);
@@ -521,7 +560,10 @@ pub fn webhook_url(data: &[u8]) {
     match strict {
         Ok(strict) => {
             assert_eq!(strict, normal);
-            assert!(!ip.is_some_and(ssrf::is_forbidden), "{normal:?} reaches {ip:?}");
+            assert!(
+                !ip.is_some_and(ssrf::is_forbidden),
+                "{normal:?} reaches {ip:?}"
+            );
             // A host that is an address in disguise was parsed as one.
             if let Some(url::Host::Domain(domain)) = url.host() {
                 assert!(

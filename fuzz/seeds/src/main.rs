@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tandem_crdt::protocol::{encode_awareness, encode_sync_step1, encode_sync_step2, encode_update};
+use tandem_crdt::protocol::{
+    encode_awareness, encode_sync_step1, encode_sync_step2, encode_update,
+};
 use yrs::encoding::write::Write;
 use yrs::types::xml::Xml;
 use yrs::types::Attrs;
@@ -69,7 +71,11 @@ fn utf16_doc(client: u64) -> Doc {
 }
 
 /// The first `txns` transactions of a sequential trace, one update each.
-fn replay(path: &Path, client: u64, txns: usize) -> Result<(Doc, Vec<Vec<u8>>), Box<dyn std::error::Error>> {
+fn replay(
+    path: &Path,
+    client: u64,
+    txns: usize,
+) -> Result<(Doc, Vec<Vec<u8>>), Box<dyn std::error::Error>> {
     let file = std::fs::File::open(path)?;
     let trace: Value = serde_json::from_reader(flate2::read::GzDecoder::new(file))?;
     let doc = utf16_doc(client);
@@ -94,7 +100,8 @@ fn replay(path: &Path, client: u64, txns: usize) -> Result<(Doc, Vec<Vec<u8>>), 
 }
 
 fn state(doc: &Doc) -> Vec<u8> {
-    doc.transact().encode_state_as_update_v1(&StateVector::default())
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
 }
 
 fn update_seeds(traces: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
@@ -122,11 +129,17 @@ fn update_seeds(traces: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
         // A whole snapshot, then a small limit that refuses the next update.
         let snapshot = state(&doc);
         if snapshot.len() < 60_000 {
-            seeds.push((format!("trace-{stem}-snapshot"), join_parts(ctl, &[snapshot.clone()])));
+            seeds.push((
+                format!("trace-{stem}-snapshot"),
+                join_parts(ctl, &[snapshot.clone()]),
+            ));
             let (more_doc, _) = replay(&traces.join(file), 100 + i as u64, txns + 5)?;
             let sv = doc.transact().state_vector();
             let diff = more_doc.transact().encode_state_as_update_v1(&sv);
-            seeds.push((format!("trace-{stem}-limit"), join_parts(0x08, &[snapshot, diff])));
+            seeds.push((
+                format!("trace-{stem}-limit"),
+                join_parts(0x08, &[snapshot, diff]),
+            ));
         }
     }
     // Two clients editing the same text at once, merged.
@@ -153,8 +166,14 @@ fn update_seeds(traces: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
             tb.remove_range(&mut t, 10, 3);
             t.encode_update_v1()
         };
-        seeds.push(("concurrent".into(), join_parts(ctl, &[base.clone(), ua.clone(), ub.clone()])));
-        seeds.push(("concurrent-pending".into(), join_parts(ctl, &[ub, ua, base])));
+        seeds.push((
+            "concurrent".into(),
+            join_parts(ctl, &[base.clone(), ua.clone(), ub.clone()]),
+        ));
+        seeds.push((
+            "concurrent-pending".into(),
+            join_parts(ctl, &[ub, ua, base]),
+        ));
     }
     // Nested values: `Any` inside maps and arrays, shared types inside
     // shared types, XML, formatting, embeds, binary, a subdocument.
@@ -163,7 +182,10 @@ fn update_seeds(traces: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
     }
     // Around the nesting limit (128), as bytes.
     for depth in [3, 127, 128, 129] {
-        seeds.push((format!("nested-any-depth-{depth}"), join_parts(ctl, &[nested_any(depth)])));
+        seeds.push((
+            format!("nested-any-depth-{depth}"),
+            join_parts(ctl, &[nested_any(depth)]),
+        ));
     }
     // Empty update, and an update that is only a delete set.
     seeds.push(("empty".into(), join_parts(ctl, &[vec![0u8, 0]])));
@@ -246,10 +268,14 @@ fn nested_updates() -> Vec<(&'static str, Vec<u8>)> {
         text.insert(&mut t, 0, "bold and plain");
         let bold = Attrs::from([("bold".into(), Any::from(true))]);
         text.format(&mut t, 0, 4, bold);
-        text.insert_embed(&mut t, 4, Any::from(std::collections::HashMap::from([(
-            "image".to_string(),
-            Any::from("https://example.com/a.png"),
-        )])));
+        text.insert_embed(
+            &mut t,
+            4,
+            Any::from(std::collections::HashMap::from([(
+                "image".to_string(),
+                Any::from("https://example.com/a.png"),
+            )])),
+        );
         let xml = t.get_or_insert_xml_fragment("body");
         let p = xml.push_back(&mut t, XmlElementPrelim::empty("p"));
         p.insert_attribute(&mut t, "class", "lead");
@@ -289,7 +315,11 @@ fn protocol_seeds(updates: &Seeds) -> Seeds {
     };
     let user = r##"{"user":{"name":"Ada","color":"#30bced"},"cursor":{"anchor":{"type":{"client":21,"clock":0},"tname":null,"item":{"client":21,"clock":3},"assoc":0}}}"##;
     let one = awareness(&[(21, 1, user)]);
-    let three = awareness(&[(21, 2, user), (22, 1, r#"{"n":[1,2,{"x":null}]}"#), (23, 5, "null")]);
+    let three = awareness(&[
+        (21, 2, user),
+        (22, 1, r#"{"n":[1,2,{"x":null}]}"#),
+        (23, 5, "null"),
+    ]);
     let leave = awareness(&[(21, 3, "null")]);
     let dup = awareness(&[(24, 1, "{}"), (24, 2, "[]")]);
     let big = awareness(&[(25, 1, &format!(r#"{{"s":"{}"}}"#, "x".repeat(600)))]);
@@ -330,8 +360,15 @@ fn protocol_seeds(updates: &Seeds) -> Seeds {
             &[3],
         ],
     );
-    add("limited", 2, &[&encode_update(&update), &encode_update(&update), &[3]]);
-    for (name, u) in updates.iter().filter(|(n, _)| n.starts_with("nested-") && !n.contains("depth-12")) {
+    add(
+        "limited",
+        2,
+        &[&encode_update(&update), &encode_update(&update), &[3]],
+    );
+    for (name, u) in updates
+        .iter()
+        .filter(|(n, _)| n.starts_with("nested-") && !n.contains("depth-12"))
+    {
         // The update itself, without the control byte and length prefix.
         let body = u.get(3..).unwrap_or_default();
         add(&format!("update-{name}"), 0, &[&encode_update(body)]);
@@ -364,7 +401,10 @@ fn ws_seeds(frames: &Seeds) -> Seeds {
     let ctl_big = 0x7c; // 64 KiB messages, whole reads
     for (name, f) in frames.iter().take(12) {
         let body = f.get(1..).unwrap_or_default();
-        seeds.push((format!("binary-{name}"), [&[ctl_big][..], &ws_frame(true, 2, body, key)].concat()));
+        seeds.push((
+            format!("binary-{name}"),
+            [&[ctl_big][..], &ws_frame(true, 2, body, key)].concat(),
+        ));
     }
     let payload: Vec<u8> = frames
         .iter()
@@ -382,10 +422,16 @@ fn ws_seeds(frames: &Seeds) -> Seeds {
     ]
     .concat();
     for ctl in [0x0c, 0x1c, 0x3c, 0xec, 0x04] {
-        seeds.push((format!("fragmented-{ctl:02x}"), [&[ctl][..], &fragmented].concat()));
+        seeds.push((
+            format!("fragmented-{ctl:02x}"),
+            [&[ctl][..], &fragmented].concat(),
+        ));
     }
     let long = vec![0u8; 300];
-    seeds.push(("len16".into(), [&[0x2c][..], &ws_frame(true, 2, &long, key)].concat()));
+    seeds.push((
+        "len16".into(),
+        [&[0x2c][..], &ws_frame(true, 2, &long, key)].concat(),
+    ));
     let long = vec![1u8; 70_000];
     let mut frame = ws_frame(true, 2, &long, key);
     frame.truncate(20);
@@ -416,7 +462,10 @@ fn name_seeds() -> Seeds {
         .collect();
     seeds.push(("len255".into(), "x".repeat(255).into_bytes()));
     seeds.push(("len256".into(), "x".repeat(256).into_bytes()));
-    seeds.push(("len255-star".into(), format!("{}*", "x".repeat(255)).into_bytes()));
+    seeds.push((
+        "len255-star".into(),
+        format!("{}*", "x".repeat(255)).into_bytes(),
+    ));
     seeds.push(("not-utf8".into(), vec![b'a', 0xff, b'b']));
     seeds
 }
@@ -425,7 +474,8 @@ fn token_seeds() -> Seeds {
     use base64::Engine as _;
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let other_key = jsonwebtoken::EncodingKey::from_secret(b"another secret, not the fuzzing one!");
-    let claims = serde_json::json!({"doc": "team:*", "perm": "write", "exp": 4_102_444_800u64, "sub": "u1"});
+    let claims =
+        serde_json::json!({"doc": "team:*", "perm": "write", "exp": 4_102_444_800u64, "sub": "u1"});
     let foreign = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &other_key)
         .unwrap_or_default();
     let none = format!(
@@ -444,14 +494,30 @@ fn token_seeds() -> Seeds {
     let signed = |doc: &str, header: &[u8], claims: &str| {
         [doc.as_bytes(), &[0], header, &[0], claims.as_bytes()].concat()
     };
-    add("signed-ok", 1, &signed("team:x", hs256, &claims.to_string()));
+    add(
+        "signed-ok",
+        1,
+        &signed("team:x", hs256, &claims.to_string()),
+    );
     add(
         "signed-exact",
         1,
-        &signed("doc", hs256, r#"{"doc":"doc","perm":"read","exp":4102444800,"name":"Ada"}"#),
+        &signed(
+            "doc",
+            hs256,
+            r#"{"doc":"doc","perm":"read","exp":4102444800,"name":"Ada"}"#,
+        ),
     );
-    add("signed-expired", 1, &signed("doc", hs256, r#"{"doc":"doc","perm":"read","exp":1}"#));
-    add("signed-no-exp", 1, &signed("doc", hs256, r#"{"doc":"*","perm":"read"}"#));
+    add(
+        "signed-expired",
+        1,
+        &signed("doc", hs256, r#"{"doc":"doc","perm":"read","exp":1}"#),
+    );
+    add(
+        "signed-no-exp",
+        1,
+        &signed("doc", hs256, r#"{"doc":"*","perm":"read"}"#),
+    );
     add(
         "signed-exp-float",
         1,
@@ -460,27 +526,47 @@ fn token_seeds() -> Seeds {
     add(
         "signed-exp-string",
         1,
-        &signed("doc", hs256, r#"{"doc":"*","perm":"write","exp":"4102444800"}"#),
+        &signed(
+            "doc",
+            hs256,
+            r#"{"doc":"*","perm":"write","exp":"4102444800"}"#,
+        ),
     );
     add(
         "signed-dup",
         1,
-        &signed("doc", hs256, r#"{"doc":"*","perm":"write","exp":4102444800,"exp":1}"#),
+        &signed(
+            "doc",
+            hs256,
+            r#"{"doc":"*","perm":"write","exp":4102444800,"exp":1}"#,
+        ),
     );
     add(
         "signed-hs512",
         1,
-        &signed("doc", br#"{"alg":"HS512"}"#, r#"{"doc":"*","perm":"write","exp":4102444800}"#),
+        &signed(
+            "doc",
+            br#"{"alg":"HS512"}"#,
+            r#"{"doc":"*","perm":"write","exp":4102444800}"#,
+        ),
     );
     add(
         "signed-none",
         1,
-        &signed("doc", br#"{"alg":"none"}"#, r#"{"doc":"*","perm":"write","exp":4102444800}"#),
+        &signed(
+            "doc",
+            br#"{"alg":"none"}"#,
+            r#"{"doc":"*","perm":"write","exp":4102444800}"#,
+        ),
     );
     add(
         "signed-perm-admin",
         1,
-        &signed("doc", hs256, r#"{"doc":"*","perm":"admin","exp":4102444800}"#),
+        &signed(
+            "doc",
+            hs256,
+            r#"{"doc":"*","perm":"admin","exp":4102444800}"#,
+        ),
     );
     let structured = |doc: &str, pattern: &str, perm: u8, minutes: i16, sub: Option<&str>| {
         let mut v = [doc.as_bytes(), &[0], pattern.as_bytes(), &[0], &[perm]].concat();
@@ -491,11 +577,23 @@ fn token_seeds() -> Seeds {
         }
         v
     };
-    add("claims-prefix", 2, &structured("team:x", "team:*", 1, 60, Some("u1")));
+    add(
+        "claims-prefix",
+        2,
+        &structured("team:x", "team:*", 1, 60, Some("u1")),
+    );
     add("claims-exact", 2, &structured("doc", "doc", 0, 5, None));
     add("claims-other", 2, &structured("doc", "docs", 0, 5, None));
-    add("claims-expired", 2, &structured("doc", "*", 1, -5, Some("u2")));
-    add("claims-unicode", 2, &structured("doc", "dé*", 1, 60, Some("👋")));
+    add(
+        "claims-expired",
+        2,
+        &structured("doc", "*", 1, -5, Some("u2")),
+    );
+    add(
+        "claims-unicode",
+        2,
+        &structured("doc", "dé*", 1, 60, Some("👋")),
+    );
     seeds
 }
 
