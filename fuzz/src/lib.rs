@@ -29,9 +29,12 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
+/// A target's body.
+pub type Harness = fn(&[u8]);
+
 /// The names of the targets, as `fuzz/fuzz_targets/<name>.rs` and
 /// `fuzz/corpus/<name>/`, with their functions (the corpus test's table).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("ws_frames", ws_frames),
     ("y_protocol", y_protocol),
     ("apply_update", apply_update),
@@ -64,7 +67,7 @@ pub fn quiet_caught_panics() {
 }
 
 /// Runs a harness; a panic it does not catch aborts, as libFuzzer expects.
-pub fn run(harness: fn(&[u8]), data: &[u8]) {
+pub fn run(harness: Harness, data: &[u8]) {
     if std::panic::catch_unwind(|| harness(data)).is_err() {
         LAST_PANIC.with(|last| eprintln!("panicked: {}", last.borrow()));
         std::process::abort();
