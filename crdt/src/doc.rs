@@ -278,9 +278,26 @@ impl DocState {
         if parts.is_empty() {
             return diff;
         }
+        let held_back = store.pending_update().is_some();
         parts.insert(0, diff);
         // Every part was produced by yrs itself; merging them cannot meet bad input.
-        yrs::merge_updates_v1(&parts).unwrap_or_else(|_| parts.swap_remove(0))
+        let Ok(merged) = yrs::merge_updates_v1(&parts) else {
+            return parts.swap_remove(0);
+        };
+        // yrs integrates a block whose predecessors are missing when it
+        // depends on none of them, leaving a hole in its client's clocks. A
+        // held-back block of that client inside the hole, merged in front,
+        // would make a receiver hold back everything after it too: the
+        // integrated content would vanish from joiners and from compacted
+        // snapshots. Then the held-back blocks stay out (found by fuzzing).
+        if held_back && !held_back_merges_cleanly(&txn) {
+            parts.remove(1);
+            if parts.len() == 1 {
+                return parts.swap_remove(0);
+            }
+            return yrs::merge_updates_v1(&parts).unwrap_or_else(|_| parts.swap_remove(0));
+        }
+        merged
     }
 
     /// The whole document as one Yjs v1 update.
@@ -333,6 +350,27 @@ impl DocState {
     }
 }
 
+/// Whether the whole document with the held-back blocks merged in still
+/// integrates, in a fresh document, everything this one has integrated
+/// (compared by encoded size). Runs only while yrs holds blocks back.
+fn held_back_merges_cleanly<T: ReadTxn>(txn: &T) -> bool {
+    let Some(pending) = txn.store().pending_update() else {
+        return true;
+    };
+    let full = txn.encode_diff_v1(&StateVector::default());
+    let Ok(merged) = yrs::merge_updates_v1([full.as_slice(), &pending.update.encode_v1()]) else {
+        return false;
+    };
+    let fresh = Doc::new();
+    let integrated = catch_unwind(AssertUnwindSafe(|| {
+        let update = Update::decode_v1(&merged).ok()?;
+        fresh.transact_mut().apply_update(update).ok()?;
+        let again = fresh.transact().encode_diff_v1(&StateVector::default());
+        Some(again.len())
+    }));
+    matches!(integrated, Ok(Some(len)) if len == full.len())
+}
+
 /// How many shared types enclose item `id` (1 for a type at the root), up
 /// to just past `MAX_NESTING`. Walks up one parent per step: yrs finds the
 /// parent of an item through a sticky index, the one public way there is.
@@ -381,6 +419,33 @@ mod tests {
         let text = state.doc().get_or_insert_text("t");
         let txn = state.doc().transact();
         text.get_string(&txn)
+    }
+
+    #[test]
+    fn held_back_blocks_never_hide_integrated_ones_in_the_encoded_state() {
+        // Found by the apply_update fuzz target. Client 1's "shared base
+        // text" at clocks 38..54 is integrated although 0..38 are missing
+        // (it depends on none of them); "A👋" at 16..19 waits for 1#6.
+        let hole: &[u8] = &[
+            0x01, 0x01, 0x01, 0x26, 0x04, 0x01, 0x07, 0x63, 0x6f, 0x6e, 0x74, 0x65, 0x6e, 0x74,
+            0x10, 0x73, 0x68, 0x61, 0x72, 0x65, 0x64, 0x20, 0x62, 0x61, 0x73, 0x65, 0x20, 0x74,
+            0x65, 0x78, 0x74, 0x00,
+        ];
+        let waiting: &[u8] = &[
+            0x01, 0x01, 0x01, 0x10, 0xc4, 0x01, 0x06, 0x01, 0x07, 0x05, 0x41, 0xf0, 0x9f, 0x91,
+            0x8b, 0x01, 0x01, 0x01, 0x00, 0x02,
+        ];
+        let mut state = DocState::new();
+        for update in [hole, waiting] {
+            assert!(state.apply_update(update, 1 << 20).is_ok());
+        }
+        let expected = serde_json::json!({"content": "shared base text"});
+        assert_eq!(state.to_json(), expected);
+        let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(reloaded.to_json(), expected);
+        let (compacted, _) = crate::compact(None, [hole, waiting]).expect("compacts");
+        let (reloaded, _) = DocState::load(Some(&compacted), []).expect("loads");
+        assert_eq!(reloaded.to_json(), expected);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum ShapeError {
     TooDeep,
     #[error("unknown content type {0}")]
     UnknownContent(u8),
+    #[error("a client ID is over 53 bits")]
+    ClientTooLarge,
+    #[error("a clock range runs past 2^32")]
+    ClockOverflow,
 }
 
 impl From<yrs::encoding::read::Error> for ShapeError {
@@ -75,7 +79,7 @@ pub fn check_state_vector(bytes: &[u8]) -> Result<(), ShapeError> {
     let n = u64::from(r.read_var::<u32>()?);
     fits(&r, "state vector entries", n, 2)?;
     for _ in 0..n {
-        r.read_var::<u64>()?;
+        client(&mut r)?;
         r.read_var::<u32>()?;
     }
     Ok(())
@@ -98,7 +102,7 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
     fits(&r, "clients", clients, 3)?;
     for _ in 0..clients {
         let blocks = u64::from(r.read_var::<u32>()?);
-        let client = ClientID::new(r.read_var::<u64>()?);
+        let client = client(&mut r)?;
         let mut clock: u32 = r.read_var()?;
         fits(&r, "blocks", blocks, 2)?;
         for _ in 0..blocks {
@@ -106,19 +110,22 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
             if is_type {
                 shape.type_items.push(ID::new(client, clock));
             }
-            clock = clock.wrapping_add(len);
+            clock = clock.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
         }
     }
     // The delete set: `varUint(n) • n × [varUint(client) • varUint(m) • m × [clock • len]]`.
     let clients = u64::from(r.read_var::<u32>()?);
     fits(&r, "delete set clients", clients, 2)?;
     for _ in 0..clients {
-        r.read_var::<u64>()?;
+        client(&mut r)?;
         let ranges = u64::from(r.read_var::<u32>()?);
         fits(&r, "deleted ranges", ranges, 2)?;
         for _ in 0..ranges {
-            r.read_var::<u32>()?;
-            r.read_var::<u32>()?;
+            // yrs adds these without a check (a panic in debug builds, an
+            // inverted range in release ones).
+            let start = r.read_var::<u32>()?;
+            let len = r.read_var::<u32>()?;
+            start.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
         }
     }
     Ok(shape)
@@ -210,9 +217,40 @@ fn block(r: &mut Cursor) -> Result<(u32, bool), ShapeError> {
 }
 
 fn id(r: &mut Cursor) -> Result<(), ShapeError> {
-    r.read_var::<u64>()?;
+    client(r)?;
     r.read_var::<u32>()?;
     Ok(())
+}
+
+/// A client ID. Yjs' are at most 53 bits (a JavaScript integer); yrs
+/// asserts as much in debug builds and in release folds the bits above
+/// into the same ID, so client 2^53 + 5 would write as client 5.
+fn client(r: &mut Cursor) -> Result<ClientID, ShapeError> {
+    let id = r.read_var::<u64>()?;
+    if id >> 53 != 0 {
+        return Err(ShapeError::ClientTooLarge);
+    }
+    Ok(ClientID::new(id))
+}
+
+/// Consumes a signed `varInt` exactly as yrs' `read_var_i64` does, without
+/// its arithmetic: yrs shifts the tenth byte past 64 bits, a panic in debug
+/// builds (found by the apply_update fuzz target).
+fn skip_var_i64(r: &mut Cursor) -> Result<(), ShapeError> {
+    if r.read_u8()? < 0x80 {
+        return Ok(());
+    }
+    let mut bits = 6u32;
+    loop {
+        let byte = r.read_u8()?;
+        bits += 7;
+        if byte < 0x80 {
+            return Ok(());
+        }
+        if bits > 70 {
+            return Err(ShapeError::Invalid);
+        }
+    }
 }
 
 /// One lib0 `Any` value, walked with an explicit stack: each entry counts
@@ -238,9 +276,7 @@ fn any(r: &mut Cursor) -> Result<(), ShapeError> {
         }
         match r.read_u8()? {
             127 | 126 | 121 | 120 => {}
-            125 => {
-                r.read_var::<i64>()?;
-            }
+            125 => skip_var_i64(r)?,
             124 => {
                 r.read_f32()?;
             }
@@ -349,6 +385,89 @@ mod tests {
             check_update(&nested_any_update(1_000_000)),
             Err(ShapeError::TooDeep)
         );
+    }
+
+    #[test]
+    fn client_ids_over_53_bits_are_refused() {
+        // Found by the apply_update fuzz target: yrs' `ClientID::new`
+        // asserts in debug builds, and aliases the ID in release ones.
+        let with_client = |client: u64| {
+            let mut u = nested_any_update(0);
+            // Client 7 is the single byte at offset 2.
+            u.splice(2..3, []);
+            let mut id = Vec::new();
+            id.write_var(client);
+            u.splice(2..2, id);
+            u
+        };
+        assert!(check_update(&with_client((1 << 53) - 1)).is_ok());
+        for client in [1 << 53, u64::MAX] {
+            assert_eq!(
+                check_update(&with_client(client)),
+                Err(ShapeError::ClientTooLarge)
+            );
+            let mut sv = Vec::new();
+            sv.write_var(1u32);
+            sv.write_var(client);
+            sv.write_var(1u32);
+            assert_eq!(check_state_vector(&sv), Err(ShapeError::ClientTooLarge));
+            // A delete set entry of that client.
+            let mut ds = vec![0u8];
+            ds.write_var(1u32);
+            ds.write_var(client);
+            ds.write_var(1u32);
+            ds.write_var(0u32);
+            ds.write_var(1u32);
+            assert_eq!(check_update(&ds), Err(ShapeError::ClientTooLarge));
+        }
+    }
+
+    #[test]
+    fn clock_ranges_past_2_pow_32_are_refused() {
+        // Found by the apply_update fuzz target: yrs' delete set decoder
+        // adds clock and length unchecked.
+        let delete = |start: u32, len: u32| {
+            let mut ds = vec![0u8];
+            ds.write_var(1u32);
+            ds.write_var(7u64);
+            ds.write_var(1u32);
+            ds.write_var(start);
+            ds.write_var(len);
+            ds
+        };
+        assert!(check_update(&delete(u32::MAX - 1, 1)).is_ok());
+        assert_eq!(
+            check_update(&delete(u32::MAX, 1)),
+            Err(ShapeError::ClockOverflow)
+        );
+        // A block's clock past 2^32.
+        let mut u = nested_any_update(0);
+        // Clock 0 is the single byte at offset 3.
+        let mut clock = Vec::new();
+        clock.write_var(u32::MAX);
+        u.splice(3..4, clock);
+        assert_eq!(check_update(&u), Err(ShapeError::ClockOverflow));
+    }
+
+    #[test]
+    fn an_integer_of_eleven_bytes_is_walked_without_overflow() {
+        // A map entry holding an integer of eleven bytes, the last one
+        // shifted 69 bits: yrs reads it (wrapping in release builds).
+        let mut u = nested_any_update(0);
+        let at = u.len() - 2; // before the null and the delete set
+        u.truncate(at);
+        u.write_u8(125);
+        u.extend_from_slice(&[0xff; 10]);
+        u.write_u8(0x01);
+        u.write_var(0u32);
+        assert!(check_update(&u).is_ok());
+        // Twelve: yrs refuses it, and so does the check.
+        let mut long = u[..at].to_vec();
+        long.write_u8(125);
+        long.extend_from_slice(&[0xff; 11]);
+        long.write_u8(0x01);
+        long.write_var(0u32);
+        assert_eq!(check_update(&long), Err(ShapeError::Invalid));
     }
 
     #[test]

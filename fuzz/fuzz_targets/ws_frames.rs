@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(init: tandem_fuzz::quiet_caught_panics(), |data: &[u8]| {
+    tandem_fuzz::run(tandem_fuzz::ws_frames, data)
+});
