@@ -44,8 +44,19 @@ use super::super::{now_ms, DocId, LogWriter, PendingUpdate, StoreError};
 use super::CONNECT_TIMEOUT;
 
 pub struct PgLogWriter {
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped.
+    rt: Option<tokio::runtime::Runtime>,
     conn: PgConnection,
+}
+
+impl Drop for PgLogWriter {
+    fn drop(&mut self) {
+        // A runtime dropped the ordinary way blocks until its tasks end,
+        // which panics in an async context; this one runs none of its own.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl PgLogWriter {
@@ -66,7 +77,20 @@ impl PgLogWriter {
                 Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
             }
         })?;
-        Ok(PgLogWriter { rt, conn })
+        Ok(PgLogWriter {
+            rt: Some(rt),
+            conn,
+        })
+    }
+}
+
+impl PgLogWriter {
+    /// The runtime (there until the writer is dropped) and the connection.
+    fn parts(&mut self) -> Result<(&tokio::runtime::Runtime, &mut PgConnection), StoreError> {
+        match self.rt.as_ref() {
+            Some(rt) => Ok((rt, &mut self.conn)),
+            None => Err(StoreError::Database(sqlx::Error::PoolClosed)),
+        }
     }
 }
 
@@ -91,7 +115,7 @@ impl LogWriter for PgLogWriter {
         if batch.is_empty() {
             return Ok(());
         }
-        let PgLogWriter { rt, conn } = self;
+        let (rt, conn) = self.parts()?;
         block(rt, append(conn, batch, track_changes))
     }
 
@@ -101,7 +125,7 @@ impl LogWriter for PgLogWriter {
     }
 
     fn probe(&mut self) -> Result<(), StoreError> {
-        let PgLogWriter { rt, conn } = self;
+        let (rt, conn) = self.parts()?;
         block(rt, async move {
             sqlx::query(
                 "INSERT INTO storage_probe (id, at) VALUES (1, $1)
