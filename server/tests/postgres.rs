@@ -91,14 +91,14 @@ async fn documents_and_their_log_round_trip() {
     assert_eq!(pages, vec![vec![b"one".to_vec()], vec![b"two".to_vec()]]);
 
     // Compaction folds the head, keeps the rest, and subtracts the counters.
-    let head = store.read_log_head(a.id, PageLimits::rows(1)).await.unwrap();
+    let head = store
+        .read_log_head(a.id, PageLimits::rows(1))
+        .await
+        .unwrap();
     assert_eq!(head.updates.len(), 1);
     let candidates = store.compaction_candidates(2, u64::MAX).await.unwrap();
     assert_eq!(candidates, vec![a.id]);
-    store
-        .write_snapshot(a.id, b"ONE", 1, &[])
-        .await
-        .unwrap();
+    store.write_snapshot(a.id, b"ONE", 1, &[]).await.unwrap();
     let read = store.read_log(a.id).await.unwrap();
     assert_eq!(read.snapshot.as_deref(), Some(&b"ONE"[..]));
     assert_eq!(read.updates, vec![(2, b"two".to_vec())]);
@@ -114,10 +114,7 @@ async fn documents_and_their_log_round_trip() {
         data: b"two".to_vec(),
         reason: "does not decode".into(),
     };
-    store
-        .write_snapshot(a.id, b"ONE", 2, &[bad])
-        .await
-        .unwrap();
+    store.write_snapshot(a.id, b"ONE", 2, &[bad]).await.unwrap();
     assert_eq!(store.quarantined(a.id).await.unwrap(), 1);
     assert!(store.read_log(a.id).await.unwrap().updates.is_empty());
 
@@ -222,7 +219,10 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
         error: Some("boom".into()),
         outcome,
     };
-    assert!(!store.record_attempt(&record(Outcome::RetryAt(70_000))).await.unwrap());
+    assert!(!store
+        .record_attempt(&record(Outcome::RetryAt(70_000)))
+        .await
+        .unwrap());
     assert!(store
         .record_attempt(&record(Outcome::GaveUp {
             disable_reason: "failing".into()
@@ -312,12 +312,7 @@ async fn concurrent_appenders_and_compactors_lose_nothing() {
                 // Batches of one to three updates.
                 let n = (i % 3 + 1).min(PER_WRITER - i);
                 let batch: Vec<PendingUpdate> = (i..i + n)
-                    .map(|j| {
-                        row(
-                            doc.id,
-                            encode(&BTreeSet::from([node * 1_000_000 + j])),
-                        )
-                    })
+                    .map(|j| row(doc.id, encode(&BTreeSet::from([node * 1_000_000 + j]))))
                     .collect();
                 log.append(&batch, false).unwrap();
                 i += n;
@@ -370,7 +365,11 @@ async fn concurrent_appenders_and_compactors_lose_nothing() {
     let expected: BTreeSet<u64> = (1..=2)
         .flat_map(|node| (0..PER_WRITER).map(move |j| node * 1_000_000 + j))
         .collect();
-    assert_eq!(all.len() as u64, 2 * PER_WRITER, "lost or duplicated updates");
+    assert_eq!(
+        all.len() as u64,
+        2 * PER_WRITER,
+        "lost or duplicated updates"
+    );
     assert_eq!(all, expected);
     assert_eq!(count, 2 * PER_WRITER as i64);
     b.close().await;

@@ -506,7 +506,9 @@ pub fn redact_url(url: &str) -> String {
     let mut from = 0;
     while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
         let value = from + i + "password=".len();
-        let value_end = out[value..].find(['&', '#']).map_or(out.len(), |j| value + j);
+        let value_end = out[value..]
+            .find(['&', '#'])
+            .map_or(out.len(), |j| value + j);
         out.replace_range(value..value_end, "***");
         from = value + 3;
     }
@@ -547,7 +549,9 @@ mod tests {
 
     #[test]
     fn postgres_failures_are_told_apart_by_sqlstate() {
-        for code in ["08006", "08001", "53100", "57P01", "57P03", "58030", "25006"] {
+        for code in [
+            "08006", "08001", "53100", "57P01", "57P03", "58030", "25006",
+        ] {
             assert!(pg_unavailable(code), "{code}");
         }
         for code in ["23505", "40001", "57014", "42P01", ""] {
@@ -569,7 +573,10 @@ mod tests {
                 "postgres://db/x?user=u&password=s3cret&sslmode=require",
                 "postgres://db/x?user=u&password=***&sslmode=require",
             ),
-            ("sqlite://./tandem-data/tandem.db", "sqlite://./tandem-data/tandem.db"),
+            (
+                "sqlite://./tandem-data/tandem.db",
+                "sqlite://./tandem-data/tandem.db",
+            ),
             ("not a url:s3cret@", "not a url:***@"),
         ];
         for (url, redacted) in cases {

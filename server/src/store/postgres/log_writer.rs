@@ -77,10 +77,7 @@ impl PgLogWriter {
                 Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
             }
         })?;
-        Ok(PgLogWriter {
-            rt: Some(rt),
-            conn,
-        })
+        Ok(PgLogWriter { rt: Some(rt), conn })
     }
 }
 
