@@ -3,7 +3,7 @@
 //! leases that keep two senders from sending one attempt twice, the retry
 //! and give-up bookkeeping, and document changes written with the updates.
 
-#![allow(clippy::unwrap_used)] // a test: a failed call is the failure
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed call is the failure
 
 use std::sync::Arc;
 

@@ -498,3 +498,129 @@ async fn a_password_in_the_url_is_never_printed() {
         .expect("runs");
     assert!(!String::from_utf8_lossy(&help.stdout).contains(SECRET));
 }
+
+/// Runs one statement on the test server's maintenance database.
+async fn admin(sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&postgres_url().unwrap())
+        .await
+        .unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+/// Makes every new session of `db` read-only (or writable again) and ends
+/// the sessions it has, as a failover to a standby (and back) would.
+async fn set_read_only(db: &str, on: bool) {
+    let setting = if on {
+        "SET default_transaction_read_only = on"
+    } else {
+        "RESET default_transaction_read_only"
+    };
+    admin(&format!("ALTER DATABASE {db} {setting}")).await;
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    ))
+    .await;
+}
+
+/// SPEC §6 on PostgreSQL: when the database stops taking writes (here it
+/// turns read-only and drops every session), `/readyz` says so, writes are
+/// refused with 503, nothing stored is lost, and service resumes by itself
+/// once it takes writes again.
+#[actix_web::test]
+async fn a_database_that_refuses_writes_is_reported_and_service_resumes() {
+    use serde_json::Value;
+    use yrs::{Doc, Text, Transact};
+    let Some(dir) = TestDir::postgres().await else {
+        return;
+    };
+    let name = dir.pg.as_ref().unwrap().name.clone();
+    let app = spawn_app_in(Arc::new(dir), &[]).await;
+    let http = reqwest::Client::new();
+    let doc = Doc::new();
+    let append = |s: &str| {
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, len, s);
+        txn.encode_update_v1()
+    };
+    let post = |update: Vec<u8>| {
+        let r = http
+            .post(app.http("/api/docs/k/update"))
+            .header("content-type", "application/octet-stream")
+            .body(update)
+            .send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    let readyz = || async {
+        let r = http.get(app.http("/readyz")).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let r = http
+        .post(app.http("/api/docs"))
+        .json(&serde_json::json!({"id": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(post(append("safe;")).await, 200);
+
+    set_read_only(&name, true).await;
+    // Refused, not queued (the first may fail on a dropped session, also
+    // storage failing); the document keeps what was stored.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut accepted = 0;
+    loop {
+        // Each from a client of its own, so that none depends on another.
+        let other = Doc::new();
+        let update = {
+            let text = other.get_or_insert_text("t");
+            let mut txn = other.transact_mut();
+            text.insert(&mut txn, 0, "refused;");
+            txn.encode_update_v1()
+        };
+        let status = post(update).await;
+        assert!(status == 503 || status == 200, "{status}");
+        if status == 200 {
+            accepted += 1;
+        }
+        let (ready, body) = readyz().await;
+        if status == 503 && ready == 503 {
+            assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    set_read_only(&name, false).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while readyz().await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let fresh = Doc::new();
+    let again = {
+        let text = fresh.get_or_insert_text("t");
+        let mut txn = fresh.transact_mut();
+        text.insert(&mut txn, 0, "again;");
+        txn.encode_update_v1()
+    };
+    assert_eq!(post(again).await, 200);
+    let dir = app.stop().await;
+    let app = spawn_app_in(dir, &[]).await;
+    let v: Value = reqwest::get(app.http("/api/docs/k/json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Every 2xx stored, nothing refused stored.
+    let text = v["t"].as_str().unwrap();
+    assert!(text.contains("safe;") && text.contains("again;"), "{text}");
+    assert_eq!(text.matches("refused;").count(), accepted, "{text}");
+    app.stop().await;
+}
