@@ -27,11 +27,14 @@ pub struct Settings {
     pub bind: String,
 
     /// Database: `sqlite://PATH` (created with its folder when absent) or
-    /// `postgres://…`.
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (the database is created when
+    /// absent and the user may; migrations run at start). A password in it
+    /// is never printed.
     #[arg(
         global = true,
         long,
         env = "TANDEM_DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://./tandem-data/tandem.db"
     )]
     pub database_url: String,

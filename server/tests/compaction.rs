@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 use tandem::persist::compactor::COMPACT_PAGE;
-use tandem::store::{sqlite::SqliteStore, PendingUpdate, Store};
+use tandem::store::PendingUpdate;
 use yrs::{Doc, Text, Transact};
 
 const MIB: usize = 1 << 20;
@@ -100,9 +99,7 @@ async fn an_insert_and_delete_writer_keeps_the_log_bounded_in_bytes() {
 
 #[tokio::test]
 async fn one_step_of_compaction_reads_a_bounded_number_of_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db", dir.path().display());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
+    let (_db, store) = test_store().await;
     let doc = store.create("d", 1, None).await.unwrap().unwrap();
     let mut log = store.log_writer().unwrap();
     // Twenty rows of a megabyte: far fewer rows than a page holds.

@@ -16,7 +16,7 @@ use yrs::{GetString, Text, Transact};
 /// A fresh database file with one document, `d`, and an author whose text
 /// edits go straight into that document's update log, one row each.
 struct TextLog {
-    _dir: tempfile::TempDir,
+    _dir: TestDir,
     url: String,
     store: Arc<dyn Store>,
     doc: DocMeta,
@@ -28,9 +28,8 @@ struct TextLog {
 
 impl TextLog {
     async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let (dir, store) = test_store().await;
+        let url = dir.db_url();
         let doc = store.create("d", 1, None).await.unwrap().unwrap();
         let log = store.log_writer().unwrap();
         TextLog {
@@ -127,16 +126,11 @@ async fn a_log_of_several_pages_reloads_whole() {
     b.wait_text(&expected).await;
     let (dir, _, _) = tokio::join!(app.stop(), a.ended(), b.ended());
     let app = spawn_app_in(dir, &no_compaction).await;
-    let pool = sqlx::SqlitePool::connect(&app.db_url)
-        .await
-        .expect("open db");
-    let (rows, snapshots): (i64, i64) = sqlx::query_as(
+    let (rows, snapshots) = query_pair(
+        &app.db_url,
         "SELECT (SELECT COUNT(*) FROM doc_updates), (SELECT COUNT(*) FROM doc_snapshots)",
     )
-    .fetch_one(&pool)
-    .await
-    .expect("query");
-    pool.close().await;
+    .await;
     assert_eq!(
         (rows, snapshots),
         (2600, 0),
@@ -169,17 +163,13 @@ async fn compaction_folds_the_log_and_the_document_reloads_the_same() {
     b.sync().await;
     b.wait_text(&expected).await;
     // Wait for the compactor (every 5 s) to fold the log.
-    let pool = sqlx::SqlitePool::connect(&app.db_url)
-        .await
-        .expect("open db");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (log, snapshots): (i64, i64) = sqlx::query_as(
+        let (log, snapshots) = query_pair(
+            &app.db_url,
             "SELECT (SELECT COUNT(*) FROM doc_updates), (SELECT COUNT(*) FROM doc_snapshots)",
         )
-        .fetch_one(&pool)
-        .await
-        .expect("query");
+        .await;
         if snapshots == 1 && log < 20 {
             break;
         }
@@ -189,7 +179,6 @@ async fn compaction_folds_the_log_and_the_document_reloads_the_same() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    pool.close().await;
     // Unload (idle), then reload from snapshot + log.
     drop(a);
     drop(b);
@@ -229,6 +218,8 @@ async fn an_idle_room_unloads_and_reloads_with_its_content() {
 /// Row ids of the log are the largest id plus one (no AUTOINCREMENT): once
 /// compaction has deleted every row, a new update may get an id at or below
 /// the snapshot's `upto_id`. Nothing may be lost or folded twice then.
+/// SQLite only: PostgreSQL numbers each document's log and never reuses
+/// a number.
 #[tokio::test]
 async fn log_ids_reused_after_compaction_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -327,8 +318,18 @@ async fn compaction_folds_a_long_log_in_pages() {
     );
 }
 
-/// A document's `(log_count, size_bytes, counts_pending)`, read from its file.
+/// A document's `(log_count, size_bytes, counts_pending)`, read from its
+/// database. PostgreSQL has no `counts_pending`: its appends update the
+/// counters in their own transaction, so it is always 0 there.
 async fn counters(url: &str, doc_id: i64) -> (i64, i64, i64) {
+    if url.starts_with("postgres") {
+        let (log_count, size_bytes) = query_pair(
+            url,
+            &format!("SELECT log_count, size_bytes FROM documents WHERE id = {doc_id}"),
+        )
+        .await;
+        return (log_count, size_bytes, 0);
+    }
     let pool = sqlx::SqlitePool::connect(url).await.unwrap();
     let row =
         sqlx::query_as("SELECT log_count, size_bytes, counts_pending FROM documents WHERE id = $1")
@@ -342,7 +343,8 @@ async fn counters(url: &str, doc_id: i64) -> (i64, i64, i64) {
 
 /// A writer that goes away before it syncs (a crash, or an error that
 /// drops it) leaves its documents marked; the next start, or the next
-/// writer, recounts them.
+/// writer, recounts them. SQLite only: PostgreSQL updates the counters
+/// in the append's own transaction.
 #[tokio::test]
 async fn counters_lost_with_a_writer_are_recounted() {
     let dir = tempfile::tempdir().unwrap();
@@ -381,7 +383,8 @@ async fn counters_lost_with_a_writer_are_recounted() {
 }
 
 /// A database written before migration 0004 (AUTOINCREMENT ids) keeps its
-/// log, ids, snapshot and counters across the migration.
+/// log, ids, snapshot and counters across the migration. SQLite only: a
+/// migration of SQLite's own.
 #[tokio::test]
 async fn the_plain_rowid_migration_keeps_an_old_log() {
     let dir = tempfile::tempdir().unwrap();

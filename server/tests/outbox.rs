@@ -1,22 +1,21 @@
-//! The webhook outbox against a real SQLite file: fan-out by subscription,
+//! The webhook outbox against a real database (SQLite, or PostgreSQL with
+//! `TANDEM_TEST_BACKEND=postgres`): fan-out by subscription,
 //! leases that keep two senders from sending one attempt twice, the retry
 //! and give-up bookkeeping, and document changes written with the updates.
 
-#![allow(clippy::unwrap_used)] // a test: a failed call is the failure
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed call is the failure
 
 use std::sync::Arc;
 
-use tandem::store::sqlite::SqliteStore;
+mod common;
+
 use tandem::store::{
     AttemptRecord, EndpointPatch, EndpointRow, NewEvent, Outcome, PendingUpdate, Store,
 };
 use tandem::webhooks::events;
 
-async fn store() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db", dir.path().display());
-    let store = SqliteStore::open(&url).await.unwrap();
-    (dir, store)
+async fn store() -> (common::TestDir, Arc<dyn Store>) {
+    common::test_store().await
 }
 
 fn endpoint(id: &str, events: &[&str], include_content: bool) -> EndpointRow {
@@ -44,7 +43,7 @@ fn event(event_type: &'static str) -> NewEvent {
     }
 }
 
-async fn all_due(store: &SqliteStore, now: i64) -> Vec<tandem::store::DueMessage> {
+async fn all_due(store: &Arc<dyn Store>, now: i64) -> Vec<tandem::store::DueMessage> {
     store
         .lease_due(now, now + 60_000, 1000, 1000, &[])
         .await

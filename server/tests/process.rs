@@ -3,6 +3,11 @@
 //! loses nothing), a deletion too; WebSocket edits are put on the disk
 //! within `TANDEM_SYNC_INTERVAL`; and a bad database URL stops the start
 //! with a message and a non-zero exit.
+//!
+//! The SIGKILL test runs on the backend `TANDEM_TEST_BACKEND` selects; the
+//! others are SQLite's by nature: they count fsyncs of the file (PostgreSQL
+//! commits synchronously, so its `sync` is empty), fill a tmpfs, or check
+//! SQLite's URL handling.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
@@ -22,15 +27,20 @@ struct Server {
     base: String,
 }
 
-fn start(db: &std::path::Path) -> Server {
-    start_with(db, &[])
+/// The URL of a SQLite file at `db`.
+fn sqlite(db: &std::path::Path) -> String {
+    format!("sqlite://{}", db.display())
 }
 
-fn start_with(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
+fn start(url: &str) -> Server {
+    start_with(url, &[])
+}
+
+fn start_with(url: &str, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .envs(env.iter().copied())
         .env("TANDEM_BIND", "127.0.0.1:0")
-        .env("TANDEM_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("TANDEM_DATABASE_URL", url)
         .env("TANDEM_API_KEY", KEY)
         .env("TANDEM_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
@@ -110,7 +120,7 @@ async fn websocket_edits_wait_for_the_sync_interval_and_api_updates_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let mut server = start_with(
-        &dir.path().join("tandem.db"),
+        &sqlite(&dir.path().join("tandem.db")),
         &[("TANDEM_SYNC_INTERVAL", "1h")],
     );
     let mut c = server.client(&http, "s").await;
@@ -140,7 +150,7 @@ async fn a_websocket_edit_is_synced_after_the_interval_without_any_waiter() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let mut server = start_with(
-        &dir.path().join("tandem.db"),
+        &sqlite(&dir.path().join("tandem.db")),
         &[("TANDEM_SYNC_INTERVAL", "300ms")],
     );
     let mut c = server.client(&http, "s").await;
@@ -159,7 +169,7 @@ async fn with_an_interval_of_zero_every_commit_is_synced() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let mut server = start_with(
-        &dir.path().join("tandem.db"),
+        &sqlite(&dir.path().join("tandem.db")),
         &[("TANDEM_SYNC_INTERVAL", "0s")],
     );
     let mut c = server.client(&http, "s").await;
@@ -182,8 +192,9 @@ fn update(at: u32, s: &str, doc: &Doc) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_api_update_survives_sigkill_right_after_its_2xx() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("tandem.db");
+    // On the backend the switch selects (common::db).
+    let dir = common::TestDir::new().await;
+    let db = dir.db_url();
     let http = reqwest::Client::new();
     let mut server = start(&db);
     let r = http
@@ -277,7 +288,7 @@ fn an_unusable_database_url_stops_the_start_with_a_message() {
     }
     // And a good one creates its folder and file.
     let db = dir.path().join("new/folder/tandem.db");
-    let mut server = start(&db);
+    let mut server = start(&sqlite(&db));
     assert!(db.exists());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
@@ -293,7 +304,7 @@ async fn a_stop_with_failing_storage_ends_in_time_and_exits_non_zero() {
     };
     let http = reqwest::Client::new();
     let mut server = start_with(
-        &disk.path().join("tandem.db"),
+        &sqlite(&disk.path().join("tandem.db")),
         &[("TANDEM_SHUTDOWN_TIMEOUT", "2s")],
     );
     let r = http

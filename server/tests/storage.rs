@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::disk::TmpDisk;
@@ -86,7 +87,8 @@ async fn a_full_disk_refuses_writes_says_so_and_resumes_by_itself() {
     let Some(disk) = TmpDisk::mount("16m") else {
         return;
     };
-    let app = spawn_app_in(disk.dir.clone(), &[]).await;
+    // SQLite only: the test fills the disk under the database file.
+    let app = spawn_app_in(Arc::new(TestDir::sqlite_in(disk.dir.clone())), &[]).await;
 
     // Stored before the disk fills: a document written through the API...
     create(&app, "kept").await;
@@ -185,7 +187,9 @@ async fn a_full_disk_refuses_writes_says_so_and_resumes_by_itself() {
 
 #[actix_web::test]
 async fn a_stored_row_that_does_not_decode_is_quarantined_not_deleted() {
-    let app = spawn_app(&["--compact-after-updates", "2"]).await;
+    // SQLite only: the test writes a damaged row into the file (the
+    // PostgreSQL store's quarantine is tested in postgres.rs).
+    let app = spawn_app_sqlite(&["--compact-after-updates", "2"]).await;
     create(&app, "q").await;
     let doc = Doc::new();
     assert_eq!(post_update(&app, "q", append(&doc, "hello")).await.0, 200);
@@ -258,7 +262,8 @@ async fn a_stored_row_that_does_not_decode_is_quarantined_not_deleted() {
 
 #[actix_web::test]
 async fn a_backlog_over_its_bound_refuses_writes_until_it_is_written() {
-    let app = spawn_app(&["--persist-backlog-bytes", "65536"]).await;
+    // SQLite only: the test holds the file's write lock.
+    let app = spawn_app_sqlite(&["--persist-backlog-bytes", "65536"]).await;
     let mut writer = app.client("b").await;
     writer.sync().await;
     writer.insert(0, "a").await;

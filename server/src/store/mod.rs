@@ -1,11 +1,12 @@
 //! Storage: documents, their update logs and snapshots.
 //!
 //! `Store` moves bytes and rows and imports nothing else of Tandem's: it does
-//! not know what an update means. Implementations: `sqlite` (default);
-//! PostgreSQL joins behind the same trait.
+//! not know what an update means. Implementations: `sqlite` (default) and
+//! `postgres`; `open` picks one by the URL's scheme.
 
 use async_trait::async_trait;
 
+pub mod postgres;
 pub mod sqlite;
 
 pub type DocId = i64;
@@ -34,11 +35,19 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Database(e) => match e {
+                sqlx::Error::Database(db)
+                    if db
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .is_some() =>
+                {
+                    db.code().is_some_and(|c| pg_unavailable(&c))
+                }
                 sqlx::Error::Database(db) => db
                     .code()
                     .and_then(|c| c.parse::<i32>().ok())
                     .is_some_and(|c| UNAVAILABLE_CODES.contains(&(c & 0xff))),
                 sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed => true,
@@ -56,6 +65,17 @@ impl StoreError {
 /// SQLite's primary result codes that mean storage fails: BUSY, LOCKED,
 /// READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
 const UNAVAILABLE_CODES: [i32; 8] = [5, 6, 8, 10, 11, 13, 14, 26];
+
+/// Whether a PostgreSQL error (its SQLSTATE) says that the database fails
+/// or is out of reach rather than that the call was wrong: connection
+/// exceptions (class 08), insufficient resources (53: disk full, out of
+/// memory, too many connections), operator intervention (57: shutting down,
+/// not yet accepting connections; not 57014, a cancelled statement), system
+/// errors (58: I/O), and a read-only server (25006: a standby).
+fn pg_unavailable(code: &str) -> bool {
+    let class = code.get(..2).unwrap_or_default();
+    matches!(class, "08" | "53" | "58") || (class == "57" && code != "57014") || code == "25006"
+}
 
 /// Writes the update log. The persister owns one and calls it from its own
 /// thread only: each call blocks that thread until the database answers, so
@@ -451,7 +471,8 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Opens the store that `url` names, running migrations.
+/// Opens the store that `url` names, running migrations: `sqlite:…` or
+/// `postgres:…` (`postgresql:…`).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     open_with(url, true).await
 }
@@ -468,10 +489,12 @@ async fn open_with(url: &str, recount: bool) -> Result<std::sync::Arc<dyn Store>
         Ok(std::sync::Arc::new(
             sqlite::SqliteStore::open_with(url, recount).await?,
         ))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?))
     } else {
         Err(StoreError::Config {
-            url: url.to_string(),
-            reason: "only sqlite:// is supported by this build so far".into(),
+            url: redact_url(url),
+            reason: "the URL must start with sqlite:// or postgres://".into(),
         })
     }
 }
@@ -483,11 +506,40 @@ pub async fn backup(url: &str, dest: &std::path::Path) -> Result<(), StoreError>
         sqlite::SqliteStore::backup(url, dest).await
     } else {
         Err(StoreError::Config {
-            url: url.to_string(),
+            url: redact_url(url),
             reason: "`tandem backup` copies SQLite databases; back up PostgreSQL with pg_dump"
                 .into(),
         })
     }
+}
+
+/// `url` as it may be printed: a password in it (`user:password@`, or a
+/// `password=` parameter) replaced by `***`. Works on any string, parsable
+/// or not, so that an unparsable URL is not printed whole either.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    // The authority: after `scheme://`, up to the path, query or fragment.
+    let start = out.find("://").map_or(0, |i| i + 3);
+    let end = out[start..]
+        .find(['/', '?', '#'])
+        .map_or(out.len(), |i| start + i);
+    if let Some(at) = out[start..end].rfind('@') {
+        let userinfo = start..start + at;
+        if let Some(colon) = out[userinfo.clone()].find(':') {
+            out.replace_range(start + colon + 1..userinfo.end, "***");
+        }
+    }
+    // `password=` in the query string (libpq's form).
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
+        let value = from + i + "password=".len();
+        let value_end = out[value..]
+            .find(['&', '#'])
+            .map_or(out.len(), |j| value + j);
+        out.replace_range(value..value_end, "***");
+        from = value + 3;
+    }
+    out
 }
 
 pub fn now_ms() -> i64 {
@@ -520,5 +572,43 @@ mod tests {
         assert!(StoreError::Sync(std::io::Error::other("EIO")).is_unavailable());
         assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
         assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_unavailable());
+    }
+
+    #[test]
+    fn postgres_failures_are_told_apart_by_sqlstate() {
+        for code in [
+            "08006", "08001", "53100", "57P01", "57P03", "58030", "25006",
+        ] {
+            assert!(pg_unavailable(code), "{code}");
+        }
+        for code in ["23505", "40001", "57014", "42P01", ""] {
+            assert!(!pg_unavailable(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn passwords_in_database_urls_are_redacted() {
+        let cases = [
+            (
+                "postgres://tandem:s3cret@db.example:5432/tandem",
+                "postgres://tandem:***@db.example:5432/tandem",
+            ),
+            ("postgres://tandem@db/tandem", "postgres://tandem@db/tandem"),
+            ("postgres://u:p%40ss@db", "postgres://u:***@db"),
+            ("postgres://u:a@b@db/x", "postgres://u:***@db/x"),
+            (
+                "postgres://db/x?user=u&password=s3cret&sslmode=require",
+                "postgres://db/x?user=u&password=***&sslmode=require",
+            ),
+            (
+                "sqlite://./tandem-data/tandem.db",
+                "sqlite://./tandem-data/tandem.db",
+            ),
+            ("not a url:s3cret@", "not a url:***@"),
+        ];
+        for (url, redacted) in cases {
+            assert_eq!(redact_url(url), redacted, "{url}");
+            assert!(!redact_url(url).contains("s3cret"));
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Test helpers: `spawn_app()` starts the real server on 127.0.0.1:0 with a
-//! fresh SQLite file (logs silent unless `TEST_LOG` is set); `Client` is a
-//! raw WebSocket client holding a `yrs` document, speaking y-protocols.
+//! fresh SQLite file, or a fresh PostgreSQL database with
+//! `TANDEM_TEST_BACKEND=postgres` (see `db`; logs silent unless `TEST_LOG`
+//! is set); `Client` is a raw WebSocket client holding a `yrs` document,
+//! speaking y-protocols.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -23,23 +25,29 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct TestApp {
     pub addr: SocketAddr,
     pub db_url: String,
-    pub dir: std::sync::Arc<tempfile::TempDir>,
+    pub dir: std::sync::Arc<TestDir>,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
 
+/// A server on a fresh database of the backend the switch selects.
 pub async fn spawn_app(extra: &[&str]) -> TestApp {
-    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
-    spawn_app_in(dir, extra).await
+    spawn_app_in(std::sync::Arc::new(TestDir::new().await), extra).await
 }
 
-/// Starts a server on the database in `dir` (to restart one, stop it and
+/// A server on a fresh SQLite file, whatever the switch: for tests that
+/// look into the file.
+pub async fn spawn_app_sqlite(extra: &[&str]) -> TestApp {
+    spawn_app_in(std::sync::Arc::new(TestDir::sqlite()), extra).await
+}
+
+/// Starts a server on the database of `dir` (to restart one, stop it and
 /// call this again with the same `dir`).
-pub async fn spawn_app_in(dir: std::sync::Arc<tempfile::TempDir>, extra: &[&str]) -> TestApp {
+pub async fn spawn_app_in(dir: std::sync::Arc<TestDir>, extra: &[&str]) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         tandem::telemetry::init(tandem::config::LogFormat::Pretty);
     }
-    let db_url = format!("sqlite://{}/data/tandem.db", dir.path().display());
+    let db_url = dir.db_url();
     let mut args = vec![
         "tandem",
         "--bind",
@@ -76,7 +84,7 @@ impl TestApp {
     }
 
     /// Graceful stop, as on SIGTERM; waits until the server has finished.
-    pub async fn stop(self) -> std::sync::Arc<tempfile::TempDir> {
+    pub async fn stop(self) -> std::sync::Arc<TestDir> {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.done)
             .await
@@ -293,4 +301,8 @@ pub fn close_code(code: u16) -> Ended {
 
 #[allow(unused)]
 fn _assert_close_code_type(_: WsCloseCode) {}
+pub mod db;
 pub mod disk;
+
+#[allow(unused_imports)] // each test crate uses some of them
+pub use db::{query_pair, test_store, TestDir};

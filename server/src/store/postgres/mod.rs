@@ -1,0 +1,932 @@
+//! The PostgreSQL store (`TANDEM_DATABASE_URL=postgres://…`), with its own
+//! migrations in `migrations/postgres/`: the same tables as SQLite's, in
+//! PostgreSQL's types (BYTEA, BIGINT unix milliseconds, BOOLEAN, JSONB).
+//!
+//! It is built for several nodes sharing one database, though this build
+//! runs one:
+//! - The update log is numbered per document (`doc_updates.seq`), gap-free
+//!   and in commit order: the log writer (`log_writer`) locks the
+//!   document's row while it numbers and inserts. The `i64` row ids of the
+//!   `Store` trait (`DocLog::updates`, `write_snapshot`'s `upto_id`,
+//!   `Quarantined::row_id`) are these sequence numbers.
+//! - Compaction deletes exactly the rows it folded (`seq <= upto`), and a
+//!   snapshot only moves forward: compactors of one document take turns
+//!   (`pg_advisory_xact_lock`), and one that finds a snapshot as new as its
+//!   own already written does nothing.
+//! - Reads of a snapshot with its log use one `REPEATABLE READ` snapshot.
+//! - The outbox is claimed with `FOR UPDATE SKIP LOCKED`, so senders on
+//!   several nodes never claim one message twice. Claims compare with the
+//!   `now` the caller passes (the node's clock), like SQLite: every other
+//!   outbox time (`next_attempt_at` of new and retried messages) is written
+//!   from that clock too, and the database's clock would mix two.
+//! - Migrations take sqlx's advisory lock: nodes starting at once on an
+//!   empty database run them once.
+//!
+//! A password in the URL is never printed: errors carry `redact_url`'s form.
+
+mod log_writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Row;
+
+pub use self::log_writer::PgLogWriter;
+use super::{
+    now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, DeliveryRow, DocChanges, DocId,
+    DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage, LogWriter,
+    NewEvent, Outcome, PageLimits, Quarantined, Store, StoreError,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// How long opening a connection may take before storage counts as
+/// unreachable (and a call waits for a free connection of the pool).
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections of the main pool: API calls, joins, webhooks, compaction.
+const POOL_CONNECTIONS: u32 = 8;
+
+/// Documents loading at once; more wait for a connection (applying pages
+/// is CPU work, so more would not finish sooner).
+const LOAD_CONNECTIONS: u32 = 4;
+
+/// The reads that pair a snapshot with its log.
+const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+pub struct PgStore {
+    pool: PgPool,
+    /// Document loads' own connections: a load keeps its read transaction
+    /// open while its pages are applied, and must not take the connections
+    /// the API, joins and webhooks need.
+    loads: PgPool,
+    /// For the log writer's own connection.
+    options: PgConnectOptions,
+}
+
+/// The database error PostgreSQL gives for a database that does not exist.
+const INVALID_CATALOG_NAME: &str = "3D000";
+/// ... and for one that exists already.
+const DUPLICATE_DATABASE: &str = "42P04";
+
+fn has_code(e: &sqlx::Error, code: &str) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
+}
+
+impl PgStore {
+    /// Connects, creates the database when it does not exist (and the user
+    /// may), and runs the migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let config_err = |reason: String| StoreError::Config {
+            url: redact_url(url),
+            reason,
+        };
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| config_err(e.to_string()))?
+            .application_name("tandem");
+        let pool_options = || {
+            PgPoolOptions::new()
+                .max_connections(POOL_CONNECTIONS)
+                .acquire_timeout(CONNECT_TIMEOUT)
+        };
+        let pool = match pool_options().connect_with(options.clone()).await {
+            Ok(pool) => pool,
+            Err(e) if has_code(&e, INVALID_CATALOG_NAME) => {
+                match sqlx::Postgres::create_database(url).await {
+                    Ok(()) => {}
+                    // Another node created it meanwhile.
+                    Err(e) if has_code(&e, DUPLICATE_DATABASE) => {}
+                    Err(e) => {
+                        return Err(config_err(format!("cannot create the database: {e}")));
+                    }
+                }
+                pool_options()
+                    .connect_with(options.clone())
+                    .await
+                    .map_err(|e| config_err(format!("cannot connect: {e}")))?
+            }
+            Err(e) => return Err(config_err(format!("cannot connect: {e}"))),
+        };
+        MIGRATOR.run(&pool).await?;
+        let loads = PgPoolOptions::new()
+            .max_connections(LOAD_CONNECTIONS)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        Ok(PgStore {
+            pool,
+            loads,
+            options,
+        })
+    }
+
+    /// The snapshot and the oldest rows of the log (all for `None`), as of
+    /// one moment. With `limits`, the rows' lengths are read first
+    /// (`octet_length` reads a stored value's header, not its content) and
+    /// only the rows within the limits are fetched.
+    async fn read_log_rows(
+        &self,
+        doc_id: DocId,
+        limits: Option<PageLimits>,
+    ) -> Result<DocLog, StoreError> {
+        let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
+        let snapshot: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE doc_id = $1")
+                .bind(doc_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let mut upto = i64::MAX;
+        if let Some(limits) = limits {
+            let mut lengths = sqlx::query_as::<_, (i64, i32)>(
+                "SELECT seq, octet_length(data) FROM doc_updates WHERE doc_id = $1
+                 ORDER BY seq LIMIT $2",
+            )
+            .bind(doc_id)
+            .bind(i64::try_from(limits.rows).unwrap_or(i64::MAX))
+            .fetch(&mut *tx);
+            let mut bytes = 0usize;
+            let mut last = None;
+            while let Some((seq, len)) = lengths.try_next().await? {
+                if last.is_some() && bytes >= limits.bytes {
+                    break;
+                }
+                bytes = bytes.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                last = Some(seq);
+            }
+            drop(lengths);
+            upto = last.unwrap_or(i64::MIN);
+        }
+        let rows = sqlx::query(
+            "SELECT seq, data FROM doc_updates WHERE doc_id = $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(doc_id)
+        .bind(upto)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut updates = Vec::with_capacity(rows.len());
+        for row in rows {
+            updates.push((row.try_get(0)?, row.try_get(1)?));
+        }
+        Ok(DocLog { snapshot, updates })
+    }
+}
+
+fn meta(row: &sqlx::postgres::PgRow) -> Result<DocMeta, StoreError> {
+    Ok(DocMeta {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        created_at: row.try_get(2)?,
+        updated_at: row.try_get(3)?,
+        size_bytes: row.try_get(4)?,
+    })
+}
+
+const ENDPOINT_COLUMNS: &str = "id, url, events::text, description, include_content, enabled, \
+    disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at";
+
+fn endpoint(row: &sqlx::postgres::PgRow) -> Result<EndpointRow, StoreError> {
+    let events: String = row.try_get(2)?;
+    Ok(EndpointRow {
+        id: row.try_get(0)?,
+        url: row.try_get(1)?,
+        // A row this server wrote; an unreadable one subscribes to nothing.
+        events: serde_json::from_str(&events).unwrap_or_default(),
+        description: row.try_get(3)?,
+        include_content: row.try_get(4)?,
+        enabled: row.try_get(5)?,
+        disabled_reason: row.try_get(6)?,
+        secret: row.try_get(7)?,
+        previous_secret: row.try_get(8)?,
+        previous_secret_expires_at: row.try_get(9)?,
+        created_at: row.try_get(10)?,
+        updated_at: row.try_get(11)?,
+    })
+}
+
+fn events_json(events: &[String]) -> String {
+    serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
+}
+
+/// Writes one message per enabled endpoint subscribed to the event's type.
+async fn fan_out(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    event: &NewEvent,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO webhook_messages
+           (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
+         SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), e.id, $1,
+           CASE WHEN e.include_content AND $3::text IS NOT NULL THEN $3 ELSE $2 END,
+           'pending', $4, $4
+         FROM webhook_endpoints e
+         WHERE e.enabled AND e.events ?| ARRAY[$1::text, '*']",
+    )
+    .bind(event.event_type)
+    .bind(&event.payload)
+    .bind(&event.payload_with_content)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn find_or_create(
+        &self,
+        name: &str,
+        now: i64,
+        created: Option<&NewEvent>,
+    ) -> Result<FoundDoc, StoreError> {
+        if let Some(meta) = self.create(name, now, created).await? {
+            return Ok(FoundDoc {
+                id: meta.id,
+                created: true,
+            });
+        }
+        let id: DocId = sqlx::query_scalar("SELECT id FROM documents WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(FoundDoc { id, created: false })
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        now: i64,
+        created: Option<&NewEvent>,
+    ) -> Result<Option<DocMeta>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Of several nodes creating one name at once, one gets the row (and
+        // writes the event); the others find it taken.
+        let id: Option<DocId> = sqlx::query_scalar(
+            "INSERT INTO documents (name, created_at, updated_at) VALUES ($1, $2, $2)
+             ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        if let Some(event) = created {
+            fan_out(&mut tx, event, now).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(DocMeta {
+            id,
+            name: name.to_string(),
+            created_at: now,
+            updated_at: now,
+            size_bytes: 0,
+        }))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<DocMeta>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, created_at, updated_at, size_bytes FROM documents WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| meta(&r)).transpose()
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DocMeta>, StoreError> {
+        // starts_with, not LIKE: names may contain `_` and `%`.
+        let rows = sqlx::query(
+            "SELECT id, name, created_at, updated_at, size_bytes FROM documents
+             WHERE starts_with(name, $1) AND ($2::text IS NULL OR name > $2)
+             ORDER BY name LIMIT $3",
+        )
+        .bind(prefix)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(meta).collect()
+    }
+
+    async fn delete(&self, name: &str, deleted: Option<&NewEvent>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Foreign keys cascade to the log, the snapshot and unreported
+        // changes. An append in flight holds the row: this waits for it.
+        let done = sqlx::query("DELETE FROM documents WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let existed = done.rows_affected() > 0;
+        if let (true, Some(event)) = (existed, deleted) {
+            fan_out(&mut tx, event, now_ms()).await?;
+        }
+        tx.commit().await?;
+        Ok(existed)
+    }
+
+    fn log_writer(&self) -> Result<Box<dyn LogWriter>, StoreError> {
+        Ok(Box::new(PgLogWriter::open(&self.options)?))
+    }
+
+    async fn compaction_candidates(
+        &self,
+        min_updates: u32,
+        min_bytes: u64,
+    ) -> Result<Vec<DocId>, StoreError> {
+        // The log's bytes are the document's stored bytes less its snapshot.
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM (
+               SELECT d.id, d.log_count,
+                 d.size_bytes - COALESCE(octet_length(s.data), 0) AS log_bytes
+               FROM documents d LEFT JOIN doc_snapshots s ON s.doc_id = d.id
+               WHERE d.log_count > 0) c
+             WHERE log_count >= $1 OR log_bytes >= $2
+             ORDER BY log_bytes DESC LIMIT 64",
+        )
+        .bind(i64::from(min_updates))
+        .bind(i64::try_from(min_bytes).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn read_log(&self, doc_id: DocId) -> Result<DocLog, StoreError> {
+        self.read_log_rows(doc_id, None).await
+    }
+
+    async fn read_log_pages(
+        &self,
+        doc_id: DocId,
+        limits: PageLimits,
+        pages: tokio::sync::mpsc::Sender<LogPage>,
+    ) -> Result<(), StoreError> {
+        // One snapshot, as in `read_log_rows`. Rows are streamed as they
+        // arrive and `pages` is bounded, so the reader runs at most its
+        // capacity (and the socket's buffers) ahead of whoever applies them.
+        let mut tx = self.loads.begin_with(READ_SNAPSHOT).await?;
+        let mut page: LogPage = Vec::new();
+        let mut bytes = 0;
+        let snapshot: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT data FROM doc_snapshots WHERE doc_id = $1")
+                .bind(doc_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(snapshot) = snapshot {
+            bytes += snapshot.len();
+            page.push(snapshot);
+        }
+        {
+            let mut rows = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT data FROM doc_updates WHERE doc_id = $1 ORDER BY seq",
+            )
+            .bind(doc_id)
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                if !page.is_empty() && (page.len() >= limits.rows || bytes >= limits.bytes) {
+                    if pages.send(std::mem::take(&mut page)).await.is_err() {
+                        return Ok(());
+                    }
+                    bytes = 0;
+                }
+                bytes += row.len();
+                page.push(row);
+            }
+        }
+        tx.commit().await?;
+        if !page.is_empty() {
+            // A closed receiver has stopped wanting pages: not an error here.
+            let _ = pages.send(page).await;
+        }
+        Ok(())
+    }
+
+    async fn read_log_head(&self, doc_id: DocId, limits: PageLimits) -> Result<DocLog, StoreError> {
+        self.read_log_rows(doc_id, Some(limits)).await
+    }
+
+    async fn write_snapshot(
+        &self,
+        doc_id: DocId,
+        snapshot: &[u8],
+        upto_id: i64,
+        quarantine: &[Quarantined],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Compactors of one document take turns (on any node). Appenders do
+        // not take this lock: they only add rows above the ones folded.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(doc_id)
+            .execute(&mut *tx)
+            .await?;
+        let current: Option<(i64, i32)> = sqlx::query_as(
+            "SELECT upto_seq, octet_length(data) FROM doc_snapshots WHERE doc_id = $1",
+        )
+        .bind(doc_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // The snapshot only moves forward. One already as new as this one
+        // holds every row this one folded: another compactor won, and this
+        // one leaves everything as it is. An older one holds a prefix of
+        // what this one folded (it started from the same snapshot or an
+        // older one, and rows are gap-free and commit-ordered), so this one
+        // may replace it and delete the rows up to `upto_id`: exactly the
+        // rows it read, less those the other one deleted.
+        if current.is_some_and(|(upto, _)| upto >= upto_id) {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        let old = current.map_or(0, |(_, len)| i64::from(len));
+        // Set aside before the rows they came from are deleted, in the same
+        // transaction: a row that cannot be read is never lost.
+        let now = now_ms();
+        for q in quarantine {
+            sqlx::query(
+                "INSERT INTO doc_updates_quarantine (doc_id, row_id, data, reason, quarantined_at)
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM documents WHERE id = $1)",
+            )
+            .bind(doc_id)
+            .bind(q.row_id)
+            .bind(&q.data)
+            .bind(&q.reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // The counters change by what is folded (the log writer adds what it
+        // appends the same way): deltas, so their order does not matter.
+        let (rows, bytes): (i64, i64) = sqlx::query_as(
+            "WITH gone AS (DELETE FROM doc_updates WHERE doc_id = $1 AND seq <= $2
+                           RETURNING octet_length(data) AS len)
+             SELECT COUNT(*), COALESCE(SUM(len), 0)::bigint FROM gone",
+        )
+        .bind(doc_id)
+        .bind(upto_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO doc_snapshots (doc_id, data, upto_seq)
+             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM documents WHERE id = $1)
+             ON CONFLICT (doc_id) DO UPDATE SET data = excluded.data, upto_seq = excluded.upto_seq",
+        )
+        .bind(doc_id)
+        .bind(snapshot)
+        .bind(upto_id)
+        .execute(&mut *tx)
+        .await?;
+        let new = i64::try_from(snapshot.len()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE documents SET log_count = log_count - $2, size_bytes = size_bytes - $3 + $4
+             WHERE id = $1",
+        )
+        .bind(doc_id)
+        .bind(rows)
+        .bind(bytes + old)
+        .bind(new)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn quarantined(&self, doc_id: DocId) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM doc_updates_quarantine WHERE doc_id = $1")
+                .bind(doc_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn enqueue_events(&self, events: &[NewEvent], now: i64) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for event in events {
+            fan_out(&mut tx, event, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enqueue_message(
+        &self,
+        endpoint_id: &str,
+        message_id: &str,
+        event: &NewEvent,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_messages
+               (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
+        )
+        .bind(message_id)
+        .bind(endpoint_id)
+        .bind(event.event_type)
+        .bind(&event.payload)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_endpoint(&self, e: &EndpointRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, url, events, description, include_content, enabled,
+               disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at)
+             VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&e.id)
+        .bind(&e.url)
+        .bind(events_json(&e.events))
+        .bind(&e.description)
+        .bind(e.include_content)
+        .bind(e.enabled)
+        .bind(&e.disabled_reason)
+        .bind(&e.secret)
+        .bind(&e.previous_secret)
+        .bind(e.previous_secret_expires_at)
+        .bind(e.created_at)
+        .bind(e.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_endpoints(&self) -> Result<Vec<EndpointRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(endpoint).collect()
+    }
+
+    async fn get_endpoint(&self, id: &str) -> Result<Option<EndpointRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(endpoint).transpose()
+    }
+
+    async fn update_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+        now: i64,
+    ) -> Result<Option<EndpointRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(mut e) = row.as_ref().map(endpoint).transpose()? else {
+            return Ok(None);
+        };
+        if let Some(url) = &patch.url {
+            e.url = url.clone();
+        }
+        if let Some(events) = &patch.events {
+            e.events = events.clone();
+        }
+        if let Some(description) = &patch.description {
+            e.description = description.clone();
+        }
+        if let Some(include_content) = patch.include_content {
+            e.include_content = include_content;
+        }
+        if let Some(enabled) = patch.enabled {
+            if enabled {
+                e.disabled_reason = None;
+            } else if e.enabled {
+                e.disabled_reason = Some("disabled through the API".into());
+            }
+            e.enabled = enabled;
+        }
+        e.updated_at = now;
+        sqlx::query(
+            "UPDATE webhook_endpoints SET url = $2, events = $3::jsonb, description = $4,
+               include_content = $5, enabled = $6, disabled_reason = $7, updated_at = $8
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&e.url)
+        .bind(events_json(&e.events))
+        .bind(&e.description)
+        .bind(e.include_content)
+        .bind(e.enabled)
+        .bind(&e.disabled_reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(e))
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        previous_expires_at: i64,
+        now: i64,
+    ) -> Result<Option<EndpointRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE webhook_endpoints SET previous_secret = secret,
+               previous_secret_expires_at = $3, secret = $2, updated_at = $4 WHERE id = $1
+             RETURNING {ENDPOINT_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(secret)
+        .bind(previous_expires_at)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(endpoint).transpose()
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn lease_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        per_endpoint: u32,
+        busy: &[String],
+    ) -> Result<Vec<DueMessage>, StoreError> {
+        // Up to `per_endpoint` due messages of each enabled endpoint,
+        // locked (and those another sender holds skipped), then the `limit`
+        // due first among them. Rows locked but not chosen are free again
+        // when this statement's transaction ends, a moment later.
+        let rows = sqlx::query(
+            "WITH chosen AS (
+               SELECT c.id FROM webhook_endpoints e
+               CROSS JOIN LATERAL (
+                 SELECT m.id, m.next_attempt_at FROM webhook_messages m
+                 WHERE m.endpoint_id = e.id AND m.status = 'pending' AND m.next_attempt_at <= $1
+                 ORDER BY m.next_attempt_at LIMIT $3
+                 FOR UPDATE SKIP LOCKED) c
+               WHERE e.enabled AND NOT (e.id = ANY($5))
+               ORDER BY c.next_attempt_at LIMIT $4)
+             UPDATE webhook_messages m SET next_attempt_at = $2,
+               first_attempt_at = COALESCE(m.first_attempt_at, $1)
+             FROM chosen WHERE m.id = chosen.id
+             RETURNING m.id, m.endpoint_id, m.payload, m.attempts",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(i64::from(per_endpoint))
+        .bind(i64::from(limit))
+        .bind(busy)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueMessage {
+                    id: r.try_get(0)?,
+                    endpoint_id: r.try_get(1)?,
+                    payload: r.try_get(2)?,
+                    attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    async fn record_attempt(&self, a: &AttemptRecord) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let next_retry_at = match a.outcome {
+            Outcome::RetryAt(at) => Some(at),
+            _ => None,
+        };
+        // The message may have been deleted with its endpoint meanwhile.
+        sqlx::query(
+            "INSERT INTO webhook_attempts (message_id, attempted_at, status_code, latency_ms, error, next_retry_at)
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhook_messages WHERE id = $1)",
+        )
+        .bind(&a.message_id)
+        .bind(a.attempted_at)
+        .bind(a.status_code.map(i64::from))
+        .bind(a.latency_ms)
+        .bind(&a.error)
+        .bind(next_retry_at)
+        .execute(&mut *tx)
+        .await?;
+        let (status, next) = match a.outcome {
+            Outcome::Delivered => ("delivered", None),
+            Outcome::RetryAt(at) => ("pending", Some(at)),
+            Outcome::GaveUp { .. } => ("failed", None),
+        };
+        sqlx::query(
+            "UPDATE webhook_messages SET status = $2, next_attempt_at = $3, attempts = attempts + 1
+             WHERE id = $1",
+        )
+        .bind(&a.message_id)
+        .bind(status)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+        let mut disabled = false;
+        match &a.outcome {
+            Outcome::Delivered => {
+                sqlx::query("UPDATE webhook_endpoints SET last_success_at = $2 WHERE id = $1")
+                    .bind(&a.endpoint_id)
+                    .bind(a.attempted_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Outcome::GaveUp { disable_reason } => {
+                let done = sqlx::query(
+                    "UPDATE webhook_endpoints SET enabled = FALSE, disabled_reason = $2, updated_at = $3
+                     WHERE id = $1 AND enabled AND (last_success_at IS NULL OR last_success_at <
+                       (SELECT COALESCE(first_attempt_at, 0) FROM webhook_messages WHERE id = $4))",
+                )
+                .bind(&a.endpoint_id)
+                .bind(disable_reason)
+                .bind(a.attempted_at)
+                .bind(&a.message_id)
+                .execute(&mut *tx)
+                .await?;
+                disabled = done.rows_affected() > 0;
+            }
+            Outcome::RetryAt(_) => {}
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    }
+
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        status: Option<&str>,
+        before: Option<(i64, i64)>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, id, event_type, status, payload, created_at, next_attempt_at
+             FROM webhook_messages
+             WHERE endpoint_id = $1 AND ($2::text IS NULL OR status = $2)
+               AND ($3::bigint IS NULL OR created_at < $3 OR (created_at = $3 AND seq < $4))
+             ORDER BY created_at DESC, seq DESC LIMIT $5",
+        )
+        .bind(endpoint_id)
+        .bind(status)
+        .bind(before.map(|(at, _)| at))
+        .bind(before.map(|(_, seq)| seq))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get(1)?;
+            let attempts = sqlx::query(
+                "SELECT attempted_at, status_code, latency_ms, error, next_retry_at
+                 FROM webhook_attempts WHERE message_id = $1 ORDER BY id",
+            )
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|a| {
+                Ok(AttemptRow {
+                    attempted_at: a.try_get(0)?,
+                    status_code: a.try_get(1)?,
+                    latency_ms: a.try_get(2)?,
+                    error: a.try_get(3)?,
+                    next_retry_at: a.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            out.push(DeliveryRow {
+                seq: r.try_get(0)?,
+                id,
+                event_type: r.try_get(2)?,
+                status: r.try_get(3)?,
+                payload: r.try_get(4)?,
+                created_at: r.try_get(5)?,
+                next_attempt_at: r.try_get(6)?,
+                attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn retry_message(
+        &self,
+        endpoint_id: &str,
+        message_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE webhook_messages SET status = 'pending', next_attempt_at = $3
+             WHERE id = $2 AND endpoint_id = $1",
+        )
+        .bind(endpoint_id)
+        .bind(message_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_messages WHERE status = 'pending'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn pending_changes(&self) -> Result<Vec<(DocId, i64, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT doc_id, first_change_at, last_change_at FROM doc_changes")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    async fn doc_name(&self, doc_id: DocId) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM documents WHERE id = $1")
+                .bind(doc_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn report_changes(
+        &self,
+        doc_id: DocId,
+        now: i64,
+        event: ChangesEvent<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The row is locked until the changes are deleted: of two reporters,
+        // the second finds nothing left to report.
+        let row = sqlx::query(
+            "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at
+             FROM doc_changes c JOIN documents d ON d.id = c.doc_id WHERE c.doc_id = $1
+             FOR UPDATE OF c",
+        )
+        .bind(doc_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT user_name FROM doc_change_users WHERE doc_id = $1 ORDER BY user_name",
+        )
+        .bind(doc_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let changes = DocChanges {
+            doc_id,
+            name: row.try_get(0)?,
+            updates: row.try_get(1)?,
+            bytes: row.try_get(2)?,
+            users,
+            first_change_at: row.try_get(3)?,
+            last_change_at: row.try_get(4)?,
+        };
+        fan_out(&mut tx, &event(&changes), now).await?;
+        sqlx::query("DELETE FROM doc_changes WHERE doc_id = $1")
+            .bind(doc_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.loads.close().await;
+        self.pool.close().await;
+    }
+}
