@@ -638,3 +638,32 @@ async fn a_database_that_refuses_writes_is_reported_and_service_resumes() {
     assert!(!text.contains("at-the-door;"), "{text}");
     app.stop().await;
 }
+
+/// Several nodes may start at once on a database that does not exist yet:
+/// one creates it, the migrations run once, every node starts.
+#[tokio::test]
+async fn nodes_starting_at_once_on_a_new_database_all_start() {
+    let Some(base) = postgres_url() else {
+        eprintln!("skipped: TANDEM_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    // A database of its own, dropped at the end; removed first, so that
+    // the nodes find none.
+    let Some(dir) = TestDir::postgres().await else {
+        return;
+    };
+    let name = dir.pg.as_ref().unwrap().name.clone();
+    admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+    let url = with_database(&base, &name);
+    let (a, b, c) = tokio::join!(
+        tandem::store::open(&url),
+        tandem::store::open(&url),
+        tandem::store::open(&url)
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    let doc = a.create("d", 1, None).await.unwrap().unwrap();
+    assert_eq!(b.get("d").await.unwrap().unwrap().id, doc.id);
+    for store in [a, b, c] {
+        store.close().await;
+    }
+}

@@ -15,9 +15,12 @@
 //! never pays for that.
 //!
 //! One batch is one transaction:
-//! 1. `SELECT … FROM documents WHERE id = ANY($ids) ORDER BY id FOR UPDATE`
-//!    locks the batch's documents, always in id order, so writers on several
-//!    nodes never deadlock; a document that is gone (deleted) is skipped;
+//! 1. `SELECT … FROM documents WHERE id = ANY($ids) ORDER BY id
+//!    FOR NO KEY UPDATE` locks the batch's documents, always in id order, so
+//!    writers on several nodes never deadlock; a document that is gone
+//!    (deleted) is skipped. (`NO KEY`: two appenders, or an appender and a
+//!    delete, exclude each other, but the foreign-key checks of a
+//!    compaction's writes do not wait for an append);
 //! 2. `UPDATE documents SET last_seq = last_seq + k, …` numbers the updates
 //!    `last_seq + 1 ..= last_seq + k` and adds them to the counters;
 //! 3. one `INSERT … SELECT FROM unnest(…)` writes them;
@@ -167,11 +170,12 @@ pub(super) async fn append(
     let ids: Vec<DocId> = per_doc.keys().copied().collect();
 
     let mut tx = conn.begin().await?;
-    let alive: Vec<DocId> =
-        sqlx::query_scalar("SELECT id FROM documents WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
+    let alive: Vec<DocId> = sqlx::query_scalar(
+        "SELECT id FROM documents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
     // Documents deleted meanwhile: their updates are skipped.
     per_doc.retain(|id, _| alive.binary_search(id).is_ok());
     if per_doc.is_empty() {

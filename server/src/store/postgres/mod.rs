@@ -70,8 +70,10 @@ pub struct PgStore {
 
 /// The database error PostgreSQL gives for a database that does not exist.
 const INVALID_CATALOG_NAME: &str = "3D000";
-/// ... and for one that exists already.
+/// ... for one that exists already ...
 const DUPLICATE_DATABASE: &str = "42P04";
+/// ... and, when two sessions create it at the same moment, for the loser.
+const UNIQUE_VIOLATION: &str = "23505";
 
 fn has_code(e: &sqlx::Error, code: &str) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
@@ -99,7 +101,8 @@ impl PgStore {
                 match sqlx::Postgres::create_database(url).await {
                     Ok(()) => {}
                     // Another node created it meanwhile.
-                    Err(e) if has_code(&e, DUPLICATE_DATABASE) => {}
+                    Err(e)
+                        if has_code(&e, DUPLICATE_DATABASE) || has_code(&e, UNIQUE_VIOLATION) => {}
                     Err(e) => {
                         return Err(config_err(format!("cannot create the database: {e}")));
                     }
