@@ -23,7 +23,8 @@ use tandem_crdt::protocol::{
     encode_sync_step2, encode_update, MSG_QUERY_AWARENESS,
 };
 use tandem_crdt::{
-    ApplyError, Awareness, AwarenessApplied, AwarenessEntry, AwarenessLimits, DocState, Incoming,
+    ApplyError, Awareness, AwarenessApplied, AwarenessEntry, AwarenessLimits, AwarenessUpdate,
+    DocState, Incoming,
 };
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -215,7 +216,10 @@ fn awareness_room(messages: &[Incoming]) {
                 }
             }
             Ok(AwarenessApplied::Some(relayed)) => {
-                let relayed = match decode_awareness(&relayed) {
+                // What the room relays is encoded with the tick's other
+                // changes: it must encode and decode as itself.
+                let encoded = AwarenessUpdate { entries: relayed }.encode();
+                let relayed = match decode_awareness(&encoded) {
                     Ok(relayed) => relayed,
                     Err(e) => panic!("the relayed part does not decode: {e}"),
                 };
@@ -419,12 +423,19 @@ pub fn doc_name(data: &[u8]) {
 const SECRET: &str = "fuzzing-secret-fuzzing-secret-0123456789";
 
 fn fuzz_auth() -> Auth {
-    Auth::new(&AuthSettings {
+    let settings = AuthSettings {
         api_key: Some(Secret("fuzzing-api-key".into())),
         token_secret: Some(Secret(SECRET.into())),
+        token_public_key: None,
+        token_issuer: None,
+        token_audience: None,
         allowed_origins: None,
         insecure_no_auth: false,
-    })
+    };
+    match Auth::new(&settings) {
+        Ok(auth) => auth,
+        Err(e) => panic!("the fuzzing settings are valid: {e}"),
+    }
 }
 
 fn b64(bytes: &[u8]) -> String {

@@ -41,9 +41,9 @@ fn db_url(db: &Path) -> String {
 fn start(db: &Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .env("TANDEM_API_KEY", KEY)
+        .env("TANDEM_DATABASE_URL", db_url(db))
         .envs(env.iter().copied())
         .env("TANDEM_BIND", "127.0.0.1:0")
-        .env("TANDEM_DATABASE_URL", db_url(db))
         .env("TANDEM_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -386,6 +386,59 @@ async fn export_then_import_into_a_fresh_database_gives_the_same_documents() {
     assert!(out.status.success(), "{}", stderr(&out));
     let server = start(&fresh, &[]);
     assert_eq!(server.json(&http, "notes").await, expected[0].0);
+}
+
+/// Moving between databases: every document exported from SQLite and
+/// imported into PostgreSQL reads back with the same JSON and state.
+#[tokio::test]
+async fn export_from_sqlite_then_import_into_postgres_gives_the_same_documents() {
+    let Some(pg) = common::db::PgDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("source.db");
+    let http = reqwest::Client::new();
+    let server = start(&db, &[]);
+    let names = ["notes", "Notes", "team:a@b.c~d"];
+    let mut expected = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        server.create(&http, name).await;
+        let doc = Doc::new();
+        for j in 0..20 {
+            server
+                .apply(&http, name, append(&doc, &format!("{i}/{j} ")))
+                .await;
+        }
+        let map_update = {
+            let map = doc.get_or_insert_map("m");
+            let mut txn = doc.transact_mut();
+            map.insert(&mut txn, "k", format!("v{i}"));
+            txn.encode_update_v1()
+        };
+        server.apply(&http, name, map_update).await;
+        expected.push((
+            server.json(&http, name).await,
+            canonical(&server.state(&http, name).await),
+        ));
+    }
+    let export = dir.path().join("export");
+    let out = tandem(&db, &[], &["export", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(server);
+
+    let into_pg = [("TANDEM_DATABASE_URL", pg.url.as_str())];
+    let out = tandem(&db, &into_pg, &["import", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = start(&db, &into_pg);
+    for (name, (json, state)) in names.iter().zip(&expected) {
+        assert_eq!(&server.json(&http, name).await, json, "{name}");
+        assert_eq!(
+            &canonical(&server.state(&http, name).await),
+            state,
+            "{name}"
+        );
+    }
+    drop(server);
 }
 
 #[tokio::test]

@@ -138,11 +138,6 @@ async fn check(settings: &Settings) -> Result<(), CliError> {
     let auth = Auth::new(&settings.auth)?;
     let algorithms: Vec<String> = auth.algorithms().iter().map(|a| format!("{a:?}")).collect();
     println!("client tokens: {}", algorithms.join(", "));
-    if is_postgres(&settings.database_url) {
-        return Err(CliError::Usage(
-            "TANDEM_DATABASE_URL: this build supports sqlite:// only so far".into(),
-        ));
-    }
     let store = store::open_for_tool(&settings.database_url).await?;
     let pinged = store.ping().await;
     store.close().await;

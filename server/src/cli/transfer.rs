@@ -65,15 +65,6 @@ fn file_stem(name: &str) -> String {
     stem
 }
 
-fn tool_db(settings: &Settings) -> Result<(), CliError> {
-    if super::is_postgres(&settings.database_url) {
-        return Err(CliError::Usage(
-            "TANDEM_DATABASE_URL: this build supports sqlite:// only so far".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn write(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     std::fs::write(path, bytes).map_err(CliError::file(path))
 }
@@ -83,7 +74,6 @@ fn json_text(value: &impl Serialize) -> Result<Vec<u8>, CliError> {
 }
 
 pub async fn export(settings: &Settings, dir: PathBuf) -> Result<(), CliError> {
-    tool_db(settings)?;
     if dir.exists() {
         let mut entries = std::fs::read_dir(&dir).map_err(CliError::file(&dir))?;
         if entries.next().is_some() {
@@ -190,7 +180,6 @@ fn read_entry(dir: &Path, entry: &Entry) -> Result<Checked, CliError> {
 }
 
 pub async fn import(settings: &Settings, dir: PathBuf, overwrite: bool) -> Result<(), CliError> {
-    tool_db(settings)?;
     let path = dir.join(MANIFEST);
     let text = std::fs::read(&path).map_err(CliError::file(&path))?;
     let manifest: Manifest = serde_json::from_slice(&text)
