@@ -2,6 +2,8 @@
 //! in its settings table, every page under `docs/` is linked from it, and it
 //! stays short enough to read in ten minutes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
 use std::path::Path;
 use std::process::Command;
 
