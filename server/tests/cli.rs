@@ -282,6 +282,26 @@ async fn a_backup_taken_while_a_client_writes_serves_every_document() {
     );
 }
 
+/// Creates document `name` (the `i`th) and writes ten text appends and a
+/// map through the API.
+async fn fill(server: &Server, http: &reqwest::Client, name: &str, i: usize) {
+    server.create(http, name).await;
+    let doc = Doc::new();
+    for j in 0..10 {
+        server
+            .apply(http, name, append(&doc, &format!("{i}/{j} ")))
+            .await;
+    }
+    let map_update = {
+        let map = doc.get_or_insert_map("m");
+        let mut txn = doc.transact_mut();
+        map.insert(&mut txn, "k", format!("v{i}"));
+        map.insert(&mut txn, "n", i64::try_from(i).unwrap());
+        txn.encode_update_v1()
+    };
+    server.apply(http, name, map_update).await;
+}
+
 #[tokio::test]
 async fn export_then_import_into_a_fresh_database_gives_the_same_documents() {
     let dir = tempfile::tempdir().unwrap();
@@ -291,21 +311,7 @@ async fn export_then_import_into_a_fresh_database_gives_the_same_documents() {
     let long = "x".repeat(255);
     let names = ["notes", "Notes", "team:a@b.c~d", "..x", long.as_str()];
     for (i, name) in names.iter().enumerate() {
-        server.create(&http, name).await;
-        let doc = Doc::new();
-        for j in 0..10 {
-            server
-                .apply(&http, name, append(&doc, &format!("{i}/{j} ")))
-                .await;
-        }
-        let map_update = {
-            let map = doc.get_or_insert_map("m");
-            let mut txn = doc.transact_mut();
-            map.insert(&mut txn, "k", format!("v{i}"));
-            map.insert(&mut txn, "n", i64::try_from(i).unwrap());
-            txn.encode_update_v1()
-        };
-        server.apply(&http, name, map_update).await;
+        fill(&server, &http, name, i).await;
     }
     // A WebSocket edit too.
     let token = String::from_utf8(tandem(&db, &[], &["token", "--doc", "notes"]).stdout).unwrap();
@@ -402,20 +408,7 @@ async fn export_from_sqlite_then_import_into_postgres_gives_the_same_documents()
     let names = ["notes", "Notes", "team:a@b.c~d"];
     let mut expected = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        server.create(&http, name).await;
-        let doc = Doc::new();
-        for j in 0..20 {
-            server
-                .apply(&http, name, append(&doc, &format!("{i}/{j} ")))
-                .await;
-        }
-        let map_update = {
-            let map = doc.get_or_insert_map("m");
-            let mut txn = doc.transact_mut();
-            map.insert(&mut txn, "k", format!("v{i}"));
-            txn.encode_update_v1()
-        };
-        server.apply(&http, name, map_update).await;
+        fill(&server, &http, name, i).await;
         expected.push((
             server.json(&http, name).await,
             canonical(&server.state(&http, name).await),
