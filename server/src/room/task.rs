@@ -294,9 +294,11 @@ async fn load(
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<Box<RoomCmd>>) {
         let deadline = tokio::time::Instant::now() + LOAD_DEADLINE;
+        // Boxed, as below: the task holds a future's state for as long as
+        // the room lives, and loading's is large and needed once.
         let loaded = tokio::time::timeout_at(
             deadline,
-            load(&self.registry, &self.name, self.open, deadline),
+            Box::pin(load(&self.registry, &self.name, self.open, deadline)),
         )
         .await
         .unwrap_or_else(|_| Err(LoadFailed::Error("loading took too long".into())));
@@ -383,7 +385,7 @@ impl Room {
                     drop(budget);
                     next
                 }
-                RoomCmd::Delete { reply } => self.delete(reply).await,
+                RoomCmd::Delete { reply } => Box::pin(self.delete(reply)).await,
                 #[cfg(test)]
                 RoomCmd::Stall(pause) => {
                     tokio::time::sleep(pause).await;
@@ -393,7 +395,7 @@ impl Room {
             };
             match next {
                 Next::Continue => {}
-                Next::Reload => self.reload().await,
+                Next::Reload => Box::pin(self.reload()).await,
                 Next::Stop => {
                     self.stop(&mut rx);
                     return;
@@ -744,7 +746,7 @@ impl Room {
         let deadline = tokio::time::Instant::now() + LOAD_DEADLINE;
         let loaded = tokio::time::timeout_at(
             deadline,
-            load(&self.registry, &self.name, Open::Existing, deadline),
+            Box::pin(load(&self.registry, &self.name, Open::Existing, deadline)),
         )
         .await
         .unwrap_or_else(|_| Err(LoadFailed::Error("loading took too long".into())));
@@ -870,6 +872,35 @@ mod tests {
                 _ => return None,
             }
         }
+    }
+
+    /// A room's task is allocated for as long as the room is loaded, idle
+    /// or not, so what it holds across its awaits is memory per room: the
+    /// rare, large futures (loading, deleting) go on the heap only while
+    /// they run.
+    #[actix_web::test]
+    async fn a_rooms_task_stays_small() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (registry, _url, stop) = start(&dir).await;
+        let (_tx, rx) = mpsc::channel(1);
+        let args = RoomArgs {
+            name: DocName::parse("size").expect("a name"),
+            id: 0,
+            open: Open::OrCreate,
+            clients: Arc::new(AtomicUsize::new(0)),
+            status: Arc::new(StatusCell::default()),
+            doc_bytes: Arc::new(AtomicUsize::new(0)),
+            registry,
+        };
+        let task = run(args, rx);
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= 2048,
+            "a room's task holds {size} bytes (the room itself {})",
+            std::mem::size_of::<Room>()
+        );
+        drop(task);
+        stop.cancel();
     }
 
     #[actix_web::test]
