@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::StreamExt;
 use tandem_crdt::protocol::{self, Incoming};
 use tandem_crdt::{AwarenessEntry, AwarenessUpdate};
+use tokio_tungstenite::tungstenite::Message;
 
 fn redis_url() -> Option<String> {
     let url = std::env::var("TANDEM_TEST_REDIS_URL")
@@ -279,4 +281,135 @@ async fn connections_are_counted_across_nodes() {
     c_node.stop().await;
     b_node.stop().await;
     a_node.stop().await;
+}
+
+/// Kills every Redis connection but its own: the nodes' publishers and
+/// subscribers (and those of other tests, which must cope too).
+fn kill_redis_connections(url: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    for kind in ["pubsub", "normal"] {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .arg("SKIPME")
+            .arg("yes")
+            .query(&mut conn)
+            .unwrap();
+    }
+}
+
+#[actix_web::test]
+async fn edits_cross_within_two_seconds_after_redis_drops_every_connection() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let a_node = cluster.node().await;
+    let b_node = cluster.node().await;
+    let mut a = a_node.client("killed").await;
+    a.sync().await;
+    let mut b = b_node.client("killed").await;
+    b.sync().await;
+    let mut expected = String::new();
+    for round in 0..5 {
+        let piece = format!("before {round};");
+        a.insert(expected.len() as u32, &piece).await;
+        expected.push_str(&piece);
+        kill_redis_connections(&cluster.redis);
+        let piece = format!("after {round};");
+        a.insert(expected.len() as u32, &piece).await;
+        expected.push_str(&piece);
+        let started = Instant::now();
+        b.wait_text(&expected).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "round {round}: the edit took {:?} to cross",
+            started.elapsed()
+        );
+    }
+    drop((a, b));
+    b_node.stop().await;
+    a_node.stop().await;
+}
+
+/// A node that dies without a word: its awareness disappears from the
+/// others once its heartbeats lapse. The dead node is played by hand: a
+/// row in `cluster_nodes` that never beats again, and its frames on the
+/// document's channel.
+#[actix_web::test]
+async fn a_dead_nodes_awareness_disappears_within_fifteen_seconds() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let node = cluster.node().await;
+    let mut c = node.client("haunted").await;
+    c.sync().await;
+    let db_url = cluster.dir.db_url();
+    let (cluster_id, doc_id, ghost) = {
+        use sqlx::Connection;
+        let mut db = sqlx::PgConnection::connect(&db_url).await.unwrap();
+        let cluster_id: String = sqlx::query_scalar("SELECT id FROM cluster_identity")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        let doc_id: i64 = sqlx::query_scalar("SELECT id FROM documents WHERE name = 'haunted'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        let ghost: i64 =
+            sqlx::query_scalar("INSERT INTO cluster_nodes DEFAULT VALUES RETURNING id")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        (cluster_id, doc_id, ghost)
+    };
+    let state = AwarenessUpdate {
+        entries: vec![AwarenessEntry {
+            client: 4242,
+            clock: 1,
+            json: r#"{"user":"ghost"}"#.into(),
+        }],
+    };
+    let frame = tandem::cluster::frame::Frame {
+        node: ghost as u64,
+        body: tandem::cluster::frame::Body::Awareness(state.encode().into()),
+    };
+    let channel = format!("{}tandem:{cluster_id}:d:{doc_id}", cluster.prefix);
+    let redis = redis::Client::open(cluster.redis.as_str()).unwrap();
+    let mut conn = redis.get_connection().unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(frame.encode().as_ref())
+        .query(&mut conn)
+        .unwrap();
+    wait_awareness(&mut c, 4242, |s| s.contains("ghost")).await;
+    // Its beat (made at insert) lapses after 10 s; nodes look every 2 s.
+    let seen = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    'removed: loop {
+        let msg = tokio::time::timeout_at(deadline, c.ws.next())
+            .await
+            .expect("the dead node's awareness is still there after 15 s")
+            .expect("connection open")
+            .expect("valid frame");
+        let Message::Binary(bytes) = msg else {
+            continue;
+        };
+        let frame = bytes::Bytes::copy_from_slice(&bytes);
+        for m in protocol::decode_frame(&frame).unwrap() {
+            if let Incoming::Awareness { update, .. } = m {
+                if update
+                    .entries
+                    .iter()
+                    .any(|e| e.client == 4242 && &*e.json == "null")
+                {
+                    break 'removed;
+                }
+            }
+        }
+    }
+    eprintln!("dead node's awareness removed after {:?}", seen.elapsed());
+    drop(c);
+    node.stop().await;
 }
