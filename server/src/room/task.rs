@@ -494,6 +494,7 @@ impl Room {
                 }
                 let limits = core_limits(&self.registry);
                 self.core = RoomCore::new(DocState::new(), limits);
+                self.core.set_clustered(self.cluster.is_some());
                 self.effects.clear();
                 self.clients.store(0, Ordering::Relaxed);
                 Next::Reload
