@@ -10,7 +10,14 @@ use std::sync::Arc;
 mod common;
 
 use tandem::store::{
-    AttemptRecord, EndpointPatch, EndpointRow, NewEvent, Outcome, PendingUpdate, Store,
+    AttemptRecord, ChangesStamp, Debounce, EndpointPatch, EndpointRow, NewEvent, Outcome,
+    PendingUpdate, Report, Store,
+};
+
+/// Changes are due at once.
+const NOW: Debounce = Debounce {
+    debounce_ms: 0,
+    max_wait_ms: 0,
 };
 use tandem::webhooks::events;
 
@@ -283,12 +290,54 @@ async fn document_changes_are_written_with_the_updates_and_reported_once() {
         *seen.lock().unwrap() = Some(c.clone());
         events::document_updated(c, None, 5)
     };
-    assert!(store.report_changes(doc.id, 5, &build).await.unwrap());
+    // Not due yet: the last change is younger than the debounce.
+    let later = Debounce {
+        debounce_ms: 60_000,
+        max_wait_ms: 60_000,
+    };
+    assert_eq!(
+        store
+            .report_changes(doc.id, later, None, 5, &build)
+            .await
+            .unwrap(),
+        Report::Nothing
+    );
+    let pending = store.pending_reports(later, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].due_in_ms > 50_000, "{pending:?}");
+    let stamp = pending[0].stamp;
+    assert_eq!(stamp.updates, 4);
+    // Due, but not in the state the caller rendered: nothing is written.
+    let stale = ChangesStamp {
+        updates: 3,
+        ..stamp
+    };
+    assert_eq!(
+        store
+            .report_changes(doc.id, NOW, Some(stale), 5, &build)
+            .await
+            .unwrap(),
+        Report::Changed(stamp)
+    );
+    assert!(seen.lock().unwrap().is_none());
+    assert_eq!(
+        store
+            .report_changes(doc.id, NOW, Some(stamp), 5, &build)
+            .await
+            .unwrap(),
+        Report::Sent
+    );
     let c = seen.lock().unwrap().clone().unwrap();
     assert_eq!((c.updates, c.bytes), (4, 8));
     assert_eq!(c.users, vec!["alice".to_string(), "bob".to_string()]);
     assert_eq!(c.name, "d");
-    assert!(!store.report_changes(doc.id, 6, &build).await.unwrap());
+    assert_eq!(
+        store
+            .report_changes(doc.id, NOW, None, 6, &build)
+            .await
+            .unwrap(),
+        Report::Nothing
+    );
     assert!(store.pending_changes().await.unwrap().is_empty());
     let due = all_due(&store, 10).await;
     assert_eq!(due.len(), 1);

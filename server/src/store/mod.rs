@@ -291,6 +291,46 @@ pub struct DocChanges {
 /// Builds a `document.updated` event from the changes it reports.
 pub type ChangesEvent<'a> = &'a (dyn Fn(&DocChanges) -> NewEvent + Send + Sync);
 
+/// One state of a document's unreported changes: they changed when either
+/// part did (the first change is new once a report took the earlier ones;
+/// the count grows with every change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangesStamp {
+    pub first_change_at: i64,
+    pub updates: i64,
+}
+
+/// When a `document.updated` falls due: `debounce` after a document's last
+/// change, at most `max_wait` after its first unreported one. Milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Debounce {
+    pub debounce_ms: i64,
+    pub max_wait_ms: i64,
+}
+
+/// A document with unreported changes, by when their report falls due.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingReport {
+    pub doc_id: DocId,
+    pub stamp: ChangesStamp,
+    /// Milliseconds until it is due by the database's clock; zero or less
+    /// when due.
+    pub due_in_ms: i64,
+}
+
+/// What `report_changes` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The event was written and the changes cleared.
+    Sent,
+    /// Nothing to report: no changes, not due yet, or another reporter
+    /// (another node) is reporting them right now.
+    Nothing,
+    /// The changes are due but moved on from the stamp the caller expected;
+    /// this is their stamp now. Nothing was written.
+    Changed(ChangesStamp),
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Finds the document named `name`, creating it (empty, at `now`) when
@@ -451,18 +491,32 @@ pub trait Store: Send + Sync + 'static {
     /// Documents with unreported changes: `(doc_id, first_change_at, last_change_at)`.
     async fn pending_changes(&self) -> Result<Vec<(DocId, i64, i64)>, StoreError>;
 
+    /// Up to `limit` documents with unreported changes, those due soonest
+    /// first. Due means by the database's clock, which the changes' times
+    /// are written in, so that nodes whose clocks disagree agree on it.
+    async fn pending_reports(
+        &self,
+        debounce: Debounce,
+        limit: u32,
+    ) -> Result<Vec<PendingReport>, StoreError>;
+
     /// The name of the document `doc_id`, if it exists.
     async fn doc_name(&self, doc_id: DocId) -> Result<Option<String>, StoreError>;
 
     /// Turns a document's unreported changes into an event (built by
-    /// `event`) and clears them, in one transaction. Returns false when
-    /// there were none.
+    /// `event`) and clears them, in one transaction, if they are due (by
+    /// the database's clock) and no other reporter holds them: of several
+    /// nodes reporting at once, one writes the event. With `expect`, only
+    /// if they are still in that state (the event's content was rendered
+    /// after it was read, so it holds every change counted).
     async fn report_changes(
         &self,
         doc_id: DocId,
+        debounce: Debounce,
+        expect: Option<ChangesStamp>,
         now: i64,
         event: ChangesEvent<'_>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Report, StoreError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

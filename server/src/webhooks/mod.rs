@@ -4,7 +4,8 @@
 //! endpoint, in the transaction of the change that caused them where there is
 //! one (`store`): a document's creation and deletion, and its updates, whose
 //! counts accumulate in `doc_changes` beside the updates themselves until the
-//! debouncer (`outbox`) reports them. Connection events, which change nothing
+//! reporter (`outbox`) of some node claims them when they fall due, by the
+//! database's clock, and writes their event. Connection events, which change nothing
 //! stored, go through a coalescing queue that `outbox` writes in batches.
 //! The `dispatcher` leases due messages, signs (`signer`) and sends them
 //! through an HTTP client that cannot reach internal addresses (`ssrf`), and
@@ -16,7 +17,7 @@ pub mod outbox;
 pub mod signer;
 pub mod ssrf;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
@@ -34,9 +35,8 @@ pub struct Webhooks {
     queue_wake: Notify,
     /// Wakes the dispatcher when new messages are in the outbox.
     dispatch_wake: Notify,
-    /// Documents with unreported changes: `(first, last)` change times.
-    changes: Mutex<HashMap<DocId, (i64, i64)>>,
-    /// Wakes the debouncer when `changes` stops being empty.
+    /// Wakes the reporter of document changes: this node wrote some. (It
+    /// polls the database too, for those written by other nodes.)
     changes_wake: Notify,
     /// Makes connection ids unique across restarts.
     instance: String,
@@ -57,12 +57,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Webhooks {
-    /// Loads the endpoints and the changes left unreported by the last run.
+    /// Loads the endpoints. (Changes left unreported by the last run are in
+    /// the database, where the reporter finds them.)
     pub async fn start(
         store: Arc<dyn Store>,
         settings: WebhookSettings,
     ) -> Result<Arc<Self>, StoreError> {
-        let pending = store.pending_changes().await?;
         let hooks = Arc::new(Webhooks {
             store,
             settings,
@@ -70,12 +70,6 @@ impl Webhooks {
             queue: Mutex::new(Vec::new()),
             queue_wake: Notify::new(),
             dispatch_wake: Notify::new(),
-            changes: Mutex::new(
-                pending
-                    .into_iter()
-                    .map(|(doc, first, last)| (doc, (first, last)))
-                    .collect(),
-            ),
             changes_wake: Notify::new(),
             instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         });
@@ -112,6 +106,7 @@ impl Webhooks {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = subs;
         self.dispatch_wake.notify_one();
+        self.changes_wake.notify_one();
         Ok(())
     }
 
@@ -142,17 +137,13 @@ impl Webhooks {
         self.queue_wake.notify_one();
     }
 
-    /// Notes that these documents' changes were committed at `now`.
-    pub fn note_changes(&self, docs: impl IntoIterator<Item = DocId>, now: i64) {
-        let mut changes = lock(&self.changes);
-        if changes.is_empty() {
+    /// Notes that these documents' changes were committed at `now`. The
+    /// changes themselves are counted in the database, by the transaction
+    /// that wrote them, where every node's reporter sees them; this only
+    /// wakes this node's reporter, which otherwise polls.
+    pub fn note_changes(&self, docs: impl IntoIterator<Item = DocId>, _now: i64) {
+        if docs.into_iter().next().is_some() {
             self.changes_wake.notify_one();
-        }
-        for doc in docs {
-            changes
-                .entry(doc)
-                .and_modify(|(_, last)| *last = now)
-                .or_insert((now, now));
         }
     }
 

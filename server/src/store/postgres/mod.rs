@@ -37,9 +37,10 @@ use sqlx::Row;
 
 pub use self::log_writer::PgLogWriter;
 use super::{
-    now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, DeliveryRow, DocChanges, DocId,
-    DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage, LogWriter,
-    NewEvent, Outcome, PageLimits, Quarantined, Store, StoreError,
+    now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce,
+    DeliveryRow, DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow,
+    FoundDoc, LogPage, LogWriter, NewEvent, Outcome, PageLimits, PendingReport, Quarantined,
+    Report, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -54,6 +55,12 @@ const POOL_CONNECTIONS: u32 = 8;
 /// Documents loading at once; more wait for a connection (applying pages
 /// is CPU work, so more would not finish sooner).
 const LOAD_CONNECTIONS: u32 = 4;
+
+/// The database's clock in unix milliseconds (the transaction's start).
+/// Times that nodes compare with each other's (the unreported changes of a
+/// document, which any node may report) are taken from it, never from a
+/// node's clock: nodes whose clocks disagree still agree on what is due.
+pub(super) const DB_NOW_MS: &str = "(floor(extract(epoch FROM now()) * 1000)::bigint)";
 
 /// The reads that pair a snapshot with its log.
 const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
@@ -879,26 +886,71 @@ impl Store for PgStore {
         )
     }
 
+    async fn pending_reports(
+        &self,
+        debounce: Debounce,
+        limit: u32,
+    ) -> Result<Vec<PendingReport>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT doc_id, first_change_at, updates,
+               LEAST(last_change_at + $1, first_change_at + $2) - {DB_NOW_MS} AS due_in
+             FROM doc_changes ORDER BY due_in LIMIT $3"
+        ))
+        .bind(debounce.debounce_ms)
+        .bind(debounce.max_wait_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingReport {
+                    doc_id: r.try_get(0)?,
+                    stamp: ChangesStamp {
+                        first_change_at: r.try_get(1)?,
+                        updates: r.try_get(2)?,
+                    },
+                    due_in_ms: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
     async fn report_changes(
         &self,
         doc_id: DocId,
+        debounce: Debounce,
+        expect: Option<ChangesStamp>,
         now: i64,
         event: ChangesEvent<'_>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Report, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The row is locked until the changes are deleted: of two reporters,
-        // the second finds nothing left to report.
-        let row = sqlx::query(
+        // Claimed: locked until the changes are deleted, with the event
+        // written in the same transaction. A reporter on another node skips
+        // the locked row (and, once this commits, finds it gone), and so
+        // does one here while an append is adding to it: it is due again a
+        // moment later, with that append counted.
+        let row = sqlx::query(&format!(
             "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at
-             FROM doc_changes c JOIN documents d ON d.id = c.doc_id WHERE c.doc_id = $1
-             FOR UPDATE OF c",
-        )
+             FROM doc_changes c JOIN documents d ON d.id = c.doc_id
+             WHERE c.doc_id = $1
+               AND (c.last_change_at + $2 <= {DB_NOW_MS} OR c.first_change_at + $3 <= {DB_NOW_MS})
+             FOR UPDATE OF c SKIP LOCKED"
+        ))
         .bind(doc_id)
+        .bind(debounce.debounce_ms)
+        .bind(debounce.max_wait_ms)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            return Ok(false);
+            return Ok(Report::Nothing);
         };
+        let stamp = ChangesStamp {
+            first_change_at: row.try_get(3)?,
+            updates: row.try_get(1)?,
+        };
+        if expect.is_some_and(|e| e != stamp) {
+            return Ok(Report::Changed(stamp));
+        }
         let users: Vec<String> = sqlx::query_scalar(
             "SELECT user_name FROM doc_change_users WHERE doc_id = $1 ORDER BY user_name",
         )
@@ -908,10 +960,10 @@ impl Store for PgStore {
         let changes = DocChanges {
             doc_id,
             name: row.try_get(0)?,
-            updates: row.try_get(1)?,
+            updates: stamp.updates,
             bytes: row.try_get(2)?,
             users,
-            first_change_at: row.try_get(3)?,
+            first_change_at: stamp.first_change_at,
             last_change_at: row.try_get(4)?,
         };
         fan_out(&mut tx, &event(&changes), now).await?;
@@ -920,7 +972,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Report::Sent)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -19,9 +19,10 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use self::log_writer::SqliteLogWriter;
 use super::{
-    now_ms, AttemptRecord, AttemptRow, ChangesEvent, DeliveryRow, DocChanges, DocId, DocLog,
-    DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage, LogWriter, NewEvent,
-    Outcome, PageLimits, Quarantined, Store, StoreError,
+    now_ms, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce, DeliveryRow,
+    DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage,
+    LogWriter, NewEvent, Outcome, PageLimits, PendingReport, Quarantined, Report, Store,
+    StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -894,23 +895,69 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn pending_reports(
+        &self,
+        debounce: Debounce,
+        limit: u32,
+    ) -> Result<Vec<PendingReport>, StoreError> {
+        // One process writes a SQLite file: its clock is the database's,
+        // the one the log writer stamps changes with.
+        let rows = sqlx::query(
+            "SELECT doc_id, first_change_at, updates,
+               MIN(last_change_at + $1, first_change_at + $2) - $3 AS due_in
+             FROM doc_changes ORDER BY due_in LIMIT $4",
+        )
+        .bind(debounce.debounce_ms)
+        .bind(debounce.max_wait_ms)
+        .bind(now_ms())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingReport {
+                    doc_id: r.try_get(0)?,
+                    stamp: ChangesStamp {
+                        first_change_at: r.try_get(1)?,
+                        updates: r.try_get(2)?,
+                    },
+                    due_in_ms: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
     async fn report_changes(
         &self,
         doc_id: DocId,
+        debounce: Debounce,
+        expect: Option<ChangesStamp>,
         now: i64,
         event: ChangesEvent<'_>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Report, StoreError> {
+        // A write transaction: appends and other reporters wait for it.
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at
-             FROM doc_changes c JOIN documents d ON d.id = c.doc_id WHERE c.doc_id = $1",
+             FROM doc_changes c JOIN documents d ON d.id = c.doc_id
+             WHERE c.doc_id = $1 AND (c.last_change_at + $2 <= $4 OR c.first_change_at + $3 <= $4)",
         )
         .bind(doc_id)
+        .bind(debounce.debounce_ms)
+        .bind(debounce.max_wait_ms)
+        .bind(now_ms())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            return Ok(false);
+            return Ok(Report::Nothing);
         };
+        let stamp = ChangesStamp {
+            first_change_at: row.try_get(3)?,
+            updates: row.try_get(1)?,
+        };
+        if expect.is_some_and(|e| e != stamp) {
+            return Ok(Report::Changed(stamp));
+        }
         let users: Vec<String> =
             sqlx::query_scalar("SELECT user FROM doc_change_users WHERE doc_id = $1 ORDER BY user")
                 .bind(doc_id)
@@ -919,10 +966,10 @@ impl Store for SqliteStore {
         let changes = DocChanges {
             doc_id,
             name: row.try_get(0)?,
-            updates: row.try_get(1)?,
+            updates: stamp.updates,
             bytes: row.try_get(2)?,
             users,
-            first_change_at: row.try_get(3)?,
+            first_change_at: stamp.first_change_at,
             last_change_at: row.try_get(4)?,
         };
         fan_out(&mut tx, &event(&changes), now).await?;
@@ -931,7 +978,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Report::Sent)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
