@@ -199,3 +199,68 @@ async fn one_document_updated_per_window_counts_every_nodes_changes() {
         store.close().await;
     }
 }
+
+#[tokio::test]
+async fn a_sender_whose_lease_was_taken_over_records_nothing() {
+    let Some((_db, stores)) = nodes(2).await else {
+        return;
+    };
+    let (a, b) = (&stores[0], &stores[1]);
+    a.create_endpoint(&endpoint("ep", &["*"])).await.unwrap();
+    a.enqueue_events(&[events::test("ep", 1)], 1).await.unwrap();
+    let first = a.lease_due(300, 10, 10, &[]).await.unwrap().remove(0);
+    // Node a's attempt outlives its lease; node b leases the message again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = b.lease_due(60_000, 10, 10, &[]).await.unwrap().remove(0);
+    assert_eq!(second.id, first.id);
+    assert_ne!(second.lease_token, first.lease_token);
+    let record = |m: &tandem::store::DueMessage, outcome| tandem::store::AttemptRecord {
+        message_id: m.id.clone(),
+        lease_token: m.lease_token.clone(),
+        endpoint_id: "ep".into(),
+        attempted_at: 2,
+        status_code: Some(500),
+        latency_ms: 1,
+        error: Some("late".into()),
+        outcome,
+    };
+    let log = |store: &Arc<dyn Store>| {
+        let store = Arc::clone(store);
+        async move {
+            let d = store
+                .list_deliveries("ep", None, None, 10)
+                .await
+                .unwrap()
+                .remove(0);
+            (d.status, d.attempts.len(), d.next_attempt_at)
+        }
+    };
+    let leased = log(a).await;
+    // The late finisher's result is dropped: the message stays leased to b.
+    assert!(!a
+        .record_attempt(&record(
+            &first,
+            tandem::store::Outcome::GaveUp {
+                disable_reason: "late".into()
+            }
+        ))
+        .await
+        .unwrap());
+    assert_eq!(log(a).await, leased);
+    assert!(a.get_endpoint("ep").await.unwrap().unwrap().enabled);
+    // b's result stands, and a's, arriving after it, changes nothing.
+    assert!(!b
+        .record_attempt(&record(&second, tandem::store::Outcome::Delivered))
+        .await
+        .unwrap());
+    let delivered = log(a).await;
+    assert_eq!((delivered.0.as_str(), delivered.1), ("delivered", 1));
+    assert!(!a
+        .record_attempt(&record(&first, tandem::store::Outcome::RetryIn(0)))
+        .await
+        .unwrap());
+    assert_eq!(log(a).await, delivered);
+    for store in &stores {
+        store.close().await;
+    }
+}

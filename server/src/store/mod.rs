@@ -225,14 +225,19 @@ pub struct DueMessage {
     pub payload: String,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// This lease's token: the attempt is recorded only while the message
+    /// still holds it (see `record_attempt`).
+    pub lease_token: String,
 }
 
 /// What became of an attempt, and so of its message.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Delivered,
-    /// Failed; the next attempt is due at this time (unix ms).
-    RetryAt(i64),
+    /// Failed; the next attempt is due this many milliseconds after the
+    /// attempt is recorded, by the store's clock (the database's, on
+    /// PostgreSQL, which every node's leases compare with).
+    RetryIn(i64),
     /// Failed for the last time. The endpoint is disabled with this reason
     /// unless something was delivered to it since the message's first attempt.
     GaveUp {
@@ -243,6 +248,8 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub message_id: String,
+    /// The token of the lease the attempt was made under.
+    pub lease_token: String,
     pub endpoint_id: String,
     /// Unix milliseconds.
     pub attempted_at: i64,
@@ -453,18 +460,23 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Leases up to `limit` due messages of enabled endpoints (at most
-    /// `per_endpoint` each, none of `busy` endpoints) until `lease_until`.
+    /// `per_endpoint` each, none of `busy` endpoints) for `lease_ms`
+    /// milliseconds, each with a new lease token. Due, and the lease's end,
+    /// are by the store's clock (the database's on PostgreSQL), so senders
+    /// on nodes whose clocks disagree agree on them.
     async fn lease_due(
         &self,
-        now: i64,
-        lease_until: i64,
+        lease_ms: i64,
         limit: u32,
         per_endpoint: u32,
         busy: &[String],
     ) -> Result<Vec<DueMessage>, StoreError>;
 
-    /// Records an attempt and its outcome in one transaction. Returns
-    /// whether the endpoint was disabled by it.
+    /// Records an attempt and its outcome in one transaction, if the
+    /// message still holds the attempt's lease token: a sender whose lease
+    /// ran out, and which another sender has leased since, records nothing
+    /// (the newer attempt's result stands). Returns whether the endpoint
+    /// was disabled by it.
     async fn record_attempt(&self, attempt: &AttemptRecord) -> Result<bool, StoreError>;
 
     /// An endpoint's delivery log, newest first (by `created_at`, then

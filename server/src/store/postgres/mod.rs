@@ -2,8 +2,7 @@
 //! migrations in `migrations/postgres/`: the same tables as SQLite's, in
 //! PostgreSQL's types (BYTEA, BIGINT unix milliseconds, BOOLEAN, JSONB).
 //!
-//! It is built for several nodes sharing one database, though this build
-//! runs one:
+//! It is built for several nodes sharing one database:
 //! - The update log is numbered per document (`doc_updates.seq`), gap-free
 //!   and in commit order: the log writer (`log_writer`) locks the
 //!   document's row while it numbers and inserts. The `i64` row ids of the
@@ -15,10 +14,12 @@
 //!   own already written does nothing.
 //! - Reads of a snapshot with its log use one `REPEATABLE READ` snapshot.
 //! - The outbox is claimed with `FOR UPDATE SKIP LOCKED`, so senders on
-//!   several nodes never claim one message twice. Claims compare with the
-//!   `now` the caller passes (the node's clock), like SQLite: every other
-//!   outbox time (`next_attempt_at` of new and retried messages) is written
-//!   from that clock too, and the database's clock would mix two.
+//!   several nodes never claim one message twice, and each lease carries a
+//!   token that recording its attempt requires (a sender whose lease ran
+//!   out cannot overwrite a newer attempt). Every time nodes compare with
+//!   each other's (`next_attempt_at` of new, leased and retried messages,
+//!   `first_attempt_at` and `last_success_at`, the unreported changes of a
+//!   document) is the database's clock (`DB_NOW_MS`), never a node's.
 //! - Migrations take sqlx's advisory lock: nodes starting at once on an
 //!   empty database run them once.
 //!
@@ -227,15 +228,16 @@ async fn fan_out(
     event: &NewEvent,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    // Due at once by the database's clock, which senders compare with.
+    sqlx::query(&format!(
         "INSERT INTO webhook_messages
            (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
          SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), e.id, $1,
            CASE WHEN e.include_content AND $3::text IS NOT NULL THEN $3 ELSE $2 END,
-           'pending', $4, $4
+           'pending', {DB_NOW_MS}, $4
          FROM webhook_endpoints e
-         WHERE e.enabled AND e.events ?| ARRAY[$1::text, '*']",
-    )
+         WHERE e.enabled AND e.events ?| ARRAY[$1::text, '*']"
+    ))
     .bind(event.event_type)
     .bind(&event.payload)
     .bind(&event.payload_with_content)
@@ -253,17 +255,28 @@ impl Store for PgStore {
         now: i64,
         created: Option<&NewEvent>,
     ) -> Result<FoundDoc, StoreError> {
-        if let Some(meta) = self.create(name, now, created).await? {
-            return Ok(FoundDoc {
-                id: meta.id,
-                created: true,
-            });
+        // Of several nodes creating one name at once, `create` lets one
+        // insert it and write its event; the others find it. One that is
+        // deleted between the two (by a node's API call) is created again.
+        let mut tries = 0;
+        loop {
+            if let Some(meta) = self.create(name, now, created).await? {
+                return Ok(FoundDoc {
+                    id: meta.id,
+                    created: true,
+                });
+            }
+            let id: Option<DocId> = sqlx::query_scalar("SELECT id FROM documents WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+            tries += 1;
+            match id {
+                Some(id) => return Ok(FoundDoc { id, created: false }),
+                None if tries < 3 => continue,
+                None => return Err(StoreError::Database(sqlx::Error::RowNotFound)),
+            }
         }
-        let id: DocId = sqlx::query_scalar("SELECT id FROM documents WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(FoundDoc { id, created: false })
     }
 
     async fn create(
@@ -536,11 +549,11 @@ impl Store for PgStore {
         event: &NewEvent,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO webhook_messages
                (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
-             VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
-        )
+             VALUES ($1, $2, $3, $4, 'pending', {DB_NOW_MS}, $5)"
+        ))
         .bind(message_id)
         .bind(endpoint_id)
         .bind(event.event_type)
@@ -680,8 +693,7 @@ impl Store for PgStore {
 
     async fn lease_due(
         &self,
-        now: i64,
-        lease_until: i64,
+        lease_ms: i64,
         limit: u32,
         per_endpoint: u32,
         busy: &[String],
@@ -689,24 +701,26 @@ impl Store for PgStore {
         // Up to `per_endpoint` due messages of each enabled endpoint,
         // locked (and those another sender holds skipped), then the `limit`
         // due first among them. Rows locked but not chosen are free again
-        // when this statement's transaction ends, a moment later.
-        let rows = sqlx::query(
+        // when this statement's transaction ends, a moment later. Each
+        // chosen row gets a token of its own with its lease.
+        let rows = sqlx::query(&format!(
             "WITH chosen AS (
                SELECT c.id FROM webhook_endpoints e
                CROSS JOIN LATERAL (
                  SELECT m.id, m.next_attempt_at FROM webhook_messages m
-                 WHERE m.endpoint_id = e.id AND m.status = 'pending' AND m.next_attempt_at <= $1
-                 ORDER BY m.next_attempt_at LIMIT $3
+                 WHERE m.endpoint_id = e.id AND m.status = 'pending'
+                   AND m.next_attempt_at <= {DB_NOW_MS}
+                 ORDER BY m.next_attempt_at LIMIT $2
                  FOR UPDATE SKIP LOCKED) c
-               WHERE e.enabled AND NOT (e.id = ANY($5))
-               ORDER BY c.next_attempt_at LIMIT $4)
-             UPDATE webhook_messages m SET next_attempt_at = $2,
-               first_attempt_at = COALESCE(m.first_attempt_at, $1)
+               WHERE e.enabled AND NOT (e.id = ANY($4))
+               ORDER BY c.next_attempt_at LIMIT $3)
+             UPDATE webhook_messages m SET next_attempt_at = {DB_NOW_MS} + $1,
+               first_attempt_at = COALESCE(m.first_attempt_at, {DB_NOW_MS}),
+               lease_token = gen_random_uuid()::text
              FROM chosen WHERE m.id = chosen.id
-             RETURNING m.id, m.endpoint_id, m.payload, m.attempts",
-        )
-        .bind(now)
-        .bind(lease_until)
+             RETURNING m.id, m.endpoint_id, m.payload, m.attempts, m.lease_token"
+        ))
+        .bind(lease_ms)
         .bind(i64::from(per_endpoint))
         .bind(i64::from(limit))
         .bind(busy)
@@ -719,6 +733,7 @@ impl Store for PgStore {
                     endpoint_id: r.try_get(1)?,
                     payload: r.try_get(2)?,
                     attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(u32::MAX),
+                    lease_token: r.try_get(4)?,
                 })
             })
             .collect()
@@ -726,14 +741,33 @@ impl Store for PgStore {
 
     async fn record_attempt(&self, a: &AttemptRecord) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let next_retry_at = match a.outcome {
-            Outcome::RetryAt(at) => Some(at),
-            _ => None,
+        let (status, retry_in) = match a.outcome {
+            Outcome::Delivered => ("delivered", None),
+            Outcome::RetryIn(ms) => ("pending", Some(ms)),
+            Outcome::GaveUp { .. } => ("failed", None),
         };
-        // The message may have been deleted with its endpoint meanwhile.
+        // Only while the message holds this attempt's lease: not once
+        // another sender leased it after this lease ran out, nor once it
+        // was deleted with its endpoint. The token goes with the record.
+        let next: Option<Option<i64>> = sqlx::query_scalar(&format!(
+            "UPDATE webhook_messages SET status = $2, next_attempt_at = {DB_NOW_MS} + $3,
+               attempts = attempts + 1, lease_token = NULL
+             WHERE id = $1 AND lease_token = $4
+             RETURNING next_attempt_at"
+        ))
+        .bind(&a.message_id)
+        .bind(status)
+        .bind(retry_in)
+        .bind(&a.lease_token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(next_retry_at) = next else {
+            tracing::info!(message = %a.message_id, "an attempt whose lease was taken over is not recorded");
+            return Ok(false);
+        };
         sqlx::query(
             "INSERT INTO webhook_attempts (message_id, attempted_at, status_code, latency_ms, error, next_retry_at)
-             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhook_messages WHERE id = $1)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&a.message_id)
         .bind(a.attempted_at)
@@ -743,28 +777,17 @@ impl Store for PgStore {
         .bind(next_retry_at)
         .execute(&mut *tx)
         .await?;
-        let (status, next) = match a.outcome {
-            Outcome::Delivered => ("delivered", None),
-            Outcome::RetryAt(at) => ("pending", Some(at)),
-            Outcome::GaveUp { .. } => ("failed", None),
-        };
-        sqlx::query(
-            "UPDATE webhook_messages SET status = $2, next_attempt_at = $3, attempts = attempts + 1
-             WHERE id = $1",
-        )
-        .bind(&a.message_id)
-        .bind(status)
-        .bind(next)
-        .execute(&mut *tx)
-        .await?;
         let mut disabled = false;
         match &a.outcome {
+            // The database's clock, as `first_attempt_at`'s, which it is
+            // compared with.
             Outcome::Delivered => {
-                sqlx::query("UPDATE webhook_endpoints SET last_success_at = $2 WHERE id = $1")
-                    .bind(&a.endpoint_id)
-                    .bind(a.attempted_at)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(&format!(
+                    "UPDATE webhook_endpoints SET last_success_at = {DB_NOW_MS} WHERE id = $1"
+                ))
+                .bind(&a.endpoint_id)
+                .execute(&mut *tx)
+                .await?;
             }
             Outcome::GaveUp { disable_reason } => {
                 let done = sqlx::query(
@@ -780,7 +803,7 @@ impl Store for PgStore {
                 .await?;
                 disabled = done.rows_affected() > 0;
             }
-            Outcome::RetryAt(_) => {}
+            Outcome::RetryIn(_) => {}
         }
         tx.commit().await?;
         Ok(disabled)
@@ -846,15 +869,15 @@ impl Store for PgStore {
         &self,
         endpoint_id: &str,
         message_id: &str,
-        now: i64,
+        _now: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE webhook_messages SET status = 'pending', next_attempt_at = $3
-             WHERE id = $2 AND endpoint_id = $1",
-        )
+        // Due now by the database's clock, which senders compare with.
+        let done = sqlx::query(&format!(
+            "UPDATE webhook_messages SET status = 'pending', next_attempt_at = {DB_NOW_MS}
+             WHERE id = $2 AND endpoint_id = $1"
+        ))
         .bind(endpoint_id)
         .bind(message_id)
-        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)

@@ -689,15 +689,16 @@ impl Store for SqliteStore {
 
     async fn lease_due(
         &self,
-        now: i64,
-        lease_until: i64,
+        lease_ms: i64,
         limit: u32,
         per_endpoint: u32,
         busy: &[String],
     ) -> Result<Vec<DueMessage>, StoreError> {
+        // One process writes a SQLite file: its clock is the database's.
+        let now = now_ms();
         let mut q = QueryBuilder::new("UPDATE webhook_messages SET next_attempt_at = ");
-        q.push_bind(lease_until);
-        q.push(", first_attempt_at = COALESCE(first_attempt_at, ");
+        q.push_bind(now.saturating_add(lease_ms));
+        q.push(", lease_token = lower(hex(randomblob(16))), first_attempt_at = COALESCE(first_attempt_at, ");
         q.push_bind(now);
         q.push(
             ") WHERE id IN (SELECT id FROM (
@@ -719,7 +720,7 @@ impl Store for SqliteStore {
         q.push_bind(i64::from(per_endpoint));
         q.push(" ORDER BY next_attempt_at LIMIT ");
         q.push_bind(i64::from(limit));
-        q.push(") RETURNING id, endpoint_id, payload, attempts");
+        q.push(") RETURNING id, endpoint_id, payload, attempts, lease_token");
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
@@ -728,21 +729,41 @@ impl Store for SqliteStore {
                     endpoint_id: r.try_get(1)?,
                     payload: r.try_get(2)?,
                     attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(u32::MAX),
+                    lease_token: r.try_get(4)?,
                 })
             })
             .collect()
     }
 
     async fn record_attempt(&self, a: &AttemptRecord) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let next_retry_at = match a.outcome {
-            Outcome::RetryAt(at) => Some(at),
-            _ => None,
+        let mut tx = self.write_tx().await?;
+        let now = now_ms();
+        let (status, next_retry_at) = match a.outcome {
+            Outcome::Delivered => ("delivered", None),
+            Outcome::RetryIn(ms) => ("pending", Some(now.saturating_add(ms))),
+            Outcome::GaveUp { .. } => ("failed", None),
         };
-        // The message may have been deleted with its endpoint meanwhile.
+        // Only while the message holds this attempt's lease: not once
+        // another sender leased it after this lease ran out, nor once it
+        // was deleted with its endpoint. The token goes with the record.
+        let done = sqlx::query(
+            "UPDATE webhook_messages SET status = $2, next_attempt_at = $3,
+               attempts = attempts + 1, lease_token = NULL
+             WHERE id = $1 AND lease_token = $4",
+        )
+        .bind(&a.message_id)
+        .bind(status)
+        .bind(next_retry_at)
+        .bind(&a.lease_token)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tracing::info!(message = %a.message_id, "an attempt whose lease was taken over is not recorded");
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO webhook_attempts (message_id, attempted_at, status_code, latency_ms, error, next_retry_at)
-             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhook_messages WHERE id = $1)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&a.message_id)
         .bind(a.attempted_at)
@@ -752,26 +773,14 @@ impl Store for SqliteStore {
         .bind(next_retry_at)
         .execute(&mut *tx)
         .await?;
-        let (status, next) = match a.outcome {
-            Outcome::Delivered => ("delivered", None),
-            Outcome::RetryAt(at) => ("pending", Some(at)),
-            Outcome::GaveUp { .. } => ("failed", None),
-        };
-        sqlx::query(
-            "UPDATE webhook_messages SET status = $2, next_attempt_at = $3, attempts = attempts + 1
-             WHERE id = $1",
-        )
-        .bind(&a.message_id)
-        .bind(status)
-        .bind(next)
-        .execute(&mut *tx)
-        .await?;
         let mut disabled = false;
         match &a.outcome {
+            // The store's clock, as `first_attempt_at`'s, which it is
+            // compared with.
             Outcome::Delivered => {
                 sqlx::query("UPDATE webhook_endpoints SET last_success_at = $2 WHERE id = $1")
                     .bind(&a.endpoint_id)
-                    .bind(a.attempted_at)
+                    .bind(now)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -789,7 +798,7 @@ impl Store for SqliteStore {
                 .await?;
                 disabled = done.rows_affected() > 0;
             }
-            Outcome::RetryAt(_) => {}
+            Outcome::RetryIn(_) => {}
         }
         tx.commit().await?;
         Ok(disabled)
