@@ -264,3 +264,94 @@ async fn a_sender_whose_lease_was_taken_over_records_nothing() {
         store.close().await;
     }
 }
+
+/// Waits up to a second for `check`, polling.
+async fn within_a_second(what: &str, check: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "not within 1 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_changes_on_one_node_govern_every_node_within_a_second() {
+    let Some((_db, stores)) = nodes(2).await else {
+        return;
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut hooks = Vec::new();
+    for store in &stores {
+        let h = tandem::webhooks::Webhooks::start(
+            Arc::clone(store),
+            settings(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(Arc::clone(&h).watch_config(shutdown.clone()));
+        hooks.push(h);
+    }
+    let (a, b) = (&hooks[0], &hooks[1]);
+    assert!(!b.wants(events::DOCUMENT_CREATED));
+
+    // Created through node a (as the API does: store, then a's reload).
+    a.store()
+        .create_endpoint(&endpoint("ep", &[events::DOCUMENT_CREATED]))
+        .await
+        .unwrap();
+    a.refresh().await.unwrap();
+    within_a_second("b sees the new endpoint", || {
+        b.wants(events::DOCUMENT_CREATED)
+    })
+    .await;
+
+    // Changed.
+    let patch = tandem::store::EndpointPatch {
+        events: Some(vec![events::CLIENT_CONNECTED.to_string()]),
+        ..Default::default()
+    };
+    a.store().update_endpoint("ep", &patch, 2).await.unwrap();
+    a.refresh().await.unwrap();
+    within_a_second("b sees the changed events", || {
+        b.wants(events::CLIENT_CONNECTED) && !b.wants(events::DOCUMENT_CREATED)
+    })
+    .await;
+
+    // Disabled.
+    let off = tandem::store::EndpointPatch {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    a.store().update_endpoint("ep", &off, 3).await.unwrap();
+    a.refresh().await.unwrap();
+    within_a_second("b sees it disabled", || !b.wants(events::CLIENT_CONNECTED)).await;
+    let on = tandem::store::EndpointPatch {
+        enabled: Some(true),
+        ..Default::default()
+    };
+    a.store().update_endpoint("ep", &on, 4).await.unwrap();
+    a.refresh().await.unwrap();
+    within_a_second("b sees it enabled", || b.wants(events::CLIENT_CONNECTED)).await;
+
+    // A new secret changes no subscription, but it is a change all the same.
+    let before = b.config_version();
+    a.store()
+        .rotate_secret("ep", "whsec_BBBB", 5, 5)
+        .await
+        .unwrap()
+        .unwrap();
+    a.refresh().await.unwrap();
+    within_a_second("b reloads after a rotation", || b.config_version() > before).await;
+
+    // Deleted.
+    assert!(a.store().delete_endpoint("ep").await.unwrap());
+    a.refresh().await.unwrap();
+    within_a_second("b sees it deleted", || !b.wants(events::CLIENT_CONNECTED)).await;
+    shutdown.cancel();
+    for store in &stores {
+        store.close().await;
+    }
+}

@@ -440,6 +440,11 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<(), StoreError>;
 
+    /// Counts the changes to endpoints: every call below that changes one
+    /// (and `record_attempt` when it disables one) adds one in its own
+    /// transaction, so a node that sees it move knows to reload them.
+    async fn webhook_config_version(&self) -> Result<i64, StoreError>;
+
     async fn create_endpoint(&self, endpoint: &EndpointRow) -> Result<(), StoreError>;
     async fn list_endpoints(&self) -> Result<Vec<EndpointRow>, StoreError>;
     async fn get_endpoint(&self, id: &str) -> Result<Option<EndpointRow>, StoreError>;

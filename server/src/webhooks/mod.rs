@@ -20,7 +20,10 @@ pub mod ssrf;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 
+use std::time::Duration;
+
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::WebhookSettings;
 use crate::store::{DocId, NewEvent, Store, StoreError};
@@ -42,9 +45,18 @@ pub struct Webhooks {
     instance: String,
 }
 
+/// How often every node reads the endpoints' change counter (one row) to
+/// learn of changes made through other nodes: a change governs every
+/// node's deliveries within this, plus a reload (SPEC §7: within 1 s).
+const CONFIG_POLL: Duration = Duration::from_millis(250);
+
 /// What the enabled endpoints listen to, so that work nobody wants is skipped.
 #[derive(Debug, Default)]
 struct Subscriptions {
+    /// The endpoints' change counter (`Store::webhook_config_version`) read
+    /// before the endpoints were: a reload that read an older one never
+    /// replaces this, and a counter that moved past it means reloading.
+    version: i64,
     /// Some endpoint is enabled (so the dispatcher has something to poll for).
     any: bool,
     types: HashSet<String>,
@@ -82,9 +94,13 @@ impl Webhooks {
     }
 
     /// Re-reads which events enabled endpoints subscribe to; called after
-    /// every change to an endpoint.
+    /// every change to an endpoint made here, and by `watch_config` when
+    /// another node made one.
     pub async fn refresh(&self) -> Result<(), StoreError> {
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions {
+            version: self.store.webhook_config_version().await?,
+            ..Subscriptions::default()
+        };
         for e in self
             .store
             .list_endpoints()
@@ -101,13 +117,57 @@ impl Webhooks {
             subs.all |= e.events.iter().any(|t| t == "*");
             subs.types.extend(e.events.iter().cloned());
         }
-        *self
-            .subscriptions
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = subs;
+        {
+            let mut current = self
+                .subscriptions
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            // Of two reloads finishing out of order, the older is dropped.
+            if subs.version >= current.version {
+                *current = subs;
+            }
+        }
         self.dispatch_wake.notify_one();
         self.changes_wake.notify_one();
         Ok(())
+    }
+
+    /// Reloads the endpoints whenever their change counter moves, until
+    /// shutdown: changes made through other nodes (which share the
+    /// database, not this memory) govern this node's events and deliveries
+    /// within `CONFIG_POLL` and a reload. A single-row read, so cheap
+    /// enough to poll; no Redis needed.
+    pub async fn watch_config(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CONFIG_POLL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let seen = self.config_version();
+            let result = match self.store.webhook_config_version().await {
+                Ok(version) if version != seen => self.refresh().await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => failing = false,
+                // Said once per outage, not four times a second.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "reloading webhook endpoints failed; will retry");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The endpoints' change counter as of the last reload.
+    pub fn config_version(&self) -> i64 {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .version
     }
 
     /// Whether some enabled endpoint listens to `event_type`.

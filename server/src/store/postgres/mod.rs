@@ -222,6 +222,15 @@ fn events_json(events: &[String]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
 }
 
+/// Counts a change to the endpoints, in the transaction that makes it (see
+/// `Store::webhook_config_version`).
+async fn bump_config(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE webhook_config SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Writes one message per enabled endpoint subscribed to the event's type.
 async fn fan_out(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -564,7 +573,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn webhook_config_version(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM webhook_config WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn create_endpoint(&self, e: &EndpointRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, url, events, description, include_content, enabled,
                disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at)
@@ -582,8 +600,10 @@ impl Store for PgStore {
         .bind(e.previous_secret_expires_at)
         .bind(e.created_at)
         .bind(e.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -658,6 +678,7 @@ impl Store for PgStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        bump_config(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(e))
     }
@@ -669,6 +690,7 @@ impl Store for PgStore {
         previous_expires_at: i64,
         now: i64,
     ) -> Result<Option<EndpointRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE webhook_endpoints SET previous_secret = secret,
                previous_secret_expires_at = $3, secret = $2, updated_at = $4 WHERE id = $1
@@ -678,17 +700,29 @@ impl Store for PgStore {
         .bind(secret)
         .bind(previous_expires_at)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(endpoint).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let e = endpoint(&row)?;
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Some(e))
     }
 
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn lease_due(
@@ -802,6 +836,9 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
                 disabled = done.rows_affected() > 0;
+                if disabled {
+                    bump_config(&mut tx).await?;
+                }
             }
             Outcome::RetryIn(_) => {}
         }

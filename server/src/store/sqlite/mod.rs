@@ -238,6 +238,15 @@ fn events_json(events: &[String]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
 }
 
+/// Counts a change to the endpoints, in the transaction that makes it (see
+/// `Store::webhook_config_version`).
+async fn bump_config(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE webhook_config SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Writes one message per enabled endpoint subscribed to the event's type.
 async fn fan_out(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -558,7 +567,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn webhook_config_version(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM webhook_config WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn create_endpoint(&self, e: &EndpointRow) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, url, events, description, include_content, enabled,
                disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at)
@@ -576,8 +594,10 @@ impl Store for SqliteStore {
         .bind(e.previous_secret_expires_at)
         .bind(e.created_at)
         .bind(e.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -652,6 +672,7 @@ impl Store for SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        bump_config(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(e))
     }
@@ -663,6 +684,7 @@ impl Store for SqliteStore {
         previous_expires_at: i64,
         now: i64,
     ) -> Result<Option<EndpointRow>, StoreError> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE webhook_endpoints SET previous_secret = secret,
                previous_secret_expires_at = $3, secret = $2, updated_at = $4 WHERE id = $1",
@@ -671,20 +693,28 @@ impl Store for SqliteStore {
         .bind(secret)
         .bind(previous_expires_at)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
         self.get_endpoint(id).await
     }
 
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn lease_due(
@@ -797,6 +827,9 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
                 disabled = done.rows_affected() > 0;
+                if disabled {
+                    bump_config(&mut tx).await?;
+                }
             }
             Outcome::RetryIn(_) => {}
         }
