@@ -47,12 +47,13 @@ pub async fn run_writer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
     }
 }
 
-/// How often the reporter looks for due changes while some endpoint is
-/// enabled: changes written by other nodes reach it only through the
+/// How often the reporter looks for due changes while some endpoint wants
+/// them: changes written by other nodes reach it only through the
 /// database. A report goes out at most this long after it falls due.
 const REPORT_POLL: Duration = Duration::from_millis(250);
-/// How long the reporter sleeps when no endpoint is enabled and nothing is
-/// pending: changes written here, and endpoint changes, wake it.
+/// How long the reporter sleeps when no endpoint wants `document.updated`
+/// and nothing is pending: changes written here, and endpoint changes, wake
+/// it.
 const REPORT_IDLE: Duration = Duration::from_secs(3600);
 /// Documents looked at per round.
 const REPORT_BATCH: u32 = 256;
@@ -73,7 +74,9 @@ pub async fn run_debouncer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
         max_wait_ms: millis(hooks.settings.max_wait),
     };
     loop {
-        let mut wait = if hooks.any_enabled() {
+        // Changes are counted only while some endpoint wants them; without
+        // one, what is pending is reported when due and nothing is polled.
+        let mut wait = if hooks.wants(events::DOCUMENT_UPDATED) {
             REPORT_POLL
         } else {
             REPORT_IDLE
