@@ -31,6 +31,13 @@ export TANDEM_BIN="$CARGO_TARGET_DIR/release/tandem"
 step "Rust unit and integration tests"
 cargo test --release --locked --workspace
 
+if [ -n "${TANDEM_TEST_POSTGRES_URL:-}" ]; then
+  step "Rust integration tests again, on PostgreSQL (a fresh database per test)"
+  TANDEM_TEST_BACKEND=postgres cargo test --release --locked -p tandem --test '*'
+else
+  step "Rust integration tests on PostgreSQL: skipped (TANDEM_TEST_POSTGRES_URL is not set)"
+fi
+
 # The browser tests drive Debian's chromium through playwright-core (which
 # downloads no browser of its own).
 if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM_PATH:-}" ]; then

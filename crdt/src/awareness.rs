@@ -250,6 +250,24 @@ impl Awareness {
         (!entries.is_empty()).then(|| AwarenessUpdate { entries }.encode())
     }
 
+    /// The live states of clients whose owner `is_owner` accepts, encoded
+    /// as one awareness update (`None` if none).
+    pub fn encode_owned_by(&self, is_owner: impl Fn(u64) -> bool) -> Option<Vec<u8>> {
+        let entries: Vec<AwarenessEntry> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| is_owner(e.owner))
+            .filter_map(|(client, e)| {
+                e.state.as_ref().map(|json| AwarenessEntry {
+                    client: *client,
+                    clock: e.clock,
+                    json: json.clone(),
+                })
+            })
+            .collect();
+        (!entries.is_empty()).then(|| AwarenessUpdate { entries }.encode())
+    }
+
     /// Number of live states.
     pub fn len(&self) -> usize {
         self.clients.values().filter(|e| e.state.is_some()).count()

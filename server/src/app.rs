@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::persist::compactor::{self, CompactConfig, COMPACT_PAGE};
 use crate::persist::{PersistConfig, Persister, PersisterThread, Unwritten};
@@ -43,6 +44,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -120,6 +123,22 @@ impl App {
         let tracker = TaskTracker::new();
 
         let metrics_handles = crate::metrics::Metrics::new();
+        let cluster = match &settings.redis_url {
+            Some(url) => Some(
+                Cluster::join(
+                    store.as_ref(),
+                    url,
+                    &settings.redis_prefix,
+                    metrics_handles.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let (cluster, cluster_tasks) = match cluster {
+            Some((c, t)) => (Some(c), Some(t)),
+            None => (None, None),
+        };
         let webhooks = Webhooks::start(Arc::clone(&store), settings.webhooks.clone()).await?;
         let dispatcher = Dispatcher::new(Arc::clone(&webhooks))?;
         // The persister outlives the rooms: it stops once they have stopped
@@ -131,6 +150,7 @@ impl App {
             PersistConfig {
                 sync_interval: settings.sync_interval,
                 backlog_bytes: settings.persist_backlog_bytes,
+                cluster: cluster.clone(),
             },
         )
         .map_err(StartError::Runtime)?;
@@ -144,6 +164,10 @@ impl App {
             &core_handle,
         );
         outbox_tasks.spawn_on(dispatcher.run(outbox_stop.clone()), &core_handle);
+        // The cluster's tasks too: the last commits are published.
+        if let (Some(c), Some(tasks)) = (&cluster, cluster_tasks) {
+            c.start(tasks, &outbox_tasks, &core_handle, outbox_stop.clone());
+        }
         outbox_tasks.close();
         tracker.spawn_on(
             outbox::run_debouncer(Arc::clone(&webhooks), shutdown.clone()),
@@ -178,6 +202,7 @@ impl App {
             shutdown: shutdown.clone(),
             runtime: core_handle.clone(),
             webhooks: Arc::clone(&webhooks),
+            cluster: cluster.clone(),
         });
         let app_registry = Arc::clone(&registry);
         let state = web::Data::new(AppState {
@@ -316,6 +341,9 @@ impl App {
         let stopped = self.persister_thread.stop_by(deadline).await;
         if let Err(e) = &flushed {
             tracing::error!(backlog, error = %e, "could not write every update before stopping");
+        }
+        if let Some(cluster) = &self.registry.deps.cluster {
+            cluster.leave().await;
         }
         // Events queued by the last leaves are written; attempts in flight finish.
         self.outbox_stop.cancel();

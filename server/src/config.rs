@@ -77,6 +77,19 @@ pub struct Settings {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub io_uring: bool,
 
+    /// Redis, for several nodes serving the same documents: `redis://HOST:PORT`.
+    /// Needs a PostgreSQL database shared by the nodes. Redis carries
+    /// updates and presence between nodes and stores nothing; while it is
+    /// unreachable, nodes catch up through the database.
+    #[arg(global = true, long, env = "TANDEM_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prepended to every Redis channel and key, for clusters sharing one
+    /// Redis beside others' data (clusters on different databases never
+    /// see each other's traffic anyway).
+    #[arg(global = true, long, env = "TANDEM_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+
     /// Serve the browser editor's files from this folder (a build of `web/`)
     /// instead of the copy embedded in the binary: for working on the editor.
     #[arg(global = true, long, env = "TANDEM_WEB_DIR")]

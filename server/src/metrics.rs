@@ -38,6 +38,16 @@ pub struct Metrics {
     pub persist_seconds: Histogram,
     pub persist_batch_updates: Histogram,
     pub sync_seconds: Histogram,
+    /// Cluster messages not published (the publisher was behind, or Redis
+    /// unreachable): other nodes catch up from the database.
+    pub cluster_dropped: Counter,
+    /// Updates (and snapshots) a node read from the database because Redis
+    /// did not bring them.
+    pub cluster_filled: Counter,
+    /// Times the periodic check found a resident document behind the
+    /// database.
+    pub cluster_behind: Counter,
+    pub cluster_malformed: Counter,
 }
 
 impl Metrics {
@@ -52,6 +62,10 @@ impl Metrics {
             persist_seconds: metrics::histogram!("tandem_persist_seconds"),
             persist_batch_updates: metrics::histogram!("tandem_persist_batch_updates"),
             sync_seconds: metrics::histogram!("tandem_sync_seconds"),
+            cluster_dropped: metrics::counter!("tandem_cluster_messages_dropped_total"),
+            cluster_filled: metrics::counter!("tandem_cluster_updates_filled_total"),
+            cluster_behind: metrics::counter!("tandem_cluster_documents_behind_total"),
+            cluster_malformed: metrics::counter!("tandem_cluster_malformed_messages_total"),
         }
     }
 }
@@ -98,4 +112,10 @@ pub fn set_storage_healthy(healthy: bool) {
 /// Counts stored rows set aside because they do not decode.
 pub fn rows_quarantined(rows: u64) {
     metrics::counter!("tandem_quarantined_rows_total").increment(rows);
+}
+
+/// 1 while this node is subscribed to Redis, 0 while not (it then serves
+/// through the database alone).
+pub fn set_redis_connected(up: bool) {
+    metrics::gauge!("tandem_redis_connected").set(if up { 1.0 } else { 0.0 });
 }

@@ -684,3 +684,19 @@ async fn loads_waiting_on_their_pages_leave_the_store_free() {
         assert_eq!(rows, 20);
     }
 }
+
+/// Sockets still joining their rooms when the server stops are told the
+/// same as joined ones: 1001, not "try again later".
+#[actix_web::test]
+async fn a_socket_joining_during_a_graceful_stop_is_closed_with_1001() {
+    let app = spawn_app(&[]).await;
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        clients.push(app.client(&format!("joining-{i}")).await);
+    }
+    let ends = futures_util::future::join_all(clients.iter_mut().map(|c| c.ended()));
+    let (_, ends) = tokio::join!(app.stop(), ends);
+    for (i, end) in ends.into_iter().enumerate() {
+        assert_eq!(end, close_code(1001), "client {i}");
+    }
+}

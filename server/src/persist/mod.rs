@@ -72,6 +72,9 @@ pub struct PersistConfig {
     /// Bytes of updates queued and not yet committed above which new
     /// writes are refused.
     pub backlog_bytes: usize,
+    /// Where committed updates go next when several nodes share the
+    /// database: to the other nodes.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The handle rooms and the API use. Cloning it is cheap.
@@ -570,9 +573,14 @@ fn commit(
     let track = inner
         .webhooks
         .wants(crate::webhooks::events::DOCUMENT_UPDATED);
-    if let Err(e) = open(inner, writer)?.append(batch, track) {
+    let log = open(inner, writer)?;
+    if let Err(e) = log.append(batch, track) {
         *writer = None;
         return Err(e);
+    }
+    let appended = log.appended();
+    if let Some(cluster) = &inner.config.cluster {
+        cluster.committed(batch, &appended);
     }
     if track {
         inner

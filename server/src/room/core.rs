@@ -87,6 +87,9 @@ pub enum Effect<P> {
     /// yrs failed inside the document: the driver reloads it from storage,
     /// which never saw the update that failed.
     Reload,
+    /// Tell the other nodes of the cluster about these awareness changes
+    /// of local clients (an awareness update's payload).
+    ShareAwareness(Bytes),
 }
 
 /// The room holds `TANDEM_MAX_CONNECTIONS_PER_DOC` connections.
@@ -99,10 +102,14 @@ pub struct RoomCore<P> {
     /// Awareness changes since the last tick, one entry per client (its
     /// newest), in the order clients first changed.
     awareness_due: Vec<AwarenessEntry>,
-    /// Where each client's entry is in `awareness_due`.
-    awareness_due_at: HashMap<u64, usize>,
+    /// Where each client's entry is in `awareness_due`, and whether it
+    /// came from a local connection (so is shared with other nodes).
+    awareness_due_at: HashMap<u64, (usize, bool)>,
     peers: Vec<Peer<P>>,
     limits: CoreLimits,
+    /// Other nodes serve the document too: local awareness changes are
+    /// shared with them.
+    clustered: bool,
 }
 
 impl<P> RoomCore<P> {
@@ -114,7 +121,13 @@ impl<P> RoomCore<P> {
             awareness_due_at: HashMap::new(),
             peers: Vec::new(),
             limits,
+            clustered: false,
         }
+    }
+
+    /// Other nodes serve the document too (see `Effect::ShareAwareness`).
+    pub fn set_clustered(&mut self, clustered: bool) {
+        self.clustered = clustered;
     }
 
     pub fn peers(&self) -> &[Peer<P>] {
@@ -274,18 +287,21 @@ impl<P> RoomCore<P> {
                 return;
             }
         };
-        self.awareness_due(applied);
+        self.awareness_due(applied, true);
     }
 
     /// Adds changed entries to the next tick's relay; a client's newer
     /// entry replaces its older one.
-    fn awareness_due(&mut self, entries: Vec<AwarenessEntry>) {
+    fn awareness_due(&mut self, entries: Vec<AwarenessEntry>, local: bool) {
         for entry in entries {
-            match self.awareness_due_at.get(&entry.client) {
-                Some(&i) => self.awareness_due[i] = entry,
+            match self.awareness_due_at.get_mut(&entry.client) {
+                Some((i, was_local)) => {
+                    *was_local = local;
+                    self.awareness_due[*i] = entry;
+                }
                 None => {
                     self.awareness_due_at
-                        .insert(entry.client, self.awareness_due.len());
+                        .insert(entry.client, (self.awareness_due.len(), local));
                     self.awareness_due.push(entry);
                 }
             }
@@ -304,8 +320,19 @@ impl<P> RoomCore<P> {
         if self.awareness_due.is_empty() {
             return;
         }
-        self.awareness_due_at.clear();
         let entries = std::mem::take(&mut self.awareness_due);
+        if self.clustered {
+            let shared: Vec<AwarenessEntry> = entries
+                .iter()
+                .filter(|e| self.awareness_due_at.get(&e.client).is_some_and(|d| d.1))
+                .cloned()
+                .collect();
+            if !shared.is_empty() {
+                let payload = AwarenessUpdate { entries: shared }.encode();
+                out.push(Effect::ShareAwareness(Bytes::from(payload)));
+            }
+        }
+        self.awareness_due_at.clear();
         if self.peers.is_empty() {
             return;
         }
@@ -373,7 +400,7 @@ impl<P> RoomCore<P> {
             removed.entries.extend(self.awareness.remove_owner(conn.0));
         }
         // Told with the next tick, merged with whatever else changed.
-        self.awareness_due(removed.entries);
+        self.awareness_due(removed.entries, true);
         if self.peers.is_empty() {
             self.doc.drop_caches();
         }
@@ -412,6 +439,69 @@ impl<P> RoomCore<P> {
             Err(_) => {}
         }
         applied
+    }
+
+    /// An update another node committed (or the database holds): applied
+    /// and relayed to every local peer, not stored again. The document's
+    /// size limit does not apply: refusing would leave this node behind
+    /// the others for good.
+    pub fn apply_remote(&mut self, update: &Bytes, out: &mut Vec<Effect<P>>) {
+        match self.doc.apply_update(update, usize::MAX) {
+            Ok(Applied::Changed) => {
+                if !self.peers.is_empty() {
+                    out.push(Effect::Broadcast {
+                        except: None,
+                        frame: protocol::encode_update(update),
+                    });
+                }
+            }
+            Ok(Applied::Empty) => {}
+            Err(ApplyError::Poisoned(e)) => {
+                tracing::error!(error = %e, "a committed update failed inside yrs; reloading the document");
+                out.push(Effect::Reload);
+            }
+            Err(e) => {
+                // Stored by a node that accepted it, so it never should.
+                tracing::error!(error = %e, "a committed update from another node does not apply; skipped");
+            }
+        }
+    }
+
+    /// Awareness from another node's clients, owned in this room by
+    /// `owner`: relayed to local peers with the next tick, not shared back.
+    pub fn remote_awareness(&mut self, owner: u64, payload: &[u8]) {
+        let Ok(update) = protocol::decode_awareness(payload) else {
+            tracing::warn!("ignored malformed awareness from another node");
+            return;
+        };
+        // A node speaks for all its connections: per-connection limits
+        // times the connections a room may hold.
+        let per = self.limits.awareness;
+        let limits = AwarenessLimits {
+            max_clients: per
+                .max_clients
+                .saturating_mul(self.limits.max_connections_per_doc),
+            max_bytes: per
+                .max_bytes
+                .saturating_mul(self.limits.max_connections_per_doc),
+        };
+        match self.awareness.apply(owner, &update, limits, |_| true) {
+            Ok(AwarenessApplied::Unchanged) => {}
+            Ok(AwarenessApplied::All) => self.awareness_due(update.entries, false),
+            Ok(AwarenessApplied::Some(entries)) => self.awareness_due(entries, false),
+            Err(e) => tracing::warn!(error = %e, "ignored awareness from another node"),
+        }
+    }
+
+    /// Removes the awareness clients `owner` (another node) announced.
+    pub fn remove_remote(&mut self, owner: u64) {
+        let removed = self.awareness.remove_owner(owner);
+        self.awareness_due(removed, false);
+    }
+
+    /// The states of local clients, for another node that asks.
+    pub fn local_awareness(&self, is_local: impl Fn(u64) -> bool) -> Option<Bytes> {
+        self.awareness.encode_owned_by(is_local).map(Bytes::from)
     }
 
     /// The document as one update (shared with joiners' sync step 2 while

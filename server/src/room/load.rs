@@ -28,11 +28,12 @@ pub enum LoadError {
 
 /// Builds document `doc_id` from storage. Stored rows that do not decode
 /// are skipped and counted in the report; a read that fails part way fails
-/// the load (a partial document is never returned).
+/// the load (a partial document is never returned). The number is how far
+/// the log was read (see `Store::read_log_pages`).
 pub async fn load_stored(
     store: &dyn Store,
     doc_id: DocId,
-) -> Result<(DocState, LoadReport), LoadError> {
+) -> Result<(DocState, LoadReport, u64), LoadError> {
     let (pages_tx, mut pages) = tokio::sync::mpsc::channel::<LogPage>(1);
     let apply = tokio::task::spawn_blocking(move || {
         let mut loader = DocLoader::new();
@@ -45,6 +46,7 @@ pub async fn load_stored(
     });
     let read = store.read_log_pages(doc_id, PAGE, pages_tx).await;
     let applied = apply.await?;
-    read?;
-    Ok(applied?)
+    let seq = read?;
+    let (state, report) = applied?;
+    Ok((state, report, seq))
 }

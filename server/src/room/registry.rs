@@ -65,6 +65,8 @@ pub struct RoomDeps {
     /// so a busy room never delays the writing of its own frames.
     pub runtime: tokio::runtime::Handle,
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The other nodes serving the same database, when there are.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub struct Registry {
@@ -110,6 +112,7 @@ impl Registry {
         rooms.insert(name.clone(), handle.clone());
         drop(rooms);
         let args = RoomArgs {
+            tx: handle.tx.downgrade(),
             name: name.clone(),
             id: handle.id,
             open,
@@ -175,6 +178,14 @@ impl Registry {
             .ok()
             .and_then(|n| rooms.get(&n).map(|h| h.clients.load(Ordering::Relaxed)))
             .unwrap_or(0)
+    }
+
+    /// Connections to `name` as its room counts them (across the cluster),
+    /// when it is loaded here.
+    pub fn loaded_clients(&self, name: &str) -> Option<usize> {
+        let rooms = self.lock();
+        let name = DocName::parse(name).ok()?;
+        rooms.get(&name).map(|h| h.clients.load(Ordering::Relaxed))
     }
 
     /// Rooms currently loaded.

@@ -412,10 +412,16 @@ impl Session {
                 Ok(Err(_)) => continue, // the room unloaded before answering
             }
         }
-        outbox.close(
-            CloseCode::TryAgainLater,
-            "document unavailable, retry later",
-        );
+        if self.registry.deps.shutdown.is_cancelled() {
+            // The room stopped because the server is stopping, before it
+            // answered the join: the same close as every joined peer gets.
+            outbox.close(CloseCode::GoingAway, "server shutting down");
+        } else {
+            outbox.close(
+                CloseCode::TryAgainLater,
+                "document unavailable, retry later",
+            );
+        }
         None
     }
 

@@ -12,8 +12,9 @@
 //! sharing its thread. Nothing here awaits a peer or the database while
 //! relaying: only loading, reloading and deleting await the store.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +28,13 @@ use yrs::StateVector;
 use super::core::{CoreLimits, Effect, Peer, RoomCore, RoomFull};
 use super::registry::Registry;
 use super::ConnId;
+use crate::cluster::frame::Body;
+use crate::cluster::seqs::SeqSet;
+use crate::cluster::{Attach, Cluster, Inbound, FILL_DELAY, REMOTE_OWNER};
 use crate::doc_name::DocName;
 use crate::net::outbox::{Outbox, Overflow};
 use crate::net::{send_ring, CloseCode};
+use crate::store::cluster::NodeId;
 use crate::store::DocId;
 use crate::webhooks::events;
 
@@ -86,6 +91,8 @@ pub enum RoomCmd {
     Delete {
         reply: oneshot::Sender<Result<bool, crate::store::StoreError>>,
     },
+    /// From the other nodes of the cluster, or the database on their behalf.
+    Cluster(crate::cluster::Inbound),
     /// Makes the room panic, to test that the fault stays inside it.
     #[cfg(test)]
     Panic,
@@ -160,6 +167,44 @@ pub struct Room {
     /// The effects of the command being handled, kept to reuse the buffer.
     effects: Vec<Effect<Arc<Outbox>>>,
     scratch: RelayScratch,
+    /// What the room shares with the rest of the cluster, when there is one.
+    cluster: Option<Box<ClusterPart>>,
+}
+
+/// A room's part in a cluster: which numbered updates of the log it has
+/// applied, and what the other nodes announced.
+struct ClusterPart {
+    cluster: Arc<Cluster>,
+    /// Its own mailbox, for the cluster to reach it.
+    tx: mpsc::WeakSender<Box<RoomCmd>>,
+    seqs: SeqSet,
+    /// `seqs`' watermark, for the cluster's checks.
+    applied: Arc<AtomicU64>,
+    /// Connections on other nodes, as each announced.
+    remote_clients: HashMap<NodeId, u32>,
+    /// The local count last announced.
+    announced: Option<usize>,
+}
+
+impl ClusterPart {
+    fn remote_clients(&self) -> usize {
+        self.remote_clients.values().map(|&n| n as usize).sum()
+    }
+}
+
+impl Drop for Room {
+    /// However the room ends, the cluster stops bringing it messages, and
+    /// the others learn that this node's connections to it are gone.
+    fn drop(&mut self) {
+        if let Some(part) = &self.cluster {
+            if self.doc_id != 0 {
+                if part.announced.is_some_and(|n| n > 0) {
+                    part.cluster.send(self.doc_id, Body::Clients(0));
+                }
+                part.cluster.detach(self.doc_id, self.id);
+            }
+        }
+    }
 }
 
 /// The peers a broadcast writes to directly, their sockets, and what each
@@ -179,6 +224,8 @@ enum Next {
 }
 
 pub struct RoomArgs {
+    /// The room's own mailbox, for the cluster to reach it.
+    pub tx: mpsc::WeakSender<Box<RoomCmd>>,
     pub name: DocName,
     pub id: u64,
     pub open: Open,
@@ -191,6 +238,7 @@ pub struct RoomArgs {
 pub async fn run(args: RoomArgs, rx: mpsc::Receiver<Box<RoomCmd>>) {
     let span = tracing::info_span!("room", doc = %args.name);
     let limits = core_limits(&args.registry);
+    let cluster = args.registry.deps.cluster.clone();
     let room = Room {
         name: args.name,
         id: args.id,
@@ -203,6 +251,16 @@ pub async fn run(args: RoomArgs, rx: mpsc::Receiver<Box<RoomCmd>>) {
         core: RoomCore::new(DocState::new(), limits),
         effects: Vec::new(),
         scratch: RelayScratch::default(),
+        cluster: cluster.map(|cluster| {
+            Box::new(ClusterPart {
+                cluster,
+                tx: args.tx,
+                seqs: SeqSet::new(0),
+                applied: Arc::new(AtomicU64::new(0)),
+                remote_clients: HashMap::new(),
+                announced: None,
+            })
+        }),
     };
     room.run(rx).instrument(span).await
 }
@@ -231,7 +289,7 @@ async fn load(
     name: &DocName,
     open: Open,
     deadline: tokio::time::Instant,
-) -> Result<(DocId, DocState), LoadFailed> {
+) -> Result<(DocId, DocState, u64), LoadFailed> {
     let deps = &registry.deps;
     let flushed = deps.persister.flush_by(deadline).await;
     // A write that fails for storage reasons tells the persister, so that
@@ -264,7 +322,7 @@ async fn load(
                 if created.is_some() {
                     deps.webhooks.messages_written();
                 }
-                return Ok((found.id, DocState::new()));
+                return Ok((found.id, DocState::new(), 0));
             }
             found.id
         }
@@ -274,7 +332,7 @@ async fn load(
             return Err(LoadFailed::Error(e.to_string()));
         }
     }
-    let (state, report) = super::load::load_stored(deps.store.as_ref(), doc_id)
+    let (state, report, seq) = super::load::load_stored(deps.store.as_ref(), doc_id)
         .await
         .map_err(|e| LoadFailed::Error(e.to_string()))?;
     if report.skipped > 0 {
@@ -288,7 +346,7 @@ async fn load(
         bytes = state.size_estimate(),
         "document loaded"
     );
-    Ok((doc_id, state))
+    Ok((doc_id, state, seq))
 }
 
 impl Room {
@@ -303,10 +361,22 @@ impl Room {
         .await
         .unwrap_or_else(|_| Err(LoadFailed::Error("loading took too long".into())));
         match loaded {
-            Ok((doc_id, doc)) => {
+            Ok((doc_id, doc, seq)) => {
                 self.doc_id = doc_id;
                 self.doc_bytes.store(doc.size_estimate(), Ordering::Relaxed);
                 self.core.replace_doc(doc);
+                self.loaded_up_to(seq);
+                if let Some(part) = &self.cluster {
+                    self.core.set_clustered(true);
+                    part.cluster.attach(
+                        doc_id,
+                        Attach {
+                            room: self.id,
+                            tx: part.tx.clone(),
+                            applied: Arc::clone(&part.applied),
+                        },
+                    );
+                }
                 self.status.set(Status::Ready);
             }
             Err(failed) => {
@@ -424,6 +494,7 @@ impl Room {
                 }
                 let limits = core_limits(&self.registry);
                 self.core = RoomCore::new(DocState::new(), limits);
+                self.core.set_clustered(self.cluster.is_some());
                 self.effects.clear();
                 self.clients.store(0, Ordering::Relaxed);
                 Next::Reload
@@ -475,6 +546,15 @@ impl Room {
                 reply,
             } => {
                 let _ = reply.send(self.core.encode(state_vector.as_ref()));
+            }
+            RoomCmd::Cluster(inbound) => {
+                let next = self.cluster_inbound(inbound, &mut effects);
+                self.effects = effects;
+                let (_, after) = self.execute();
+                return match next {
+                    Next::Continue => after,
+                    other => other,
+                };
             }
             RoomCmd::Frame { .. } | RoomCmd::Delete { .. } => {
                 unreachable!("handled by the loop")
@@ -603,6 +683,11 @@ impl Room {
                         port.close(code, reason);
                     }
                     Effect::Reload => next = Next::Reload,
+                    Effect::ShareAwareness(payload) => {
+                        if let Some(part) = &self.cluster {
+                            part.cluster.send(self.doc_id, Body::Awareness(payload));
+                        }
+                    }
                 }
             }
             if !dead.is_empty() {
@@ -614,8 +699,19 @@ impl Room {
             }
         }
         self.effects = effects;
-        self.clients
-            .store(self.core.peers().len(), Ordering::Relaxed);
+        let local = self.core.peers().len();
+        let mut clients = local;
+        if let Some(part) = &mut self.cluster {
+            clients += part.remote_clients();
+            if part.announced != Some(local) && self.doc_id != 0 {
+                part.announced = Some(local);
+                part.cluster.send(
+                    self.doc_id,
+                    Body::Clients(u32::try_from(local).unwrap_or(u32::MAX)),
+                );
+            }
+        }
+        self.clients.store(clients, Ordering::Relaxed);
         self.doc_bytes
             .store(self.core.doc().size_estimate(), Ordering::Relaxed);
         (seq, next)
@@ -692,6 +788,8 @@ impl Room {
             return;
         }
         let connection = webhooks.connection_id(conn);
+        // Cluster-wide: the other nodes' connections as they announced them.
+        let clients = clients + self.cluster.as_ref().map_or(0, |p| p.remote_clients());
         webhooks.emit(events::client(
             &events::ClientEvent {
                 connected,
@@ -723,6 +821,9 @@ impl Room {
                 if existed && deleted.is_some() {
                     deps.webhooks.messages_written();
                 }
+                if let Some(part) = &self.cluster {
+                    part.cluster.send(self.doc_id, Body::Deleted);
+                }
                 let mut effects = std::mem::take(&mut self.effects);
                 self.core
                     .close_all(CloseCode::Deleted, "document deleted", &mut effects);
@@ -751,9 +852,10 @@ impl Room {
         .await
         .unwrap_or_else(|_| Err(LoadFailed::Error("loading took too long".into())));
         match loaded {
-            Ok((doc_id, doc)) => {
+            Ok((doc_id, doc, seq)) => {
                 self.doc_id = doc_id;
                 self.core.replace_doc(doc);
+                self.loaded_up_to(seq);
             }
             Err(failed) => {
                 if let LoadFailed::Error(e) = failed {
@@ -770,6 +872,90 @@ impl Room {
                 self.registry.remove_if(&self.name, self.id, || true);
             }
         }
+    }
+
+    /// The document was loaded as of update number `seq` of its log.
+    fn loaded_up_to(&mut self, seq: u64) {
+        if let Some(part) = &mut self.cluster {
+            part.seqs = SeqSet::new(seq);
+            part.applied.store(seq, Ordering::Release);
+        }
+    }
+
+    /// What the cluster brought: updates and snapshots are applied and
+    /// relayed to local peers; the numbers of what was applied are kept,
+    /// and a hole in them is filled from the database.
+    fn cluster_inbound(
+        &mut self,
+        inbound: Inbound,
+        effects: &mut Vec<Effect<Arc<Outbox>>>,
+    ) -> Next {
+        let Some(part) = self.cluster.as_deref_mut() else {
+            return Next::Continue;
+        };
+        let is_local = |owner: u64| owner & REMOTE_OWNER == 0;
+        match inbound {
+            Inbound::Updates(updates) => {
+                for (seq, update) in updates {
+                    if part.seqs.contains(seq) {
+                        continue;
+                    }
+                    self.core.apply_remote(&update, effects);
+                    part.seqs.insert(seq);
+                }
+            }
+            Inbound::Snapshot { upto, data } => {
+                if upto > part.seqs.watermark() {
+                    self.core.apply_remote(&data, effects);
+                    part.seqs.advance_to(upto);
+                }
+            }
+            Inbound::Committed { first, last } => part.seqs.insert_range(first, last),
+            Inbound::Awareness { from, payload } => {
+                self.core.remote_awareness(REMOTE_OWNER | from, &payload);
+                return Next::Continue;
+            }
+            Inbound::Query { .. } | Inbound::Reconnected => {
+                if let Some(mine) = self.core.local_awareness(is_local) {
+                    part.cluster.send(self.doc_id, Body::Awareness(mine));
+                }
+                let local = self.core.peers().len();
+                part.announced = Some(local);
+                part.cluster.send(
+                    self.doc_id,
+                    Body::Clients(u32::try_from(local).unwrap_or(u32::MAX)),
+                );
+                if matches!(inbound, Inbound::Reconnected) {
+                    part.cluster.send(self.doc_id, Body::Query);
+                }
+                return Next::Continue;
+            }
+            Inbound::Clients { from, count } => {
+                if count == 0 {
+                    part.remote_clients.remove(&from);
+                } else {
+                    part.remote_clients.insert(from, count);
+                }
+                return Next::Continue;
+            }
+            Inbound::NodeGone(node) => {
+                self.core.remove_remote(REMOTE_OWNER | node);
+                part.remote_clients.remove(&node);
+                return Next::Continue;
+            }
+            Inbound::Deleted => {
+                tracing::info!("document deleted through another node");
+                self.core
+                    .close_all(CloseCode::Deleted, "document deleted", effects);
+                self.registry.remove_if(&self.name, self.id, || true);
+                return Next::Stop;
+            }
+        }
+        part.applied.store(part.seqs.watermark(), Ordering::Release);
+        if part.seqs.has_hole() {
+            part.cluster.fill(self.doc_id, FILL_DELAY);
+        }
+        Next::Continue
     }
 
     /// The server is stopping: peers are reported gone (their sessions
@@ -882,8 +1068,9 @@ mod tests {
     async fn a_rooms_task_stays_small() {
         let dir = tempfile::tempdir().expect("dir");
         let (registry, _url, stop) = start(&dir).await;
-        let (_tx, rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(1);
         let args = RoomArgs {
+            tx: tx.downgrade(),
             name: DocName::parse("size").expect("a name"),
             id: 0,
             open: Open::OrCreate,

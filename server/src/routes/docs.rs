@@ -16,7 +16,7 @@ use crate::doc_name::DocName;
 use crate::error::ApiError;
 use crate::room::task::RoomCmd;
 use crate::state::AppState;
-use crate::store::{DocMeta, StoreError};
+use crate::store::{DocId, DocMeta, StoreError};
 use crate::time::rfc3339;
 
 use super::{decode_cursor, encode_cursor};
@@ -100,14 +100,61 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, Api
     Ok(body.freeze())
 }
 
-fn info(state: &AppState, meta: DocMeta) -> DocInfo {
+fn info(meta: DocMeta, clients: usize) -> DocInfo {
     DocInfo {
-        clients: state.registry.clients(&meta.name),
+        clients,
         id: meta.name,
         created_at: rfc3339(meta.created_at),
         updated_at: rfc3339(meta.updated_at),
         size_bytes: meta.size_bytes,
     }
+}
+
+/// Each document with its connections across the cluster: a room loaded
+/// here counts its own and what the other nodes announced to it; for the
+/// others, what the nodes announced through Redis.
+async fn infos(state: &AppState, metas: Vec<DocMeta>) -> Vec<DocInfo> {
+    let here: Vec<Option<usize>> = metas
+        .iter()
+        .map(|m| state.registry.loaded_clients(&m.name))
+        .collect();
+    let mut elsewhere = vec![0; metas.len()];
+    if let Some(cluster) = &state.registry.deps.cluster {
+        let (at, ids): (Vec<usize>, Vec<DocId>) = here
+            .iter()
+            .zip(&metas)
+            .enumerate()
+            .filter(|(_, (h, _))| h.is_none())
+            .map(|(i, (_, m))| (i, m.id))
+            .unzip();
+        if !ids.is_empty() {
+            for (i, n) in at.into_iter().zip(cluster.clients_elsewhere(&ids).await) {
+                elsewhere[i] = n;
+            }
+        }
+    }
+    metas
+        .into_iter()
+        .zip(here.into_iter().zip(elsewhere))
+        .map(|(m, (here, elsewhere))| info(m, here.unwrap_or(elsewhere)))
+        .collect()
+}
+
+async fn one_info(state: &AppState, meta: DocMeta) -> DocInfo {
+    let clients = match (
+        state.registry.loaded_clients(&meta.name),
+        &state.registry.deps.cluster,
+    ) {
+        (Some(n), _) => n,
+        (None, Some(cluster)) => cluster
+            .clients_elsewhere(&[meta.id])
+            .await
+            .first()
+            .copied()
+            .unwrap_or(0),
+        (None, None) => 0,
+    };
+    info(meta, clients)
 }
 
 pub fn parse_name(raw: &str) -> Result<DocName, ApiError> {
@@ -174,7 +221,7 @@ pub async fn create(
         state.webhooks.messages_written();
     }
     tracing::info!(doc = %name, "document created through the API");
-    Ok(HttpResponse::Created().json(info(&state, meta)))
+    Ok(HttpResponse::Created().json(one_info(&state, meta).await))
 }
 
 #[utoipa::path(get, path = "/api/docs", tag = "documents", params(ListQuery),
@@ -199,7 +246,7 @@ pub async fn list(
     let next_cursor = (page.len() == limit as usize)
         .then(|| page.last().map(|m| encode_cursor(&m.name)))
         .flatten();
-    let items = page.into_iter().map(|m| info(&state, m)).collect();
+    let items = infos(&state, page).await;
     Ok(HttpResponse::Ok().json(DocList { items, next_cursor }))
 }
 
@@ -212,7 +259,7 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let name = parse_name(&id)?;
     let meta = existing(&state, &name).await?;
-    Ok(HttpResponse::Ok().json(info(&state, meta)))
+    Ok(HttpResponse::Ok().json(one_info(&state, meta).await))
 }
 
 #[utoipa::path(delete, path = "/api/docs/{id}", tag = "documents",

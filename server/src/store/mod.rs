@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 
+pub mod cluster;
 pub mod postgres;
 pub mod sqlite;
 
@@ -96,6 +97,22 @@ pub trait LogWriter: Send {
     /// A small write that tells whether the database takes writes again
     /// (after a failure elsewhere); it changes nothing anyone reads.
     fn probe(&mut self) -> Result<(), StoreError>;
+
+    /// Where the last successful `append` numbered each document's updates.
+    /// Only a log numbered per document (PostgreSQL's) says; the cluster
+    /// relays these numbers so that other nodes can tell what they missed.
+    fn appended(&mut self) -> Vec<AppendedRange> {
+        Vec::new()
+    }
+}
+
+/// Where one batch put one document's updates in its log: numbers
+/// `last_seq - count + 1 ..= last_seq`, in the batch's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendedRange {
+    pub doc_id: DocId,
+    pub last_seq: u64,
+    pub count: u32,
 }
 
 /// A stored row set aside because it does not decode: never deleted for
@@ -380,6 +397,12 @@ pub trait Store: Send + Sync + 'static {
     /// that thread while it opens.
     fn log_writer(&self) -> Result<Box<dyn LogWriter>, StoreError>;
 
+    /// What nodes sharing this database need of it, where several may
+    /// (PostgreSQL); `None` for a database one node serves alone.
+    fn cluster(&self) -> Option<std::sync::Arc<dyn cluster::ClusterStore>> {
+        None
+    }
+
     /// Documents whose log holds at least `min_updates` updates or
     /// `min_bytes` bytes.
     async fn compaction_candidates(
@@ -397,12 +420,16 @@ pub trait Store: Send + Sync + 'static {
     /// of it in memory, not all of it. Stops early, without an error,
     /// when `pages` is closed. The read lasts as long as its receiver takes,
     /// so loads must not take the connections other calls need.
+    ///
+    /// Returns how far the read reached: the number of the log's last
+    /// update it includes where the log is numbered per document
+    /// (PostgreSQL), 0 elsewhere.
     async fn read_log_pages(
         &self,
         doc_id: DocId,
         limits: PageLimits,
         pages: tokio::sync::mpsc::Sender<LogPage>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<u64, StoreError>;
 
     /// As `read_log`, with only the oldest updates of the log: at most
     /// `limits.rows` rows, and no more once they hold `limits.bytes` bytes

@@ -165,7 +165,7 @@ async fn render(
     hooks: &Webhooks,
     doc: DocId,
 ) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
-    let (state, _) = crate::room::load::load_stored(hooks.store.as_ref(), doc).await?;
+    let (state, _, _) = crate::room::load::load_stored(hooks.store.as_ref(), doc).await?;
     let value = tokio::task::spawn_blocking(move || state.to_json()).await?;
     Ok(Some(value))
 }

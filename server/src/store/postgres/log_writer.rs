@@ -44,13 +44,15 @@ use std::future::Future;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Row};
 
-use super::super::{now_ms, DocId, LogWriter, PendingUpdate, StoreError};
+use super::super::{now_ms, AppendedRange, DocId, LogWriter, PendingUpdate, StoreError};
 use super::{CONNECT_TIMEOUT, DB_NOW_MS};
 
 pub struct PgLogWriter {
     /// Always `Some` until dropped.
     rt: Option<tokio::runtime::Runtime>,
     conn: PgConnection,
+    /// Where the last append numbered each document's updates.
+    appended: Vec<AppendedRange>,
 }
 
 impl Drop for PgLogWriter {
@@ -81,7 +83,11 @@ impl PgLogWriter {
                 Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
             }
         })?;
-        Ok(PgLogWriter { rt: Some(rt), conn })
+        Ok(PgLogWriter {
+            rt: Some(rt),
+            conn,
+            appended: Vec::new(),
+        })
     }
 }
 
@@ -116,8 +122,14 @@ impl LogWriter for PgLogWriter {
         if batch.is_empty() {
             return Ok(());
         }
+        self.appended.clear();
         let (rt, conn) = self.parts()?;
-        block(rt, append(conn, batch, track_changes))
+        self.appended = block(rt, append(conn, batch, track_changes))?;
+        Ok(())
+    }
+
+    fn appended(&mut self) -> Vec<AppendedRange> {
+        std::mem::take(&mut self.appended)
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -155,7 +167,7 @@ pub(super) async fn append(
     conn: &mut PgConnection,
     batch: &[PendingUpdate],
     track_changes: bool,
-) -> Result<(), StoreError> {
+) -> Result<Vec<AppendedRange>, StoreError> {
     let now = now_ms();
     let mut per_doc: BTreeMap<DocId, PerDoc> = BTreeMap::new();
     for u in batch {
@@ -181,7 +193,7 @@ pub(super) async fn append(
     per_doc.retain(|id, _| alive.binary_search(id).is_ok());
     if per_doc.is_empty() {
         tx.commit().await?;
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<DocId> = per_doc.keys().copied().collect();
     let counts: Vec<i64> = per_doc.values().map(|d| d.updates).collect();
@@ -206,6 +218,14 @@ pub(super) async fn append(
             d.next_seq = last - d.updates + 1;
         }
     }
+    let appended = per_doc
+        .iter()
+        .map(|(&doc_id, d)| AppendedRange {
+            doc_id,
+            last_seq: u64::try_from(d.next_seq + d.updates - 1).unwrap_or(0),
+            count: u32::try_from(d.updates).unwrap_or(u32::MAX),
+        })
+        .collect();
     let mut doc_ids = Vec::with_capacity(batch.len());
     let mut seqs = Vec::with_capacity(batch.len());
     let mut data: Vec<&[u8]> = Vec::with_capacity(batch.len());
@@ -230,7 +250,7 @@ pub(super) async fn append(
         track(&mut tx, &per_doc).await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(appended)
 }
 
 /// Adds a batch to the changes `document.updated` will report.

@@ -25,6 +25,7 @@
 //!
 //! A password in the URL is never printed: errors carry `redact_url`'s form.
 
+mod cluster;
 mod log_writer;
 
 use std::str::FromStr;
@@ -63,6 +64,9 @@ const LOAD_CONNECTIONS: u32 = 4;
 /// node's clock: nodes whose clocks disagree still agree on what is due.
 pub(super) const DB_NOW_MS: &str = "(floor(extract(epoch FROM now()) * 1000)::bigint)";
 
+/// The cluster's own connections: heartbeats, catching up.
+const CLUSTER_CONNECTIONS: u32 = 2;
+
 /// The reads that pair a snapshot with its log.
 const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
@@ -72,6 +76,8 @@ pub struct PgStore {
     /// open while its pages are applied, and must not take the connections
     /// the API, joins and webhooks need.
     loads: PgPool,
+    /// Heartbeats and catching up, for nodes sharing the database.
+    cluster: std::sync::Arc<cluster::PgCluster>,
     /// For the log writer's own connection.
     options: PgConnectOptions,
 }
@@ -127,9 +133,16 @@ impl PgStore {
             .max_connections(LOAD_CONNECTIONS)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options.clone());
+        // The cluster's reads are few and short, and must not wait behind
+        // the API's or the loads' (a node that cannot beat looks dead).
+        let cluster = PgPoolOptions::new()
+            .max_connections(CLUSTER_CONNECTIONS)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options.clone());
         Ok(PgStore {
             pool,
             loads,
+            cluster: std::sync::Arc::new(cluster::PgCluster::new(cluster)),
             options,
         })
     }
@@ -371,6 +384,10 @@ impl Store for PgStore {
         Ok(Box::new(PgLogWriter::open(&self.options)?))
     }
 
+    fn cluster(&self) -> Option<std::sync::Arc<dyn super::cluster::ClusterStore>> {
+        Some(self.cluster.clone())
+    }
+
     async fn compaction_candidates(
         &self,
         min_updates: u32,
@@ -401,7 +418,7 @@ impl Store for PgStore {
         doc_id: DocId,
         limits: PageLimits,
         pages: tokio::sync::mpsc::Sender<LogPage>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         // One snapshot, as in `read_log_rows`. Rows are streamed as they
         // arrive and `pages` is bounded, so the reader runs at most its
         // capacity (and the socket's buffers) ahead of whoever applies them.
@@ -426,7 +443,7 @@ impl Store for PgStore {
             while let Some(row) = rows.try_next().await? {
                 if !page.is_empty() && (page.len() >= limits.rows || bytes >= limits.bytes) {
                     if pages.send(std::mem::take(&mut page)).await.is_err() {
-                        return Ok(());
+                        return Ok(0);
                     }
                     bytes = 0;
                 }
@@ -434,12 +451,19 @@ impl Store for PgStore {
                 page.push(row);
             }
         }
+        // In the same snapshot: the log is gap-free and numbered in commit
+        // order, so this is the number of the last row read.
+        let last_seq: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM documents WHERE id = $1")
+                .bind(doc_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         tx.commit().await?;
         if !page.is_empty() {
             // A closed receiver has stopped wanting pages: not an error here.
             let _ = pages.send(page).await;
         }
-        Ok(())
+        Ok(u64::try_from(last_seq.unwrap_or(0)).unwrap_or(0))
     }
 
     async fn read_log_head(&self, doc_id: DocId, limits: PageLimits) -> Result<DocLog, StoreError> {

@@ -420,7 +420,7 @@ impl Store for SqliteStore {
         doc_id: DocId,
         limits: PageLimits,
         pages: tokio::sync::mpsc::Sender<LogPage>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         // One read transaction, as in `read_log_rows`. Rows are streamed
         // (sqlx steps the statement as they are taken), and `pages` is
         // bounded, so the reader never runs more than its capacity ahead of
@@ -447,7 +447,7 @@ impl Store for SqliteStore {
             while let Some(row) = rows.try_next().await? {
                 if !page.is_empty() && (page.len() >= limits.rows || bytes >= limits.bytes) {
                     if pages.send(std::mem::take(&mut page)).await.is_err() {
-                        return Ok(());
+                        return Ok(0);
                     }
                     bytes = 0;
                 }
@@ -460,7 +460,7 @@ impl Store for SqliteStore {
             // A closed receiver has stopped wanting pages: not an error here.
             let _ = pages.send(page).await;
         }
-        Ok(())
+        Ok(0)
     }
 
     async fn write_snapshot(
