@@ -10,7 +10,14 @@ use std::sync::Arc;
 mod common;
 
 use tandem::store::{
-    AttemptRecord, EndpointPatch, EndpointRow, NewEvent, Outcome, PendingUpdate, Store,
+    AttemptRecord, ChangesStamp, Debounce, EndpointPatch, EndpointRow, NewEvent, Outcome,
+    PendingUpdate, Report, Store,
+};
+
+/// Changes are due at once.
+const NOW: Debounce = Debounce {
+    debounce_ms: 0,
+    max_wait_ms: 0,
 };
 use tandem::webhooks::events;
 
@@ -43,11 +50,8 @@ fn event(event_type: &'static str) -> NewEvent {
     }
 }
 
-async fn all_due(store: &Arc<dyn Store>, now: i64) -> Vec<tandem::store::DueMessage> {
-    store
-        .lease_due(now, now + 60_000, 1000, 1000, &[])
-        .await
-        .unwrap()
+async fn all_due(store: &Arc<dyn Store>) -> Vec<tandem::store::DueMessage> {
+    store.lease_due(60_000, 1000, 1000, &[]).await.unwrap()
 }
 
 #[tokio::test]
@@ -87,7 +91,7 @@ async fn events_fan_out_to_enabled_subscribers_only() {
         )
         .await
         .unwrap();
-    let mut due: Vec<(String, String)> = all_due(&store, 10)
+    let mut due: Vec<(String, String)> = all_due(&store)
         .await
         .into_iter()
         .map(|m| (m.endpoint_id, m.payload))
@@ -121,24 +125,23 @@ async fn a_leased_message_is_not_leased_again_until_the_lease_ends() {
         .enqueue_events(&[event(events::WEBHOOK_TEST)], 100)
         .await
         .unwrap();
-    let first = store.lease_due(100, 5_000, 10, 10, &[]).await.unwrap();
+    let first = store.lease_due(300, 10, 10, &[]).await.unwrap();
     assert_eq!(first.len(), 1);
-    assert!(store
-        .lease_due(4_999, 9_000, 10, 10, &[])
-        .await
-        .unwrap()
-        .is_empty());
-    // A sender that crashed mid-attempt: the message comes back after the lease.
-    let again = store.lease_due(5_000, 9_000, 10, 10, &[]).await.unwrap();
+    assert!(store.lease_due(300, 10, 10, &[]).await.unwrap().is_empty());
+    // A sender that crashed mid-attempt: the message comes back after the
+    // lease, under a new token.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let again = store.lease_due(60_000, 10, 10, &[]).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, first[0].id);
+    assert_ne!(again[0].lease_token, first[0].lease_token);
     // A busy endpoint is skipped.
     store
         .enqueue_events(&[event(events::WEBHOOK_TEST)], 100)
         .await
         .unwrap();
     assert!(store
-        .lease_due(100, 200, 10, 10, &["ep".to_string()])
+        .lease_due(60_000, 10, 10, &["ep".to_string()])
         .await
         .unwrap()
         .is_empty());
@@ -155,7 +158,7 @@ async fn at_most_per_endpoint_messages_are_leased_per_endpoint() {
     }
     let burst: Vec<NewEvent> = (0..10).map(|_| event(events::WEBHOOK_TEST)).collect();
     store.enqueue_events(&burst, 1).await.unwrap();
-    let leased = store.lease_due(1, 100, 100, 3, &[]).await.unwrap();
+    let leased = store.lease_due(60_000, 100, 3, &[]).await.unwrap();
     let count = |id: &str| leased.iter().filter(|m| m.endpoint_id == id).count();
     assert_eq!((count("a"), count("b")), (3, 3));
 }
@@ -174,10 +177,11 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
         )
         .await
         .unwrap();
-    let leased = store.lease_due(10, 20, 10, 10, &[]).await.unwrap();
+    let leased = store.lease_due(60_000, 10, 10, &[]).await.unwrap();
     let (m1, m2) = (&leased[0], &leased[1]);
-    let record = |m: &str, at: i64, outcome: Outcome| AttemptRecord {
-        message_id: m.to_string(),
+    let record = |m: &tandem::store::DueMessage, at: i64, outcome: Outcome| AttemptRecord {
+        message_id: m.id.clone(),
+        lease_token: m.lease_token.clone(),
         endpoint_id: "ep".into(),
         attempted_at: at,
         status_code: Some(500),
@@ -186,7 +190,7 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
         outcome,
     };
     // m2 succeeds after m1's first attempt: m1 giving up does not disable.
-    let mut ok = record(&m2.id, 15, Outcome::Delivered);
+    let mut ok = record(m2, 15, Outcome::Delivered);
     ok.status_code = Some(200);
     ok.error = None;
     assert!(!store.record_attempt(&ok).await.unwrap());
@@ -194,7 +198,7 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
         disable_reason: "all failed".into(),
     };
     assert!(!store
-        .record_attempt(&record(&m1.id, 30, gave_up.clone()))
+        .record_attempt(&record(m1, 30, gave_up.clone()))
         .await
         .unwrap());
     assert!(store.get_endpoint("ep").await.unwrap().unwrap().enabled);
@@ -204,17 +208,24 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
         .enqueue_events(&[event(events::WEBHOOK_TEST)], 40)
         .await
         .unwrap();
+    // Its first attempt is later than the success, by the store's clock.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let m3 = store
-        .lease_due(50, 60, 10, 10, &[])
+        .lease_due(60_000, 10, 10, &[])
         .await
         .unwrap()
         .remove(0);
     assert!(!store
-        .record_attempt(&record(&m3.id, 50, Outcome::RetryAt(55)))
+        .record_attempt(&record(&m3, 50, Outcome::RetryIn(0)))
         .await
         .unwrap());
+    let m3 = store
+        .lease_due(60_000, 10, 10, &[])
+        .await
+        .unwrap()
+        .remove(0);
     assert!(store
-        .record_attempt(&record(&m3.id, 56, gave_up))
+        .record_attempt(&record(&m3, 56, gave_up))
         .await
         .unwrap());
     let e = store.get_endpoint("ep").await.unwrap().unwrap();
@@ -225,7 +236,8 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
     let m3_log = log.iter().find(|d| d.id == m3.id).unwrap();
     assert_eq!(m3_log.status, "failed");
     assert_eq!(m3_log.attempts.len(), 2);
-    assert_eq!(m3_log.attempts[0].next_retry_at, Some(55));
+    assert!(m3_log.attempts[0].next_retry_at.is_some());
+    assert_eq!(m3_log.attempts[1].next_retry_at, None);
     // A disabled endpoint's messages are not leased; re-enabling clears the reason.
     store
         .enqueue_events(&[event(events::WEBHOOK_TEST)], 70)
@@ -235,7 +247,7 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
         .enqueue_events(&[event(events::WEBHOOK_TEST)], 70)
         .await
         .is_ok());
-    assert!(all_due(&store, 80).await.is_empty());
+    assert!(all_due(&store).await.is_empty());
     let e = store
         .update_endpoint(
             "ep",
@@ -251,7 +263,7 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
     assert!(e.enabled && e.disabled_reason.is_none());
     // A manual retry makes the failed message due again, same id.
     assert!(store.retry_message("ep", &m3.id, 100).await.unwrap());
-    assert!(all_due(&store, 100).await.iter().any(|m| m.id == m3.id));
+    assert!(all_due(&store).await.iter().any(|m| m.id == m3.id));
     assert!(!store.retry_message("ep", "msg_nope", 100).await.unwrap());
 }
 
@@ -283,14 +295,56 @@ async fn document_changes_are_written_with_the_updates_and_reported_once() {
         *seen.lock().unwrap() = Some(c.clone());
         events::document_updated(c, None, 5)
     };
-    assert!(store.report_changes(doc.id, 5, &build).await.unwrap());
+    // Not due yet: the last change is younger than the debounce.
+    let later = Debounce {
+        debounce_ms: 60_000,
+        max_wait_ms: 60_000,
+    };
+    assert_eq!(
+        store
+            .report_changes(doc.id, later, None, 5, &build)
+            .await
+            .unwrap(),
+        Report::Nothing
+    );
+    let pending = store.pending_reports(later, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].due_in_ms > 50_000, "{pending:?}");
+    let stamp = pending[0].stamp;
+    assert_eq!(stamp.updates, 4);
+    // Due, but not in the state the caller rendered: nothing is written.
+    let stale = ChangesStamp {
+        updates: 3,
+        ..stamp
+    };
+    assert_eq!(
+        store
+            .report_changes(doc.id, NOW, Some(stale), 5, &build)
+            .await
+            .unwrap(),
+        Report::Changed(stamp)
+    );
+    assert!(seen.lock().unwrap().is_none());
+    assert_eq!(
+        store
+            .report_changes(doc.id, NOW, Some(stamp), 5, &build)
+            .await
+            .unwrap(),
+        Report::Sent
+    );
     let c = seen.lock().unwrap().clone().unwrap();
     assert_eq!((c.updates, c.bytes), (4, 8));
     assert_eq!(c.users, vec!["alice".to_string(), "bob".to_string()]);
     assert_eq!(c.name, "d");
-    assert!(!store.report_changes(doc.id, 6, &build).await.unwrap());
+    assert_eq!(
+        store
+            .report_changes(doc.id, NOW, None, 6, &build)
+            .await
+            .unwrap(),
+        Report::Nothing
+    );
     assert!(store.pending_changes().await.unwrap().is_empty());
-    let due = all_due(&store, 10).await;
+    let due = all_due(&store).await;
     assert_eq!(due.len(), 1);
     assert!(due[0].payload.contains(r#""users":["alice","bob"]"#));
 

@@ -187,8 +187,8 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
     // Two nodes lease at once: every message goes to exactly one.
     let other = tandem::store::open(&db.db_url()).await.unwrap();
     let (x, y) = tokio::join!(
-        store.lease_due(100, 60_000, 1000, 1000, &[]),
-        other.lease_due(100, 60_000, 1000, 1000, &[])
+        store.lease_due(60_000, 1000, 1000, &[]),
+        other.lease_due(60_000, 1000, 1000, &[])
     );
     let (x, y) = (x.unwrap(), y.unwrap());
     let ids: BTreeSet<String> = x.iter().chain(&y).map(|m| m.id.clone()).collect();
@@ -197,13 +197,24 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
     assert!(x.iter().all(|m| m.payload == "{\"content\":1}"));
     // Leased: not due again until the lease ends.
     assert!(store
-        .lease_due(200, 60_000, 1000, 1000, &[])
+        .lease_due(60_000, 1000, 1000, &[])
         .await
         .unwrap()
         .is_empty());
-    // Per endpoint, and busy endpoints skipped.
+    // Per endpoint, and busy endpoints skipped (made due again by hand).
+    for m in x
+        .iter()
+        .chain(&y)
+        .filter(|m| m.endpoint_id == "ep_a")
+        .take(4)
+    {
+        store.retry_message(&m.endpoint_id, &m.id, 0).await.unwrap();
+    }
+    for m in x.iter().chain(&y).filter(|m| m.endpoint_id == "ep_b") {
+        store.retry_message(&m.endpoint_id, &m.id, 0).await.unwrap();
+    }
     let again = store
-        .lease_due(60_000, 120_000, 1000, 3, &["ep_b".to_string()])
+        .lease_due(60_000, 1000, 3, &["ep_b".to_string()])
         .await
         .unwrap();
     assert_eq!(again.len(), 3);
@@ -212,6 +223,7 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
     let m = &again[0];
     let record = |outcome| AttemptRecord {
         message_id: m.id.clone(),
+        lease_token: m.lease_token.clone(),
         endpoint_id: m.endpoint_id.clone(),
         attempted_at: 60_001,
         status_code: Some(500),
@@ -220,9 +232,27 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
         outcome,
     };
     assert!(!store
-        .record_attempt(&record(Outcome::RetryAt(70_000)))
+        .record_attempt(&record(Outcome::RetryIn(0)))
         .await
         .unwrap());
+    // Due again at once, with the fourth made due by hand: the others of
+    // the three are leased still.
+    let retried = store
+        .lease_due(60_000, 1000, 1000, &["ep_b".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(retried.len(), 2);
+    let m = retried.iter().find(|r| r.id == m.id).unwrap();
+    let record = |outcome| AttemptRecord {
+        message_id: m.id.clone(),
+        lease_token: m.lease_token.clone(),
+        endpoint_id: m.endpoint_id.clone(),
+        attempted_at: 60_001,
+        status_code: Some(500),
+        latency_ms: 3,
+        error: Some("boom".into()),
+        outcome,
+    };
     assert!(store
         .record_attempt(&record(Outcome::GaveUp {
             disable_reason: "failing".into()

@@ -242,14 +242,19 @@ pub struct DueMessage {
     pub payload: String,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// This lease's token: the attempt is recorded only while the message
+    /// still holds it (see `record_attempt`).
+    pub lease_token: String,
 }
 
 /// What became of an attempt, and so of its message.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Delivered,
-    /// Failed; the next attempt is due at this time (unix ms).
-    RetryAt(i64),
+    /// Failed; the next attempt is due this many milliseconds after the
+    /// attempt is recorded, by the store's clock (the database's, on
+    /// PostgreSQL, which every node's leases compare with).
+    RetryIn(i64),
     /// Failed for the last time. The endpoint is disabled with this reason
     /// unless something was delivered to it since the message's first attempt.
     GaveUp {
@@ -260,6 +265,8 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub message_id: String,
+    /// The token of the lease the attempt was made under.
+    pub lease_token: String,
     pub endpoint_id: String,
     /// Unix milliseconds.
     pub attempted_at: i64,
@@ -307,6 +314,46 @@ pub struct DocChanges {
 
 /// Builds a `document.updated` event from the changes it reports.
 pub type ChangesEvent<'a> = &'a (dyn Fn(&DocChanges) -> NewEvent + Send + Sync);
+
+/// One state of a document's unreported changes: they changed when either
+/// part did (the first change is new once a report took the earlier ones;
+/// the count grows with every change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangesStamp {
+    pub first_change_at: i64,
+    pub updates: i64,
+}
+
+/// When a `document.updated` falls due: `debounce` after a document's last
+/// change, at most `max_wait` after its first unreported one. Milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Debounce {
+    pub debounce_ms: i64,
+    pub max_wait_ms: i64,
+}
+
+/// A document with unreported changes, by when their report falls due.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingReport {
+    pub doc_id: DocId,
+    pub stamp: ChangesStamp,
+    /// Milliseconds until it is due by the database's clock; zero or less
+    /// when due.
+    pub due_in_ms: i64,
+}
+
+/// What `report_changes` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The event was written and the changes cleared.
+    Sent,
+    /// Nothing to report: no changes, not due yet, or another reporter
+    /// (another node) is reporting them right now.
+    Nothing,
+    /// The changes are due but moved on from the stamp the caller expected;
+    /// this is their stamp now. Nothing was written.
+    Changed(ChangesStamp),
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -420,6 +467,11 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<(), StoreError>;
 
+    /// Counts the changes to endpoints: every call below that changes one
+    /// (and `record_attempt` when it disables one) adds one in its own
+    /// transaction, so a node that sees it move knows to reload them.
+    async fn webhook_config_version(&self) -> Result<i64, StoreError>;
+
     async fn create_endpoint(&self, endpoint: &EndpointRow) -> Result<(), StoreError>;
     async fn list_endpoints(&self) -> Result<Vec<EndpointRow>, StoreError>;
     async fn get_endpoint(&self, id: &str) -> Result<Option<EndpointRow>, StoreError>;
@@ -440,18 +492,23 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Leases up to `limit` due messages of enabled endpoints (at most
-    /// `per_endpoint` each, none of `busy` endpoints) until `lease_until`.
+    /// `per_endpoint` each, none of `busy` endpoints) for `lease_ms`
+    /// milliseconds, each with a new lease token. Due, and the lease's end,
+    /// are by the store's clock (the database's on PostgreSQL), so senders
+    /// on nodes whose clocks disagree agree on them.
     async fn lease_due(
         &self,
-        now: i64,
-        lease_until: i64,
+        lease_ms: i64,
         limit: u32,
         per_endpoint: u32,
         busy: &[String],
     ) -> Result<Vec<DueMessage>, StoreError>;
 
-    /// Records an attempt and its outcome in one transaction. Returns
-    /// whether the endpoint was disabled by it.
+    /// Records an attempt and its outcome in one transaction, if the
+    /// message still holds the attempt's lease token: a sender whose lease
+    /// ran out, and which another sender has leased since, records nothing
+    /// (the newer attempt's result stands). Returns whether the endpoint
+    /// was disabled by it.
     async fn record_attempt(&self, attempt: &AttemptRecord) -> Result<bool, StoreError>;
 
     /// An endpoint's delivery log, newest first (by `created_at`, then
@@ -478,18 +535,32 @@ pub trait Store: Send + Sync + 'static {
     /// Documents with unreported changes: `(doc_id, first_change_at, last_change_at)`.
     async fn pending_changes(&self) -> Result<Vec<(DocId, i64, i64)>, StoreError>;
 
+    /// Up to `limit` documents with unreported changes, those due soonest
+    /// first. Due means by the database's clock, which the changes' times
+    /// are written in, so that nodes whose clocks disagree agree on it.
+    async fn pending_reports(
+        &self,
+        debounce: Debounce,
+        limit: u32,
+    ) -> Result<Vec<PendingReport>, StoreError>;
+
     /// The name of the document `doc_id`, if it exists.
     async fn doc_name(&self, doc_id: DocId) -> Result<Option<String>, StoreError>;
 
     /// Turns a document's unreported changes into an event (built by
-    /// `event`) and clears them, in one transaction. Returns false when
-    /// there were none.
+    /// `event`) and clears them, in one transaction, if they are due (by
+    /// the database's clock) and no other reporter holds them: of several
+    /// nodes reporting at once, one writes the event. With `expect`, only
+    /// if they are still in that state (the event's content was rendered
+    /// after it was read, so it holds every change counted).
     async fn report_changes(
         &self,
         doc_id: DocId,
+        debounce: Debounce,
+        expect: Option<ChangesStamp>,
         now: i64,
         event: ChangesEvent<'_>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Report, StoreError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

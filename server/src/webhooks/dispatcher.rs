@@ -3,7 +3,10 @@
 //! records every attempt with its outcome. A lease moves the message's next
 //! attempt past the time an attempt can take, so a crash mid-attempt only
 //! delays it (at-least-once); several nodes sharing a database never send
-//! the same attempt twice.
+//! the same attempt twice. Each lease has a token, and an attempt is
+//! recorded only under the token it was leased with: a sender so late that
+//! its lease ran out and another sender leased the message again records
+//! nothing over the newer attempt.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -96,11 +99,10 @@ impl Dispatcher {
                 .filter(|(_, n)| **n >= per_endpoint)
                 .map(|(id, _)| id.clone())
                 .collect();
-            let now = now_ms();
             let leased = self
                 .hooks
                 .store
-                .lease_due(now, now.saturating_add(lease), BATCH, per_endpoint, &busy)
+                .lease_due(lease, BATCH, per_endpoint, &busy)
                 .await;
             match leased {
                 Ok(messages) => {
@@ -188,7 +190,7 @@ impl Dispatcher {
         let outcome = if error.is_none() {
             Outcome::Delivered
         } else if let Some(wait) = schedule.get(made as usize - 1) {
-            Outcome::RetryAt(now_ms().saturating_add(jittered(*wait)))
+            Outcome::RetryIn(jittered(*wait))
         } else {
             Outcome::GaveUp {
                 disable_reason: format!(
@@ -208,6 +210,7 @@ impl Dispatcher {
         }
         let record = AttemptRecord {
             message_id: message.id.clone(),
+            lease_token: message.lease_token.clone(),
             endpoint_id: endpoint.id.clone(),
             attempted_at,
             status_code,

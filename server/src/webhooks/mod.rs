@@ -4,7 +4,8 @@
 //! endpoint, in the transaction of the change that caused them where there is
 //! one (`store`): a document's creation and deletion, and its updates, whose
 //! counts accumulate in `doc_changes` beside the updates themselves until the
-//! debouncer (`outbox`) reports them. Connection events, which change nothing
+//! reporter (`outbox`) of some node claims them when they fall due, by the
+//! database's clock, and writes their event. Connection events, which change nothing
 //! stored, go through a coalescing queue that `outbox` writes in batches.
 //! The `dispatcher` leases due messages, signs (`signer`) and sends them
 //! through an HTTP client that cannot reach internal addresses (`ssrf`), and
@@ -16,10 +17,13 @@ pub mod outbox;
 pub mod signer;
 pub mod ssrf;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 
+use std::time::Duration;
+
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::WebhookSettings;
 use crate::store::{DocId, NewEvent, Store, StoreError};
@@ -34,17 +38,25 @@ pub struct Webhooks {
     queue_wake: Notify,
     /// Wakes the dispatcher when new messages are in the outbox.
     dispatch_wake: Notify,
-    /// Documents with unreported changes: `(first, last)` change times.
-    changes: Mutex<HashMap<DocId, (i64, i64)>>,
-    /// Wakes the debouncer when `changes` stops being empty.
+    /// Wakes the reporter of document changes: this node wrote some. (It
+    /// polls the database too, for those written by other nodes.)
     changes_wake: Notify,
     /// Makes connection ids unique across restarts.
     instance: String,
 }
 
+/// How often every node reads the endpoints' change counter (one row) to
+/// learn of changes made through other nodes: a change governs every
+/// node's deliveries within this, plus a reload (SPEC §7: within 1 s).
+const CONFIG_POLL: Duration = Duration::from_millis(250);
+
 /// What the enabled endpoints listen to, so that work nobody wants is skipped.
 #[derive(Debug, Default)]
 struct Subscriptions {
+    /// The endpoints' change counter (`Store::webhook_config_version`) read
+    /// before the endpoints were: a reload that read an older one never
+    /// replaces this, and a counter that moved past it means reloading.
+    version: i64,
     /// Some endpoint is enabled (so the dispatcher has something to poll for).
     any: bool,
     types: HashSet<String>,
@@ -57,12 +69,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Webhooks {
-    /// Loads the endpoints and the changes left unreported by the last run.
+    /// Loads the endpoints. (Changes left unreported by the last run are in
+    /// the database, where the reporter finds them.)
     pub async fn start(
         store: Arc<dyn Store>,
         settings: WebhookSettings,
     ) -> Result<Arc<Self>, StoreError> {
-        let pending = store.pending_changes().await?;
         let hooks = Arc::new(Webhooks {
             store,
             settings,
@@ -70,12 +82,6 @@ impl Webhooks {
             queue: Mutex::new(Vec::new()),
             queue_wake: Notify::new(),
             dispatch_wake: Notify::new(),
-            changes: Mutex::new(
-                pending
-                    .into_iter()
-                    .map(|(doc, first, last)| (doc, (first, last)))
-                    .collect(),
-            ),
             changes_wake: Notify::new(),
             instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         });
@@ -88,9 +94,13 @@ impl Webhooks {
     }
 
     /// Re-reads which events enabled endpoints subscribe to; called after
-    /// every change to an endpoint.
+    /// every change to an endpoint made here, and by `watch_config` when
+    /// another node made one.
     pub async fn refresh(&self) -> Result<(), StoreError> {
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions {
+            version: self.store.webhook_config_version().await?,
+            ..Subscriptions::default()
+        };
         for e in self
             .store
             .list_endpoints()
@@ -107,12 +117,57 @@ impl Webhooks {
             subs.all |= e.events.iter().any(|t| t == "*");
             subs.types.extend(e.events.iter().cloned());
         }
-        *self
-            .subscriptions
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = subs;
+        {
+            let mut current = self
+                .subscriptions
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            // Of two reloads finishing out of order, the older is dropped.
+            if subs.version >= current.version {
+                *current = subs;
+            }
+        }
         self.dispatch_wake.notify_one();
+        self.changes_wake.notify_one();
         Ok(())
+    }
+
+    /// Reloads the endpoints whenever their change counter moves, until
+    /// shutdown: changes made through other nodes (which share the
+    /// database, not this memory) govern this node's events and deliveries
+    /// within `CONFIG_POLL` and a reload. A single-row read, so cheap
+    /// enough to poll; no Redis needed.
+    pub async fn watch_config(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CONFIG_POLL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let seen = self.config_version();
+            let result = match self.store.webhook_config_version().await {
+                Ok(version) if version != seen => self.refresh().await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => failing = false,
+                // Said once per outage, not four times a second.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "reloading webhook endpoints failed; will retry");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The endpoints' change counter as of the last reload.
+    pub fn config_version(&self) -> i64 {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .version
     }
 
     /// Whether some enabled endpoint listens to `event_type`.
@@ -142,17 +197,13 @@ impl Webhooks {
         self.queue_wake.notify_one();
     }
 
-    /// Notes that these documents' changes were committed at `now`.
-    pub fn note_changes(&self, docs: impl IntoIterator<Item = DocId>, now: i64) {
-        let mut changes = lock(&self.changes);
-        if changes.is_empty() {
+    /// Notes that these documents' changes were committed at `now`. The
+    /// changes themselves are counted in the database, by the transaction
+    /// that wrote them, where every node's reporter sees them; this only
+    /// wakes this node's reporter, which otherwise polls.
+    pub fn note_changes(&self, docs: impl IntoIterator<Item = DocId>, _now: i64) {
+        if docs.into_iter().next().is_some() {
             self.changes_wake.notify_one();
-        }
-        for doc in docs {
-            changes
-                .entry(doc)
-                .and_modify(|(_, last)| *last = now)
-                .or_insert((now, now));
         }
     }
 

@@ -1,7 +1,9 @@
 //! Writing events into the outbox, off the relay path: the writer drains the
 //! queue of connection events in one transaction per batch, and the
-//! debouncer turns accumulated document changes into `document.updated`
-//! when a document has been quiet for `debounce`, or changing for `max_wait`.
+//! debouncer (every node runs one) turns the document changes every node
+//! accumulates in the database into `document.updated` when a document has
+//! been quiet for `debounce`, or changing for `max_wait`, by the database's
+//! clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{events, lock, Webhooks};
-use crate::store::{now_ms, DocId};
+use crate::store::{now_ms, Debounce, DocId, PendingReport, Report};
 
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -45,71 +47,116 @@ pub async fn run_writer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
     }
 }
 
-/// Reports document changes as `document.updated` events. It sleeps until
-/// the earliest report is due (a change noted later is never due earlier:
-/// its time is at least every earlier change's), or until changes appear.
+/// How often the reporter looks for due changes while some endpoint wants
+/// them: changes written by other nodes reach it only through the
+/// database. A report goes out at most this long after it falls due.
+const REPORT_POLL: Duration = Duration::from_millis(250);
+/// How long the reporter sleeps when no endpoint wants `document.updated`
+/// and nothing is pending: changes written here, and endpoint changes, wake
+/// it.
+const REPORT_IDLE: Duration = Duration::from_secs(3600);
+/// Documents looked at per round.
+const REPORT_BATCH: u32 = 256;
+/// Times a report's content is rendered again because changes came in while
+/// it was rendered; then it goes out with the last rendering, so that a
+/// document that never stops changing is still reported.
+const RENDER_ROUNDS: usize = 3;
+
+/// Reports document changes as `document.updated` events. Every node runs
+/// one: it reads which documents' changes fall due (`debounce` after the
+/// last change, at most `max_wait` after the first) by the database's clock,
+/// and claims each; of several nodes claiming one at once, one reports it.
+/// Changes from every node accumulate in the same rows, so a report counts
+/// them all.
 pub async fn run_debouncer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
-    let debounce = millis(hooks.settings.debounce);
-    let max_wait = millis(hooks.settings.max_wait);
-    let due_at = |(first, last): (i64, i64)| (last + debounce).min(first + max_wait);
+    let debounce = Debounce {
+        debounce_ms: millis(hooks.settings.debounce),
+        max_wait_ms: millis(hooks.settings.max_wait),
+    };
     loop {
-        let earliest = lock(&hooks.changes).values().map(|c| due_at(*c)).min();
-        let wait = match earliest {
-            None => Duration::from_secs(3600),
-            Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+        // Changes are counted only while some endpoint wants them; without
+        // one, what is pending is reported when due and nothing is polled.
+        let mut wait = if hooks.wants(events::DOCUMENT_UPDATED) {
+            REPORT_POLL
+        } else {
+            REPORT_IDLE
         };
-        if !wait.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = hooks.changes_wake.notified() => {}
-                _ = shutdown.cancelled() => return,
-            }
-        }
-        let now = now_ms();
-        let due: Vec<(DocId, (i64, i64))> = lock(&hooks.changes)
-            .iter()
-            .filter(|(_, c)| due_at(**c) <= now)
-            .map(|(doc, seen)| (*doc, *seen))
-            .collect();
-        for (doc, seen) in due {
-            match report(&hooks, doc).await {
-                Ok(()) => {
-                    let mut changes = lock(&hooks.changes);
-                    match changes.get(&doc).copied() {
-                        Some(now_seen) if now_seen != seen => {
-                            // Changes noted meanwhile may have missed this report.
-                            changes.insert(doc, (now_seen.1, now_seen.1));
-                        }
-                        _ => {
-                            changes.remove(&doc);
-                        }
+        let mut more = false;
+        match hooks.store.pending_reports(debounce, REPORT_BATCH).await {
+            Ok(pending) => {
+                more = pending.len() == REPORT_BATCH as usize;
+                for p in &pending {
+                    // Sorted by when they fall due: the first not yet due
+                    // says how long to sleep.
+                    if p.due_in_ms > 0 {
+                        more = false;
+                        wait = wait.min(Duration::from_millis(
+                            u64::try_from(p.due_in_ms).unwrap_or(0),
+                        ));
+                        break;
+                    }
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    if let Err(e) = report(&hooks, p, debounce).await {
+                        tracing::warn!(doc_id = p.doc_id, error = %e, "reporting document changes failed; will retry");
+                        more = false;
+                        wait = wait.min(RETRY_BACKOFF);
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(doc_id = doc, error = %e, "reporting document changes failed; will retry");
-                    tokio::time::sleep(RETRY_BACKOFF).await;
-                }
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading document changes failed; will retry");
+                wait = wait.min(RETRY_BACKOFF);
+            }
+        }
+        if more {
+            continue;
+        }
+        // While polling anyway, the wake-ups of this node's own writes are
+        // not needed (they come with every commit).
+        let idle = wait == REPORT_IDLE;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = hooks.changes_wake.notified(), if idle => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }
 
 async fn report(
     hooks: &Webhooks,
-    doc: DocId,
+    pending: &PendingReport,
+    debounce: Debounce,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    // The content is rendered from storage, which holds every reported change.
-    let content = if hooks.wants_content() {
-        render(hooks, doc).await?
-    } else {
-        None
-    };
-    let now = now_ms();
-    let build = |changes: &crate::store::DocChanges| {
-        events::document_updated(changes, content.as_ref(), now)
-    };
-    if hooks.store.report_changes(doc, now, &build).await? {
-        hooks.messages_written();
+    let doc = pending.doc_id;
+    let mut expect = pending.stamp;
+    for round in 1..=RENDER_ROUNDS {
+        // The content is rendered from storage after the changes' state was
+        // read: the report is written only if they are still in that state,
+        // so the content holds every change it counts.
+        let content = if hooks.wants_content() {
+            render(hooks, doc).await?
+        } else {
+            None
+        };
+        let expected = Some(expect).filter(|_| content.is_some() && round < RENDER_ROUNDS);
+        let now = now_ms();
+        let build = |changes: &crate::store::DocChanges| {
+            events::document_updated(changes, content.as_ref(), now)
+        };
+        match hooks
+            .store
+            .report_changes(doc, debounce, expected, now, &build)
+            .await?
+        {
+            Report::Sent => {
+                hooks.messages_written();
+                return Ok(());
+            }
+            Report::Nothing => return Ok(()),
+            Report::Changed(stamp) => expect = stamp,
+        }
     }
     Ok(())
 }

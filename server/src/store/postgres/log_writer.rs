@@ -24,7 +24,8 @@
 //! 2. `UPDATE documents SET last_seq = last_seq + k, …` numbers the updates
 //!    `last_seq + 1 ..= last_seq + k` and adds them to the counters;
 //! 3. one `INSERT … SELECT FROM unnest(…)` writes them;
-//! 4. the `document.updated` tally, when asked for;
+//! 4. the `document.updated` tally, when asked for (counts summed, users
+//!    merged, times from the database's clock: any node may report it);
 //! 5. `COMMIT`.
 //!
 //! The row lock is held until the commit, so a document's sequence numbers
@@ -44,7 +45,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Row};
 
 use super::super::{now_ms, AppendedRange, DocId, LogWriter, PendingUpdate, StoreError};
-use super::CONNECT_TIMEOUT;
+use super::{CONNECT_TIMEOUT, DB_NOW_MS};
 
 pub struct PgLogWriter {
     /// Always `Some` until dropped.
@@ -246,7 +247,7 @@ pub(super) async fn append(
     .execute(&mut *tx)
     .await?;
     if track_changes {
-        track(&mut tx, &per_doc, now).await?;
+        track(&mut tx, &per_doc).await?;
     }
     tx.commit().await?;
     Ok(appended)
@@ -256,22 +257,24 @@ pub(super) async fn append(
 async fn track(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     per_doc: &BTreeMap<DocId, PerDoc>,
-    now: i64,
 ) -> Result<(), StoreError> {
     let ids: Vec<DocId> = per_doc.keys().copied().collect();
     let counts: Vec<i64> = per_doc.values().map(|d| d.updates).collect();
     let bytes: Vec<i64> = per_doc.values().map(|d| d.bytes).collect();
-    sqlx::query(
+    // The times are the database's (see `DB_NOW_MS`): every node's reporter
+    // compares them with its clock to tell when they are due.
+    sqlx::query(&format!(
         "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at)
-         SELECT v.id, v.k, v.b, $4, $4 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, k, b)
+         SELECT v.id, v.k, v.b, {DB_NOW_MS}, {DB_NOW_MS}
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, k, b)
          ON CONFLICT (doc_id) DO UPDATE SET updates = doc_changes.updates + excluded.updates,
            bytes = doc_changes.bytes + excluded.bytes,
-           last_change_at = GREATEST(doc_changes.last_change_at, excluded.last_change_at)",
-    )
+           first_change_at = LEAST(doc_changes.first_change_at, excluded.first_change_at),
+           last_change_at = GREATEST(doc_changes.last_change_at, excluded.last_change_at)"
+    ))
     .bind(&ids)
     .bind(&counts)
     .bind(&bytes)
-    .bind(now)
     .execute(&mut **tx)
     .await?;
     let mut user_docs = Vec::new();

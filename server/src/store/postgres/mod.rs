@@ -2,8 +2,7 @@
 //! migrations in `migrations/postgres/`: the same tables as SQLite's, in
 //! PostgreSQL's types (BYTEA, BIGINT unix milliseconds, BOOLEAN, JSONB).
 //!
-//! It is built for several nodes sharing one database, though this build
-//! runs one:
+//! It is built for several nodes sharing one database:
 //! - The update log is numbered per document (`doc_updates.seq`), gap-free
 //!   and in commit order: the log writer (`log_writer`) locks the
 //!   document's row while it numbers and inserts. The `i64` row ids of the
@@ -15,10 +14,12 @@
 //!   own already written does nothing.
 //! - Reads of a snapshot with its log use one `REPEATABLE READ` snapshot.
 //! - The outbox is claimed with `FOR UPDATE SKIP LOCKED`, so senders on
-//!   several nodes never claim one message twice. Claims compare with the
-//!   `now` the caller passes (the node's clock), like SQLite: every other
-//!   outbox time (`next_attempt_at` of new and retried messages) is written
-//!   from that clock too, and the database's clock would mix two.
+//!   several nodes never claim one message twice, and each lease carries a
+//!   token that recording its attempt requires (a sender whose lease ran
+//!   out cannot overwrite a newer attempt). Every time nodes compare with
+//!   each other's (`next_attempt_at` of new, leased and retried messages,
+//!   `first_attempt_at` and `last_success_at`, the unreported changes of a
+//!   document) is the database's clock (`DB_NOW_MS`), never a node's.
 //! - Migrations take sqlx's advisory lock: nodes starting at once on an
 //!   empty database run them once.
 //!
@@ -38,9 +39,10 @@ use sqlx::Row;
 
 pub use self::log_writer::PgLogWriter;
 use super::{
-    now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, DeliveryRow, DocChanges, DocId,
-    DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage, LogWriter,
-    NewEvent, Outcome, PageLimits, Quarantined, Store, StoreError,
+    now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce,
+    DeliveryRow, DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow,
+    FoundDoc, LogPage, LogWriter, NewEvent, Outcome, PageLimits, PendingReport, Quarantined,
+    Report, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -55,6 +57,12 @@ const POOL_CONNECTIONS: u32 = 8;
 /// Documents loading at once; more wait for a connection (applying pages
 /// is CPU work, so more would not finish sooner).
 const LOAD_CONNECTIONS: u32 = 4;
+
+/// The database's clock in unix milliseconds (the transaction's start).
+/// Times that nodes compare with each other's (the unreported changes of a
+/// document, which any node may report) are taken from it, never from a
+/// node's clock: nodes whose clocks disagree still agree on what is due.
+pub(super) const DB_NOW_MS: &str = "(floor(extract(epoch FROM now()) * 1000)::bigint)";
 
 /// The cluster's own connections: heartbeats, catching up.
 const CLUSTER_CONNECTIONS: u32 = 2;
@@ -227,21 +235,31 @@ fn events_json(events: &[String]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
 }
 
+/// Counts a change to the endpoints, in the transaction that makes it (see
+/// `Store::webhook_config_version`).
+async fn bump_config(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE webhook_config SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Writes one message per enabled endpoint subscribed to the event's type.
 async fn fan_out(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     event: &NewEvent,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    // Due at once by the database's clock, which senders compare with.
+    sqlx::query(&format!(
         "INSERT INTO webhook_messages
            (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
          SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), e.id, $1,
            CASE WHEN e.include_content AND $3::text IS NOT NULL THEN $3 ELSE $2 END,
-           'pending', $4, $4
+           'pending', {DB_NOW_MS}, $4
          FROM webhook_endpoints e
-         WHERE e.enabled AND e.events ?| ARRAY[$1::text, '*']",
-    )
+         WHERE e.enabled AND e.events ?| ARRAY[$1::text, '*']"
+    ))
     .bind(event.event_type)
     .bind(&event.payload)
     .bind(&event.payload_with_content)
@@ -259,17 +277,28 @@ impl Store for PgStore {
         now: i64,
         created: Option<&NewEvent>,
     ) -> Result<FoundDoc, StoreError> {
-        if let Some(meta) = self.create(name, now, created).await? {
-            return Ok(FoundDoc {
-                id: meta.id,
-                created: true,
-            });
+        // Of several nodes creating one name at once, `create` lets one
+        // insert it and write its event; the others find it. One that is
+        // deleted between the two (by a node's API call) is created again.
+        let mut tries = 0;
+        loop {
+            if let Some(meta) = self.create(name, now, created).await? {
+                return Ok(FoundDoc {
+                    id: meta.id,
+                    created: true,
+                });
+            }
+            let id: Option<DocId> = sqlx::query_scalar("SELECT id FROM documents WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+            tries += 1;
+            match id {
+                Some(id) => return Ok(FoundDoc { id, created: false }),
+                None if tries < 3 => continue,
+                None => return Err(StoreError::Database(sqlx::Error::RowNotFound)),
+            }
         }
-        let id: DocId = sqlx::query_scalar("SELECT id FROM documents WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(FoundDoc { id, created: false })
     }
 
     async fn create(
@@ -553,11 +582,11 @@ impl Store for PgStore {
         event: &NewEvent,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO webhook_messages
                (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
-             VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
-        )
+             VALUES ($1, $2, $3, $4, 'pending', {DB_NOW_MS}, $5)"
+        ))
         .bind(message_id)
         .bind(endpoint_id)
         .bind(event.event_type)
@@ -568,7 +597,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn webhook_config_version(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM webhook_config WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn create_endpoint(&self, e: &EndpointRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, url, events, description, include_content, enabled,
                disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at)
@@ -586,8 +624,10 @@ impl Store for PgStore {
         .bind(e.previous_secret_expires_at)
         .bind(e.created_at)
         .bind(e.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -662,6 +702,7 @@ impl Store for PgStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        bump_config(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(e))
     }
@@ -673,6 +714,7 @@ impl Store for PgStore {
         previous_expires_at: i64,
         now: i64,
     ) -> Result<Option<EndpointRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE webhook_endpoints SET previous_secret = secret,
                previous_secret_expires_at = $3, secret = $2, updated_at = $4 WHERE id = $1
@@ -682,23 +724,34 @@ impl Store for PgStore {
         .bind(secret)
         .bind(previous_expires_at)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(endpoint).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let e = endpoint(&row)?;
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Some(e))
     }
 
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn lease_due(
         &self,
-        now: i64,
-        lease_until: i64,
+        lease_ms: i64,
         limit: u32,
         per_endpoint: u32,
         busy: &[String],
@@ -706,24 +759,26 @@ impl Store for PgStore {
         // Up to `per_endpoint` due messages of each enabled endpoint,
         // locked (and those another sender holds skipped), then the `limit`
         // due first among them. Rows locked but not chosen are free again
-        // when this statement's transaction ends, a moment later.
-        let rows = sqlx::query(
+        // when this statement's transaction ends, a moment later. Each
+        // chosen row gets a token of its own with its lease.
+        let rows = sqlx::query(&format!(
             "WITH chosen AS (
                SELECT c.id FROM webhook_endpoints e
                CROSS JOIN LATERAL (
                  SELECT m.id, m.next_attempt_at FROM webhook_messages m
-                 WHERE m.endpoint_id = e.id AND m.status = 'pending' AND m.next_attempt_at <= $1
-                 ORDER BY m.next_attempt_at LIMIT $3
+                 WHERE m.endpoint_id = e.id AND m.status = 'pending'
+                   AND m.next_attempt_at <= {DB_NOW_MS}
+                 ORDER BY m.next_attempt_at LIMIT $2
                  FOR UPDATE SKIP LOCKED) c
-               WHERE e.enabled AND NOT (e.id = ANY($5))
-               ORDER BY c.next_attempt_at LIMIT $4)
-             UPDATE webhook_messages m SET next_attempt_at = $2,
-               first_attempt_at = COALESCE(m.first_attempt_at, $1)
+               WHERE e.enabled AND NOT (e.id = ANY($4))
+               ORDER BY c.next_attempt_at LIMIT $3)
+             UPDATE webhook_messages m SET next_attempt_at = {DB_NOW_MS} + $1,
+               first_attempt_at = COALESCE(m.first_attempt_at, {DB_NOW_MS}),
+               lease_token = gen_random_uuid()::text
              FROM chosen WHERE m.id = chosen.id
-             RETURNING m.id, m.endpoint_id, m.payload, m.attempts",
-        )
-        .bind(now)
-        .bind(lease_until)
+             RETURNING m.id, m.endpoint_id, m.payload, m.attempts, m.lease_token"
+        ))
+        .bind(lease_ms)
         .bind(i64::from(per_endpoint))
         .bind(i64::from(limit))
         .bind(busy)
@@ -736,6 +791,7 @@ impl Store for PgStore {
                     endpoint_id: r.try_get(1)?,
                     payload: r.try_get(2)?,
                     attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(u32::MAX),
+                    lease_token: r.try_get(4)?,
                 })
             })
             .collect()
@@ -743,14 +799,33 @@ impl Store for PgStore {
 
     async fn record_attempt(&self, a: &AttemptRecord) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let next_retry_at = match a.outcome {
-            Outcome::RetryAt(at) => Some(at),
-            _ => None,
+        let (status, retry_in) = match a.outcome {
+            Outcome::Delivered => ("delivered", None),
+            Outcome::RetryIn(ms) => ("pending", Some(ms)),
+            Outcome::GaveUp { .. } => ("failed", None),
         };
-        // The message may have been deleted with its endpoint meanwhile.
+        // Only while the message holds this attempt's lease: not once
+        // another sender leased it after this lease ran out, nor once it
+        // was deleted with its endpoint. The token goes with the record.
+        let next: Option<Option<i64>> = sqlx::query_scalar(&format!(
+            "UPDATE webhook_messages SET status = $2, next_attempt_at = {DB_NOW_MS} + $3,
+               attempts = attempts + 1, lease_token = NULL
+             WHERE id = $1 AND lease_token = $4
+             RETURNING next_attempt_at"
+        ))
+        .bind(&a.message_id)
+        .bind(status)
+        .bind(retry_in)
+        .bind(&a.lease_token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(next_retry_at) = next else {
+            tracing::info!(message = %a.message_id, "an attempt whose lease was taken over is not recorded");
+            return Ok(false);
+        };
         sqlx::query(
             "INSERT INTO webhook_attempts (message_id, attempted_at, status_code, latency_ms, error, next_retry_at)
-             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhook_messages WHERE id = $1)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&a.message_id)
         .bind(a.attempted_at)
@@ -760,28 +835,17 @@ impl Store for PgStore {
         .bind(next_retry_at)
         .execute(&mut *tx)
         .await?;
-        let (status, next) = match a.outcome {
-            Outcome::Delivered => ("delivered", None),
-            Outcome::RetryAt(at) => ("pending", Some(at)),
-            Outcome::GaveUp { .. } => ("failed", None),
-        };
-        sqlx::query(
-            "UPDATE webhook_messages SET status = $2, next_attempt_at = $3, attempts = attempts + 1
-             WHERE id = $1",
-        )
-        .bind(&a.message_id)
-        .bind(status)
-        .bind(next)
-        .execute(&mut *tx)
-        .await?;
         let mut disabled = false;
         match &a.outcome {
+            // The database's clock, as `first_attempt_at`'s, which it is
+            // compared with.
             Outcome::Delivered => {
-                sqlx::query("UPDATE webhook_endpoints SET last_success_at = $2 WHERE id = $1")
-                    .bind(&a.endpoint_id)
-                    .bind(a.attempted_at)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(&format!(
+                    "UPDATE webhook_endpoints SET last_success_at = {DB_NOW_MS} WHERE id = $1"
+                ))
+                .bind(&a.endpoint_id)
+                .execute(&mut *tx)
+                .await?;
             }
             Outcome::GaveUp { disable_reason } => {
                 let done = sqlx::query(
@@ -796,8 +860,11 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
                 disabled = done.rows_affected() > 0;
+                if disabled {
+                    bump_config(&mut tx).await?;
+                }
             }
-            Outcome::RetryAt(_) => {}
+            Outcome::RetryIn(_) => {}
         }
         tx.commit().await?;
         Ok(disabled)
@@ -863,15 +930,15 @@ impl Store for PgStore {
         &self,
         endpoint_id: &str,
         message_id: &str,
-        now: i64,
+        _now: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE webhook_messages SET status = 'pending', next_attempt_at = $3
-             WHERE id = $2 AND endpoint_id = $1",
-        )
+        // Due now by the database's clock, which senders compare with.
+        let done = sqlx::query(&format!(
+            "UPDATE webhook_messages SET status = 'pending', next_attempt_at = {DB_NOW_MS}
+             WHERE id = $2 AND endpoint_id = $1"
+        ))
         .bind(endpoint_id)
         .bind(message_id)
-        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
@@ -903,26 +970,71 @@ impl Store for PgStore {
         )
     }
 
+    async fn pending_reports(
+        &self,
+        debounce: Debounce,
+        limit: u32,
+    ) -> Result<Vec<PendingReport>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT doc_id, first_change_at, updates,
+               LEAST(last_change_at + $1, first_change_at + $2) - {DB_NOW_MS} AS due_in
+             FROM doc_changes ORDER BY due_in LIMIT $3"
+        ))
+        .bind(debounce.debounce_ms)
+        .bind(debounce.max_wait_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingReport {
+                    doc_id: r.try_get(0)?,
+                    stamp: ChangesStamp {
+                        first_change_at: r.try_get(1)?,
+                        updates: r.try_get(2)?,
+                    },
+                    due_in_ms: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
     async fn report_changes(
         &self,
         doc_id: DocId,
+        debounce: Debounce,
+        expect: Option<ChangesStamp>,
         now: i64,
         event: ChangesEvent<'_>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Report, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The row is locked until the changes are deleted: of two reporters,
-        // the second finds nothing left to report.
-        let row = sqlx::query(
+        // Claimed: locked until the changes are deleted, with the event
+        // written in the same transaction. A reporter on another node skips
+        // the locked row (and, once this commits, finds it gone), and so
+        // does one here while an append is adding to it: it is due again a
+        // moment later, with that append counted.
+        let row = sqlx::query(&format!(
             "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at
-             FROM doc_changes c JOIN documents d ON d.id = c.doc_id WHERE c.doc_id = $1
-             FOR UPDATE OF c",
-        )
+             FROM doc_changes c JOIN documents d ON d.id = c.doc_id
+             WHERE c.doc_id = $1
+               AND (c.last_change_at + $2 <= {DB_NOW_MS} OR c.first_change_at + $3 <= {DB_NOW_MS})
+             FOR UPDATE OF c SKIP LOCKED"
+        ))
         .bind(doc_id)
+        .bind(debounce.debounce_ms)
+        .bind(debounce.max_wait_ms)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            return Ok(false);
+            return Ok(Report::Nothing);
         };
+        let stamp = ChangesStamp {
+            first_change_at: row.try_get(3)?,
+            updates: row.try_get(1)?,
+        };
+        if expect.is_some_and(|e| e != stamp) {
+            return Ok(Report::Changed(stamp));
+        }
         let users: Vec<String> = sqlx::query_scalar(
             "SELECT user_name FROM doc_change_users WHERE doc_id = $1 ORDER BY user_name",
         )
@@ -932,10 +1044,10 @@ impl Store for PgStore {
         let changes = DocChanges {
             doc_id,
             name: row.try_get(0)?,
-            updates: row.try_get(1)?,
+            updates: stamp.updates,
             bytes: row.try_get(2)?,
             users,
-            first_change_at: row.try_get(3)?,
+            first_change_at: stamp.first_change_at,
             last_change_at: row.try_get(4)?,
         };
         fan_out(&mut tx, &event(&changes), now).await?;
@@ -944,7 +1056,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Report::Sent)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

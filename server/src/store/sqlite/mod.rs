@@ -19,9 +19,10 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use self::log_writer::SqliteLogWriter;
 use super::{
-    now_ms, AttemptRecord, AttemptRow, ChangesEvent, DeliveryRow, DocChanges, DocId, DocLog,
-    DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage, LogWriter, NewEvent,
-    Outcome, PageLimits, Quarantined, Store, StoreError,
+    now_ms, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce, DeliveryRow,
+    DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage,
+    LogWriter, NewEvent, Outcome, PageLimits, PendingReport, Quarantined, Report, Store,
+    StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -235,6 +236,15 @@ fn endpoint(row: &sqlx::sqlite::SqliteRow) -> Result<EndpointRow, StoreError> {
 
 fn events_json(events: &[String]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
+}
+
+/// Counts a change to the endpoints, in the transaction that makes it (see
+/// `Store::webhook_config_version`).
+async fn bump_config(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE webhook_config SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Writes one message per enabled endpoint subscribed to the event's type.
@@ -557,7 +567,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn webhook_config_version(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM webhook_config WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn create_endpoint(&self, e: &EndpointRow) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, url, events, description, include_content, enabled,
                disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at)
@@ -575,8 +594,10 @@ impl Store for SqliteStore {
         .bind(e.previous_secret_expires_at)
         .bind(e.created_at)
         .bind(e.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -651,6 +672,7 @@ impl Store for SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        bump_config(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(e))
     }
@@ -662,6 +684,7 @@ impl Store for SqliteStore {
         previous_expires_at: i64,
         now: i64,
     ) -> Result<Option<EndpointRow>, StoreError> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE webhook_endpoints SET previous_secret = secret,
                previous_secret_expires_at = $3, secret = $2, updated_at = $4 WHERE id = $1",
@@ -670,33 +693,42 @@ impl Store for SqliteStore {
         .bind(secret)
         .bind(previous_expires_at)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
         self.get_endpoint(id).await
     }
 
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        bump_config(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn lease_due(
         &self,
-        now: i64,
-        lease_until: i64,
+        lease_ms: i64,
         limit: u32,
         per_endpoint: u32,
         busy: &[String],
     ) -> Result<Vec<DueMessage>, StoreError> {
+        // One process writes a SQLite file: its clock is the database's.
+        let now = now_ms();
         let mut q = QueryBuilder::new("UPDATE webhook_messages SET next_attempt_at = ");
-        q.push_bind(lease_until);
-        q.push(", first_attempt_at = COALESCE(first_attempt_at, ");
+        q.push_bind(now.saturating_add(lease_ms));
+        q.push(", lease_token = lower(hex(randomblob(16))), first_attempt_at = COALESCE(first_attempt_at, ");
         q.push_bind(now);
         q.push(
             ") WHERE id IN (SELECT id FROM (
@@ -718,7 +750,7 @@ impl Store for SqliteStore {
         q.push_bind(i64::from(per_endpoint));
         q.push(" ORDER BY next_attempt_at LIMIT ");
         q.push_bind(i64::from(limit));
-        q.push(") RETURNING id, endpoint_id, payload, attempts");
+        q.push(") RETURNING id, endpoint_id, payload, attempts, lease_token");
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
@@ -727,21 +759,41 @@ impl Store for SqliteStore {
                     endpoint_id: r.try_get(1)?,
                     payload: r.try_get(2)?,
                     attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(u32::MAX),
+                    lease_token: r.try_get(4)?,
                 })
             })
             .collect()
     }
 
     async fn record_attempt(&self, a: &AttemptRecord) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let next_retry_at = match a.outcome {
-            Outcome::RetryAt(at) => Some(at),
-            _ => None,
+        let mut tx = self.write_tx().await?;
+        let now = now_ms();
+        let (status, next_retry_at) = match a.outcome {
+            Outcome::Delivered => ("delivered", None),
+            Outcome::RetryIn(ms) => ("pending", Some(now.saturating_add(ms))),
+            Outcome::GaveUp { .. } => ("failed", None),
         };
-        // The message may have been deleted with its endpoint meanwhile.
+        // Only while the message holds this attempt's lease: not once
+        // another sender leased it after this lease ran out, nor once it
+        // was deleted with its endpoint. The token goes with the record.
+        let done = sqlx::query(
+            "UPDATE webhook_messages SET status = $2, next_attempt_at = $3,
+               attempts = attempts + 1, lease_token = NULL
+             WHERE id = $1 AND lease_token = $4",
+        )
+        .bind(&a.message_id)
+        .bind(status)
+        .bind(next_retry_at)
+        .bind(&a.lease_token)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tracing::info!(message = %a.message_id, "an attempt whose lease was taken over is not recorded");
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO webhook_attempts (message_id, attempted_at, status_code, latency_ms, error, next_retry_at)
-             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhook_messages WHERE id = $1)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&a.message_id)
         .bind(a.attempted_at)
@@ -751,26 +803,14 @@ impl Store for SqliteStore {
         .bind(next_retry_at)
         .execute(&mut *tx)
         .await?;
-        let (status, next) = match a.outcome {
-            Outcome::Delivered => ("delivered", None),
-            Outcome::RetryAt(at) => ("pending", Some(at)),
-            Outcome::GaveUp { .. } => ("failed", None),
-        };
-        sqlx::query(
-            "UPDATE webhook_messages SET status = $2, next_attempt_at = $3, attempts = attempts + 1
-             WHERE id = $1",
-        )
-        .bind(&a.message_id)
-        .bind(status)
-        .bind(next)
-        .execute(&mut *tx)
-        .await?;
         let mut disabled = false;
         match &a.outcome {
+            // The store's clock, as `first_attempt_at`'s, which it is
+            // compared with.
             Outcome::Delivered => {
                 sqlx::query("UPDATE webhook_endpoints SET last_success_at = $2 WHERE id = $1")
                     .bind(&a.endpoint_id)
-                    .bind(a.attempted_at)
+                    .bind(now)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -787,8 +827,11 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
                 disabled = done.rows_affected() > 0;
+                if disabled {
+                    bump_config(&mut tx).await?;
+                }
             }
-            Outcome::RetryAt(_) => {}
+            Outcome::RetryIn(_) => {}
         }
         tx.commit().await?;
         Ok(disabled)
@@ -894,23 +937,69 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn pending_reports(
+        &self,
+        debounce: Debounce,
+        limit: u32,
+    ) -> Result<Vec<PendingReport>, StoreError> {
+        // One process writes a SQLite file: its clock is the database's,
+        // the one the log writer stamps changes with.
+        let rows = sqlx::query(
+            "SELECT doc_id, first_change_at, updates,
+               MIN(last_change_at + $1, first_change_at + $2) - $3 AS due_in
+             FROM doc_changes ORDER BY due_in LIMIT $4",
+        )
+        .bind(debounce.debounce_ms)
+        .bind(debounce.max_wait_ms)
+        .bind(now_ms())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingReport {
+                    doc_id: r.try_get(0)?,
+                    stamp: ChangesStamp {
+                        first_change_at: r.try_get(1)?,
+                        updates: r.try_get(2)?,
+                    },
+                    due_in_ms: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
     async fn report_changes(
         &self,
         doc_id: DocId,
+        debounce: Debounce,
+        expect: Option<ChangesStamp>,
         now: i64,
         event: ChangesEvent<'_>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Report, StoreError> {
+        // A write transaction: appends and other reporters wait for it.
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at
-             FROM doc_changes c JOIN documents d ON d.id = c.doc_id WHERE c.doc_id = $1",
+             FROM doc_changes c JOIN documents d ON d.id = c.doc_id
+             WHERE c.doc_id = $1 AND (c.last_change_at + $2 <= $4 OR c.first_change_at + $3 <= $4)",
         )
         .bind(doc_id)
+        .bind(debounce.debounce_ms)
+        .bind(debounce.max_wait_ms)
+        .bind(now_ms())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            return Ok(false);
+            return Ok(Report::Nothing);
         };
+        let stamp = ChangesStamp {
+            first_change_at: row.try_get(3)?,
+            updates: row.try_get(1)?,
+        };
+        if expect.is_some_and(|e| e != stamp) {
+            return Ok(Report::Changed(stamp));
+        }
         let users: Vec<String> =
             sqlx::query_scalar("SELECT user FROM doc_change_users WHERE doc_id = $1 ORDER BY user")
                 .bind(doc_id)
@@ -919,10 +1008,10 @@ impl Store for SqliteStore {
         let changes = DocChanges {
             doc_id,
             name: row.try_get(0)?,
-            updates: row.try_get(1)?,
+            updates: stamp.updates,
             bytes: row.try_get(2)?,
             users,
-            first_change_at: row.try_get(3)?,
+            first_change_at: stamp.first_change_at,
             last_change_at: row.try_get(4)?,
         };
         fan_out(&mut tx, &event(&changes), now).await?;
@@ -931,7 +1020,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Report::Sent)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
