@@ -10,7 +10,8 @@
 // http://127.0.0.1:PORT" log line (stdout or stderr, plain or JSON), then
 // /healthz must answer 200.
 
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -35,7 +36,42 @@ export function makeTmpDir (prefix = 'tandem-e2e-') {
 
 export function removeDir (dir) {
   fs.rmSync(dir, { recursive: true, force: true })
+  dropDatabaseOf(dir)
 }
+
+// ---- PostgreSQL instead of SQLite (TANDEM_E2E_BACKEND=postgres) --------------------------
+//
+// With TANDEM_E2E_BACKEND=postgres and TANDEM_TEST_POSTGRES_URL (a server where databases
+// may be created), each data directory gets a PostgreSQL database of its own instead of
+// an SQLite file: `tandem_e2e_<hash of the directory>`, so a restarted server finds its
+// documents again. The server creates it at its first start; it is dropped when the
+// directory is removed, and any left are dropped when the test process exits.
+
+const POSTGRES = process.env.TANDEM_E2E_BACKEND === 'postgres'
+const POSTGRES_URL = process.env.TANDEM_TEST_POSTGRES_URL
+if (POSTGRES && !POSTGRES_URL) throw new Error('TANDEM_E2E_BACKEND=postgres needs TANDEM_TEST_POSTGRES_URL')
+const databases = new Map() // dataDir -> database name
+
+function databaseUrlFor (dataDir) {
+  let name = databases.get(dataDir)
+  if (!name) {
+    name = `tandem_e2e_${createHash('sha256').update(dataDir).digest('hex').slice(0, 16)}`
+    databases.set(dataDir, name)
+  }
+  const url = new URL(POSTGRES_URL)
+  url.pathname = `/${name}`
+  return url.toString()
+}
+
+function dropDatabaseOf (dataDir) {
+  const name = databases.get(dataDir)
+  if (!name) return
+  databases.delete(dataDir)
+  try {
+    execFileSync('psql', [POSTGRES_URL, '-qc', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`], { stdio: 'ignore' })
+  } catch {}
+}
+process.on('exit', () => { for (const dir of [...databases.keys()]) dropDatabaseOf(dir) })
 
 export class TandemServer {
   constructor ({ proc, port, dataDir, env, logLines, maxLogLines = MAX_LOG_LINES }) {
@@ -131,7 +167,7 @@ async function startOnce ({ dataDir, env, timeoutMs, maxLogLines }) {
   }
   const fullEnv = {
     TANDEM_BIND: '127.0.0.1:0',
-    TANDEM_DATABASE_URL: `sqlite://${path.join(dataDir, 'tandem.db')}`,
+    TANDEM_DATABASE_URL: POSTGRES ? databaseUrlFor(dataDir) : `sqlite://${path.join(dataDir, 'tandem.db')}`,
     TANDEM_LOG_FORMAT: 'json',
     // The access log (a line per request) would push the lines tests wait for
     // out of the kept window.
