@@ -60,6 +60,8 @@ e2e/schema/run.sh
 if [ -f e2e/bench/package.json ]; then
   step "load benchmark: its own tests, then a smoke run (--quick)"
   (cd e2e/bench && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run bench -- --quick)
+  step "several nodes: fan-out across nodes and a join storm (--quick; skipped without the PostgreSQL and Redis URLs)"
+  (cd e2e/bench && node tools/cluster-fanout.mjs --quick)
   step "soak: memory and fds back down after connections and rooms are gone (--quick)"
   (cd e2e/bench && node tools/soak.mjs --quick)
 fi

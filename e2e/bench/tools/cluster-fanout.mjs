@@ -5,6 +5,10 @@
 // Redis), updates lost, and server CPU per delivered update on each node and in total.
 // A fresh database and fresh nodes for every case.
 //
+// Then a join storm: a document of about 1 MB written through node 1, and 100 clients
+// opening it at once on node 2, which does not hold it yet (it loads it from the
+// database), beside 100 clients opening it on node 1, which does: time to sync, p50/p99.
+//
 //   node tools/cluster-fanout.mjs [--nodes 1,2,3] [--n 100,1000] [--rate 50] [--duration 5]
 //   node tools/cluster-fanout.mjs --quick     # 1 and 2 nodes, N = 20, 1 s
 //
@@ -26,7 +30,8 @@ const { values: opts } = parseArgs({
     n: { type: 'string', default: '100,1000' },
     rate: { type: 'string', default: '50' },
     duration: { type: 'string', default: '5' },
-    quick: { type: 'boolean', default: false }
+    quick: { type: 'boolean', default: false },
+    joiners: { type: 'string', default: '100' }
   }
 })
 
@@ -196,6 +201,55 @@ for (const n of observerCounts) {
     ].join(' '))
   }
 }
+/** 100 joiners at once on the node that holds a ~1 MB document, then on one that does not. */
+async function joinStorm (joiners) {
+  const db = `tandem_bench_${randomBytes(6).toString('hex')}`
+  psql(`CREATE DATABASE ${db}`)
+  const prefix = `bench-${db}:`
+  const nodes = []
+  let writer = null
+  try {
+    nodes.push(await startNode(withDatabase(db), prefix))
+    nodes.push(await startNode(withDatabase(db), prefix))
+    const doc = 'storm'
+    const writerDoc = new Y.Doc()
+    writer = new DocClient(nodes[0].url(doc), writerDoc)
+    await writer.connect()
+    const ytext = writerDoc.getText('text')
+    const chunk = 'x'.repeat(1000)
+    for (let i = 0; i < (opts.quick ? 100 : 1000); i++) {
+      ytext.insert(ytext.length, chunk)
+      if (i % 50 === 0) await sleep(5)
+    }
+    const size = Y.encodeStateAsUpdate(writerDoc).length
+    await sleep(500) // committed, and node 1's room holds it
+    const out = []
+    for (const [label, node] of [['holding it', nodes[0]], ['not holding it', nodes[1]]]) {
+      const w = new ClientWorker('joiners')
+      try {
+        const r = await w.call('open', { urls: Array.from({ length: joiners }, () => node.url(doc)), concurrency: joiners, syncedMinBytes: size - 64, timeoutMs: 60000 }, 90000)
+        const s = summarize(Array.from(r.syncMs))
+        out.push({ label, synced: r.synced, p50: s.p50, p99: s.p99 })
+      } finally {
+        await w.stop()
+      }
+    }
+    return { size, out }
+  } finally {
+    if (writer) writer.close()
+    await Promise.all(nodes.map((s) => s.stop()))
+    try { psql(`DROP DATABASE ${db} WITH (FORCE)`) } catch {}
+  }
+}
+
+const joiners = opts.quick ? 20 : Number(opts.joiners)
+const storm = await joinStorm(joiners)
+console.log(`\njoin storm: ${joiners} clients at once on a ${(storm.size / 1024).toFixed(0)} KiB document`)
+console.log('node               synced   sync p50 (ms)   sync p99 (ms)')
+for (const r of storm.out) {
+  console.log(`${r.label.padEnd(18)} ${String(r.synced).padStart(6)} ${fmt(r.p50).padStart(15)} ${fmt(r.p99).padStart(15)}`)
+}
+
 const lost = results.reduce((a, r) => a + r.lost, 0)
 if (lost > 0) {
   console.error(`cluster-fanout: ${lost} deliveries lost`)
