@@ -39,6 +39,8 @@ const DB_ONLY_MS = 5000
 const REDIS_BACK_MS = 2000
 /** SPEC §7: the awareness of a node that died disappears from the others within 15 s. */
 const DEAD_NODE_AWARENESS_MS = 15_000
+/** After a failed wait for convergence, how long to wait before asking the nodes again (slow, or stuck?). */
+const LATER_MS = 3000
 
 function positiveInt (name, fallback) {
   const raw = process.env[name]
@@ -76,14 +78,26 @@ async function waitClusterConverged (cluster, clients, docName, { timeoutMs, wha
     timeoutMs,
     intervalMs: 25,
     what,
-    describe: () => {
+    describe: async () => {
       const ref = content(clients[0].doc)
+      // what the nodes serve now, and a while later: slow, or stuck?
+      if (clients.every((c) => c.provider.synced)) {
+        served = await Promise.all(nodes.map((i) => cluster.nodeDoc(i, docName)))
+        const behind = served.some((s) => !s.doc || !sameVector(s.doc, clients[0].doc))
+        if (behind) {
+          await sleep(LATER_MS)
+          const later = await Promise.all(nodes.map((i) => cluster.nodeDoc(i, docName)))
+          served = served.map((s, k) => ({ ...s, later: later[k] }))
+        }
+      }
       const lines = clients.map((c, i) =>
-        `  provider #${i} on node ${c.node} connected=${c.provider.wsconnected} synced=${c.provider.synced} ` +
+        `  provider #${i} (client ${c.doc.clientID}) on node ${c.node} connected=${c.provider.wsconnected} synced=${c.provider.synced} ` +
         `vector ${showVector(c.doc)}${content(c.doc) === ref ? ' (content as #0)' : ` content ${truncate(content(c.doc), 160)}`}`)
-      const nodeLines = served.map((s, k) => s.doc
-        ? `  node ${nodes[k]} serves vector ${showVector(s.doc)}${content(s.doc) === ref ? ' (content as #0)' : ` content ${truncate(content(s.doc), 160)}`}`
-        : `  ${s.error}`)
+      const show = (s) => s.doc
+        ? `vector ${showVector(s.doc)}${content(s.doc) === ref ? ' (content as #0)' : ` content ${truncate(content(s.doc), 160)}`}`
+        : s.error
+      const nodeLines = served.map((s, k) => `  node ${nodes[k]} serves ${show(s)}` +
+        (s.later ? `\n    ${LATER_MS} ms later: ${s.later.doc && sameVector(s.later.doc, clients[0].doc) ? 'caught up' : show(s.later)}` : ''))
       return `\n${lines.join('\n')}\n${nodeLines.join('\n') || '  (nodes not asked: the providers did not agree yet)'}\n  #0 content: ${truncate(ref, 300)}\n${cluster.logs(8)}`
     }
   })
