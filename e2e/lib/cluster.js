@@ -338,6 +338,32 @@ export class Cluster {
     }
   }
 
+  /**
+   * For failure messages only (it knows the PostgreSQL schema): what the
+   * database holds of `docName`, its snapshot and update log merged into a
+   * Y.Doc, with the last sequence number; or { error }.
+   */
+  async dbDoc (docName) {
+    const client = new pg.Client({ connectionString: this.dbUrl, connectionTimeoutMillis: 5000 })
+    client.on('error', () => {})
+    try {
+      await client.connect()
+      const docRow = await client.query('SELECT id, last_seq FROM documents WHERE name = $1', [docName])
+      if (docRow.rowCount === 0) return { error: 'database: no such document' }
+      const { id, last_seq: lastSeq } = docRow.rows[0]
+      const snap = await client.query('SELECT data, upto_seq FROM doc_snapshots WHERE doc_id = $1', [id])
+      const log = await client.query('SELECT seq, data FROM doc_updates WHERE doc_id = $1 ORDER BY seq', [id])
+      const doc = new Y.Doc()
+      if (snap.rowCount > 0 && snap.rows[0].data.length > 0) Y.applyUpdate(doc, new Uint8Array(snap.rows[0].data))
+      for (const row of log.rows) Y.applyUpdate(doc, new Uint8Array(row.data))
+      return { doc, lastSeq: Number(lastSeq), snapshotUpto: Number(snap.rows[0]?.upto_seq ?? 0), logRows: log.rowCount }
+    } catch (err) {
+      return { error: `database: ${err.message}` }
+    } finally {
+      await client.end().catch(() => {})
+    }
+  }
+
   /** The Redis clients (CLIENT LIST entries) that belong to node `i`'s current process. */
   async redisClientsOf (i, redis) {
     const redisPort = Number(new URL(REDIS_URL).port || 6379)

@@ -98,7 +98,11 @@ async function waitClusterConverged (cluster, clients, docName, { timeoutMs, wha
         : s.error
       const nodeLines = served.map((s, k) => `  node ${nodes[k]} serves ${show(s)}` +
         (s.later ? `\n    ${LATER_MS} ms later: ${s.later.doc && sameVector(s.later.doc, clients[0].doc) ? 'caught up' : show(s.later)}` : ''))
-      return `\n${lines.join('\n')}\n${nodeLines.join('\n') || '  (nodes not asked: the providers did not agree yet)'}\n  #0 content: ${truncate(ref, 300)}\n${cluster.logs(8)}`
+      const stored = await cluster.dbDoc(docName)
+      const dbLine = stored.doc
+        ? `  the database (last_seq ${stored.lastSeq}, snapshot upto ${stored.snapshotUpto}, ${stored.logRows} log rows) holds ${show(stored)}`
+        : `  ${stored.error}`
+      return `\n${lines.join('\n')}\n${nodeLines.join('\n') || '  (nodes not asked: the providers did not agree yet)'}\n${dbLine}\n  #0 content: ${truncate(ref, 300)}\n${cluster.logs(8)}`
     }
   })
   return Date.now() - t0
