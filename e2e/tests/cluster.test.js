@@ -15,7 +15,8 @@
 import { after, before, describe, it, test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Y from 'yjs'
-import { Cluster, UNREACHABLE_REDIS_URL, clusterSkipReason, databaseExists } from '../lib/cluster.js'
+import { Cluster, REDIS_URL, UNREACHABLE_REDIS_URL, clusterSkipReason, databaseExists } from '../lib/cluster.js'
+import { TcpProxy } from '../lib/tcp-proxy.js'
 import { connectRaw } from '../lib/clients.js'
 import { snapshot, truncate, uniqueDoc } from '../lib/harness.js'
 import { prng } from '../lib/prng.js'
@@ -513,4 +514,53 @@ test('a node started with Redis unreachable is ready and converges with the othe
   }
   await ready('after the edits')
   t.diagnostic(`converged in ${times.join(', ')} ms`)
+})
+
+test('a node whose Redis goes away and comes back (through a proxy: refused at start, restored, silent, restored) stays ready, converges through the database within 5 s meanwhile, and within 2 s once Redis is back', { skip: SKIP, timeout: 60_000 }, async (t) => {
+  const target = new URL(REDIS_URL)
+  const proxy = new TcpProxy({ host: target.hostname, port: Number(target.port || 6379) })
+  const port = await proxy.listen()
+  t.after(() => proxy.close())
+  await proxy.refuse()
+  const cluster = await Cluster.start({ nodes: 2, nodeEnv: [{}, { TANDEM_REDIS_URL: `redis://127.0.0.1:${port}` }] })
+  t.after(() => cluster.dispose())
+  const ready = async (what) => {
+    const res = await cluster.api(1, '/readyz')
+    assert.equal(res.status, 200, `${what}: /readyz of the node behind the proxy answered ${res.status} ${await res.text()}\n${cluster.logs()}`)
+  }
+  await ready('started while its Redis refuses connections')
+
+  const doc = uniqueDoc('flaky')
+  const editors = []
+  for (const i of [0, 0, 1, 1]) editors.push(await cluster.client(i, doc))
+  const rnd = prng(SEED + 4)
+  let n = 0
+  const notes = []
+  const round = async (what, boundMs) => {
+    for (let k = 0; k < 20; k++) {
+      edit(rnd.pick(editors), rnd, `fl${n++}`)
+      await sleep(5)
+    }
+    const ms = await waitClusterConverged(cluster, editors, doc, { timeoutMs: boundMs + SLACK_MS, what: `${what}: every provider and node to converge within ${boundMs} ms` })
+    notes.push(`${what}: ${ms} ms`)
+  }
+
+  await round('Redis refused', DB_ONLY_MS)
+  await proxy.restore()
+  const downBefore = proxy.bytes.down
+  await round('Redis back after refusing', REDIS_BACK_MS)
+  // the node uses Redis again: it talks through the proxy, and hears from Redis
+  await waitUntil(() => proxy.pairs.size > 0 && proxy.bytes.down > downBefore, {
+    timeoutMs: REDIS_BACK_MS, what: 'the node behind the proxy to connect to Redis again and hear from it', describe: () => `${proxy.pairs.size} connections, ${proxy.bytes.down - downBefore} bytes from Redis`
+  })
+  await ready('after Redis came back')
+
+  proxy.pause()
+  await round('Redis silent', DB_ONLY_MS)
+  await ready('while Redis is silent')
+  await proxy.restore()
+  await round('Redis back after silence', REDIS_BACK_MS)
+  await ready('at the end')
+  assert.equal(editors[0].doc.getArray('tokens').length, n, 'every token written, once')
+  t.diagnostic(notes.join('; '))
 })
