@@ -48,6 +48,9 @@ if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM_PATH:-}" ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 fi
 
+# tests/cluster.test.js runs three nodes on the PostgreSQL and Redis named by
+# TANDEM_TEST_POSTGRES_URL and TANDEM_TEST_REDIS_URL (.ci/run exports both);
+# without them those tests say they skipped.
 step "end-to-end tests (stock y-websocket client, real binary)"
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)
 
