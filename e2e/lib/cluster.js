@@ -6,7 +6,7 @@
 // The services come from the environment, as for the Rust tests:
 //   TANDEM_TEST_POSTGRES_URL  e.g. postgres://postgres@127.0.0.1:5432/postgres
 //                             (an admin connection: the harness creates the
-//                             database `tandem_e2e_<pid>_<random>` there)
+//                             database `tandem_cluster_e2e_<pid>_<random>` there)
 //   TANDEM_TEST_REDIS_URL     e.g. redis://127.0.0.1:6379
 // Without one of them `clusterSkipReason()` says why the tests skip.
 //
@@ -15,7 +15,7 @@
 // deletes the Redis keys that hold the cluster's prefix. If the test process
 // dies before that, the nodes die with it (server.js kills every process it
 // started on exit), an exit handler drops the database with `psql` if it can,
-// and the next cluster drops any `tandem_e2e_<pid>_…` database whose process
+// and the next cluster drops any `tandem_cluster_e2e_<pid>_…` database whose process
 // is gone (and the keys of such prefixes).
 
 import fs from 'node:fs'
@@ -33,8 +33,12 @@ export const REDIS_URL = process.env.TANDEM_TEST_REDIS_URL || ''
 /** A Redis URL nothing listens on: a node given it starts with Redis unreachable. */
 export const UNREACHABLE_REDIS_URL = 'redis://127.0.0.1:1'
 
-const DB_PREFIX = 'tandem_e2e_'
-const KEY_PREFIX = 'tandem-e2e-'
+// Apart from server.js's `tandem_e2e_<hash>` (TANDEM_E2E_BACKEND=postgres), so
+// the sweep below never takes one of those for a leftover.
+const DB_PREFIX = 'tandem_cluster_e2e_'
+const KEY_PREFIX = 'tandem-cluster-e2e-'
+/** <prefix><pid>_<10 hex> (database) or <prefix><pid>-<10 hex> (Redis prefix) */
+const LEFTOVER = /^(\d+)[_-][0-9a-f]{10}(?![0-9a-f])/
 
 /** Why the cluster tests cannot run here, or false when they can (node:test's `skip` option takes either). */
 export function clusterSkipReason () {
@@ -130,8 +134,9 @@ async function scanKeys (redis, pattern) {
 /** Drop the databases and keys that earlier runs left behind (their process is gone). */
 async function sweepLeftovers () {
   const stale = (name, prefix) => {
-    const pid = Number(name.slice(prefix.length).split(/[_-]/)[0])
-    return Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)
+    const m = LEFTOVER.exec(name.slice(prefix.length))
+    const pid = m ? Number(m[1]) : 0
+    return pid > 0 && pid <= 2 ** 22 && pid !== process.pid && !pidAlive(pid)
   }
   await withPg(async (db) => {
     const { rows } = await db.query('SELECT datname FROM pg_database WHERE starts_with(datname, $1)', [DB_PREFIX])
