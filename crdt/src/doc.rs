@@ -253,6 +253,14 @@ impl DocState {
         Ok(())
     }
 
+    /// Whether yrs holds back blocks (or deletions) whose dependencies have
+    /// not arrived.
+    pub fn holds_back(&self) -> bool {
+        let txn = self.doc.transact();
+        let store = txn.store();
+        store.pending_update().is_some() || store.pending_ds().is_some()
+    }
+
     /// The encoded state vector (for sync step 1).
     pub fn state_vector(&self) -> Vec<u8> {
         self.doc.transact().state_vector().encode_v1()

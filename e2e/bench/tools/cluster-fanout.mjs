@@ -59,6 +59,11 @@ function withDatabase (name) {
   return url.toString()
 }
 
+// Nodes still running are killed if this process ends early (an error, a signal).
+const children = new Set()
+process.on('exit', () => { for (const c of children) { try { c.kill('SIGKILL') } catch {} } })
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130))
+
 /** Starts one node; resolves with { pid, port, stop } once it listens. */
 function startNode (dbUrl, prefix) {
   return new Promise((resolve, reject) => {
@@ -75,6 +80,8 @@ function startNode (dbUrl, prefix) {
       },
       stdio: ['ignore', 'pipe', 'pipe']
     })
+    children.add(child)
+    child.once('exit', () => children.delete(child))
     const tail = []
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`node not ready:\n${tail.join('\n')}`)) }, 20000)
     const onLine = (line) => {

@@ -35,6 +35,11 @@ function psql (sql) {
   execFileSync('psql', [PG, '-v', 'ON_ERROR_STOP=1', '-qc', sql], { stdio: ['ignore', 'ignore', 'inherit'] })
 }
 
+// A server still running is killed if this process ends early (an error, a signal).
+const children = new Set()
+process.on('exit', () => { for (const c of children) { try { c.kill('SIGKILL') } catch {} } })
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130))
+
 function start (dbUrl, dir) {
   return new Promise((resolve, reject) => {
     const child = spawn(BIN, [], {
@@ -42,6 +47,8 @@ function start (dbUrl, dir) {
       env: { PATH: process.env.PATH, TANDEM_BIND: '127.0.0.1:0', TANDEM_DATABASE_URL: dbUrl, TANDEM_MAX_MESSAGES_PER_SECOND: '0', TANDEM_LOG_FORMAT: 'json', RUST_LOG: 'warn,tandem=info' },
       stdio: ['ignore', 'pipe', 'pipe']
     })
+    children.add(child)
+    child.once('exit', () => children.delete(child))
     const tail = []
     const onLine = (line) => {
       tail.push(line); if (tail.length > 20) tail.shift()

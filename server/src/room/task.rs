@@ -12,7 +12,7 @@
 //! sharing its thread. Nothing here awaits a peer or the database while
 //! relaying: only loading, reloading and deleting await the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,6 +47,14 @@ const LOAD_DEADLINE: Duration = Duration::from_secs(20);
 /// a crowd of moving cursors costs a few frames per tick, not one per move
 /// per peer.
 pub const AWARENESS_TICK: Duration = Duration::from_millis(30);
+
+/// Bytes of other nodes' updates a room holds while it waits for one before
+/// them; past this it lets them go and reads them from the database.
+const MAX_WAITING_BYTES: usize = 16 << 20;
+
+/// How long yrs may hold back blocks, with nothing missing from the log
+/// before them, before the room rebuilds its document from the database.
+const HELD_BACK_LIMIT: Duration = Duration::from_secs(3);
 
 /// How long a room works before it lets the other rooms on its thread run.
 /// A frame holds up to a thousand messages, and a sync step 1 costs a diff
@@ -178,6 +186,12 @@ struct ClusterPart {
     /// Its own mailbox, for the cluster to reach it.
     tx: mpsc::WeakSender<Box<RoomCmd>>,
     seqs: SeqSet,
+    /// Other nodes' updates that came before one they follow in the log,
+    /// by number: applied once the hole before them is filled.
+    waiting: BTreeMap<u64, Bytes>,
+    waiting_bytes: usize,
+    /// Since when yrs has held back blocks, if it does.
+    held_back_since: Option<Instant>,
     /// `seqs`' watermark, for the cluster's checks.
     applied: Arc<AtomicU64>,
     /// Connections on other nodes, as each announced.
@@ -256,6 +270,9 @@ pub async fn run(args: RoomArgs, rx: mpsc::Receiver<Box<RoomCmd>>) {
                 cluster,
                 tx: args.tx,
                 seqs: SeqSet::new(0),
+                waiting: BTreeMap::new(),
+                waiting_bytes: 0,
+                held_back_since: None,
                 applied: Arc::new(AtomicU64::new(0)),
                 remote_clients: HashMap::new(),
                 announced: None,
@@ -878,6 +895,8 @@ impl Room {
     fn loaded_up_to(&mut self, seq: u64) {
         if let Some(part) = &mut self.cluster {
             part.seqs = SeqSet::new(seq);
+            part.waiting.clear();
+            part.waiting_bytes = 0;
             part.applied.store(seq, Ordering::Release);
         }
     }
@@ -897,11 +916,16 @@ impl Room {
         match inbound {
             Inbound::Updates(updates) => {
                 for (seq, update) in updates {
-                    if part.seqs.contains(seq) {
+                    if part.seqs.contains(seq) || part.waiting.contains_key(&seq) {
                         continue;
                     }
-                    self.core.apply_remote(&update, effects);
-                    part.seqs.insert(seq);
+                    part.waiting_bytes += update.len();
+                    part.waiting.insert(seq, update);
+                }
+                if part.waiting_bytes > MAX_WAITING_BYTES {
+                    // Read again from the database, in order, once the hole is filled.
+                    part.waiting.clear();
+                    part.waiting_bytes = 0;
                 }
             }
             Inbound::Snapshot { upto, data } => {
@@ -951,8 +975,49 @@ impl Room {
                 return Next::Stop;
             }
         }
+        // Other nodes' updates are applied in the order of the log, never
+        // past a hole: the log's order follows causality (a node commits in
+        // the order it applied, and nodes see each other's updates only once
+        // committed), while yrs, given an update whose predecessors are
+        // missing, may integrate part of it around the hole and then skip
+        // the missing part when it comes, as already seen.
+        loop {
+            let watermark = part.seqs.watermark();
+            while part
+                .waiting
+                .first_key_value()
+                .is_some_and(|(&seq, _)| seq <= watermark)
+            {
+                if let Some((_, stale)) = part.waiting.pop_first() {
+                    part.waiting_bytes -= stale.len();
+                }
+            }
+            let Some(update) = part.waiting.remove(&(watermark + 1)) else {
+                break;
+            };
+            part.waiting_bytes -= update.len();
+            self.core.apply_remote(&update, effects);
+            part.seqs.insert(watermark + 1);
+        }
         part.applied.store(part.seqs.watermark(), Ordering::Release);
-        if part.seqs.has_hole() {
+        // A backstop: blocks yrs keeps holding back while every numbered
+        // update before them is applied will not integrate by themselves
+        // (their dependency was skipped); the database has the whole log in
+        // order, so the document is rebuilt from it.
+        if self.core.doc().holds_back() {
+            let since = *part.held_back_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > HELD_BACK_LIMIT && !part.seqs.has_hole() && part.waiting.is_empty()
+            {
+                tracing::warn!(
+                    "blocks held back with nothing missing from the log; reloading the document"
+                );
+                part.held_back_since = None;
+                return Next::Reload;
+            }
+        } else {
+            part.held_back_since = None;
+        }
+        if part.seqs.has_hole() || !part.waiting.is_empty() {
             part.cluster.fill(self.doc_id, FILL_DELAY);
         }
         Next::Continue
