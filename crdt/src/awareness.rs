@@ -236,18 +236,7 @@ impl Awareness {
 
     /// Every live state, encoded as one awareness update (`None` if empty).
     pub fn encode_all(&self) -> Option<Vec<u8>> {
-        let entries: Vec<AwarenessEntry> = self
-            .clients
-            .iter()
-            .filter_map(|(client, e)| {
-                e.state.as_ref().map(|json| AwarenessEntry {
-                    client: *client,
-                    clock: e.clock,
-                    json: json.clone(),
-                })
-            })
-            .collect();
-        (!entries.is_empty()).then(|| AwarenessUpdate { entries }.encode())
+        self.encode_owned_by(|_| true)
     }
 
     /// The live states of clients whose owner `is_owner` accepts, encoded

@@ -75,17 +75,6 @@ impl Drop for Cluster {
     }
 }
 
-fn awareness(client: u64, clock: u32, json: &str) -> Vec<u8> {
-    let update = AwarenessUpdate {
-        entries: vec![AwarenessEntry {
-            client,
-            clock,
-            json: json.into(),
-        }],
-    };
-    protocol::encode_awareness(&update.encode()).to_vec()
-}
-
 /// Reads until an awareness message names `client` with a state that
 /// `matches`.
 async fn wait_awareness(c: &mut Client, client: u64, matches: impl Fn(&str) -> bool) {

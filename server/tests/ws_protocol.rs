@@ -7,18 +7,6 @@ mod common;
 
 use common::*;
 use tandem_crdt::protocol::{self, Incoming};
-use tandem_crdt::{AwarenessEntry, AwarenessUpdate};
-
-fn awareness(client: u64, clock: u32, json: &str) -> Vec<u8> {
-    let update = AwarenessUpdate {
-        entries: vec![AwarenessEntry {
-            client,
-            clock,
-            json: json.into(),
-        }],
-    };
-    protocol::encode_awareness(&update.encode()).to_vec()
-}
 
 #[actix_web::test]
 async fn server_sends_sync_step1_first_and_answers_step1_with_step2() {

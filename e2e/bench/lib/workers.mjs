@@ -3,7 +3,7 @@
 // arrays of receipts come back without JSON.
 
 import { fork } from 'node:child_process'
-import { withTimeout } from './stats.mjs'
+import { now, sleep, withTimeout } from './stats.mjs'
 
 export class ClientWorker {
   constructor (name, module = './client-worker.mjs') {
@@ -51,4 +51,21 @@ export function split (items, n) {
   const parts = Array.from({ length: n }, () => [])
   items.forEach((item, i) => parts[i % n].push(item))
   return parts
+}
+
+/**
+ * Waits until the workers hold `expected` receipts in all, or `quietMs` pass without
+ * progress, or `totalMs` in all.
+ */
+export async function drainReceipts (workers, expected, { totalMs = 15000, quietMs = 3000 } = {}) {
+  const deadline = now() + totalMs
+  let last = -1
+  let lastChange = now()
+  for (;;) {
+    const counts = await Promise.all(workers.map((w) => w.call('count')))
+    const got = counts.reduce((a, r) => a + r.receipts, 0)
+    if (got !== last) { last = got; lastChange = now() }
+    if (got >= expected || now() > deadline || now() - lastChange > quietMs) return
+    await sleep(50)
+  }
 }

@@ -12,7 +12,7 @@
 // above p99 came from the first 10 updates).
 
 import { DocClient, Y, marker } from '../lib/yclient.mjs'
-import { spawnWorkers, split } from '../lib/workers.mjs'
+import { drainReceipts, spawnWorkers, split } from '../lib/workers.mjs'
 import { snapshot, diff } from '../lib/procstats.mjs'
 import { now, sleep, summarize } from '../lib/stats.mjs'
 import { withServer, Metrics, addDriverDiag } from '../lib/harness.mjs'
@@ -87,7 +87,7 @@ async function runOne (server, n, c, m) {
     await Promise.all(workers.map((w) => w.call('record')))
     const warmup = Math.round((c.ratePerSec * c.warmupMs) / 1000)
     await sendAtRate(ytext, warmup, interval, null)
-    await drain(workers, warmup * synced)
+    await drainReceipts(workers, warmup * synced)
 
     await Promise.all(workers.map((w) => w.call('record')))
     await sleep(c.settleMs)
@@ -96,7 +96,7 @@ async function runOne (server, n, c, m) {
     const s0 = snapshot(server.pid)
     await sendAtRate(ytext, count, interval, sendTimes)
     const expected = count * synced
-    await drain(workers, expected)
+    await drainReceipts(workers, expected)
     const s1 = snapshot(server.pid)
     const collected = await Promise.all(workers.map((w) => w.call('collect')))
     const d = diff(s0, s1)
@@ -144,19 +144,6 @@ async function sendAtRate (ytext, count, interval, sendTimes) {
   }
 }
 
-/** Waits until `expected` receipts are in, or 3 s pass without progress, or 15 s in all. */
-async function drain (workers, expected) {
-  const deadline = now() + 15000
-  let last = -1
-  let lastChange = now()
-  for (;;) {
-    const counts = await Promise.all(workers.map((w) => w.call('count')))
-    const got = counts.reduce((a, r) => a + r.receipts, 0)
-    if (got !== last) { last = got; lastChange = now() }
-    if (got >= expected || now() > deadline || now() - lastChange > 3000) return
-    await sleep(50)
-  }
-}
 
 // BENCH_FANOUT_N=1,100 runs only those observer counts (for profiling one case).
 function counts () {

@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { createInterface } from 'node:readline'
 import { DocClient, Y, marker } from '../lib/yclient.mjs'
-import { ClientWorker, split } from '../lib/workers.mjs'
+import { ClientWorker, drainReceipts, split } from '../lib/workers.mjs'
 import { cpuMs } from '../lib/procstats.mjs'
 import { now, sleep, summarize, fmt } from '../lib/stats.mjs'
 
@@ -132,7 +132,7 @@ async function runCase (k, n) {
     await Promise.all(workers.map((w) => w.call('record')))
     const warm = Math.round((rate * warmupMs) / 1000)
     for (let s = 0; s < warm; s++) { ytext.insert(ytext.length, marker(s)); await sleep(interval) }
-    await drain(workers, warm * synced)
+    await drainReceipts(workers, warm * synced, { totalMs: 20000 })
     await Promise.all(workers.map((w) => w.call('record')))
     await sleep(300)
 
@@ -146,7 +146,7 @@ async function runCase (k, n) {
       sendTimes[seq] = now()
       ytext.insert(ytext.length, marker(seq))
     }
-    await drain(workers, count * synced)
+    await drainReceipts(workers, count * synced, { totalMs: 20000 })
     const cpu1 = nodes.map((s) => cpuMs(s.pid))
     const collected = await Promise.all(workers.map((w) => w.call('collect')))
     const same = []
@@ -177,19 +177,6 @@ async function runCase (k, n) {
   }
 }
 
-/** Waits until `expected` receipts are in, or 3 s pass without progress, or 20 s in all. */
-async function drain (workers, expected) {
-  const deadline = now() + 20000
-  let last = -1
-  let lastChange = now()
-  for (;;) {
-    const counts = await Promise.all(workers.map((w) => w.call('count')))
-    const got = counts.reduce((a, r) => a + r.receipts, 0)
-    if (got !== last) { last = got; lastChange = now() }
-    if (got >= expected || now() > deadline || now() - lastChange > 3000) return
-    await sleep(50)
-  }
-}
 
 console.log(`cluster fan-out: writer on node 1, ${rate} inserts/s for ${durationMs / 1000} s after ${warmupMs / 1000} s of warm-up; binary ${BIN}`)
 console.log('nodes      N  same p50  same p99  cross p50  cross p99  lost  CPU/delivery per node (µs)  total (µs)')

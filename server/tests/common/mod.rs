@@ -295,6 +295,18 @@ pub async fn a_stalled_peer_among_readers(app: &TestApp, readers: usize) {
     }
 }
 
+/// An awareness message announcing one client's state.
+pub fn awareness(client: u64, clock: u32, json: &str) -> Vec<u8> {
+    let update = tandem_crdt::AwarenessUpdate {
+        entries: vec![tandem_crdt::AwarenessEntry {
+            client,
+            clock,
+            json: json.into(),
+        }],
+    };
+    protocol::encode_awareness(&update.encode()).to_vec()
+}
+
 pub fn close_code(code: u16) -> Ended {
     Ended::Closed(code)
 }
