@@ -56,15 +56,20 @@ export function withDatabase (url, name) {
 }
 
 /** A free TCP port on 127.0.0.1 (free now: the node binds it a moment later). */
-export function freePort () {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolve(port))
+export async function freePort () {
+  // Below the kernel's ephemeral range (32768 and up by default): a port the
+  // OS picks for us there may be taken again at once as the local port of an
+  // outgoing connection (a client, a node's PostgreSQL or Redis connection),
+  // and a node restarted on it could not listen for as long as that lives.
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000)
+    const free = await new Promise((resolve) => {
+      const srv = net.createServer()
+      srv.once('error', () => resolve(false))
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)))
     })
-  })
+    if (free) return port
+  }
 }
 
 const pidAlive = (pid) => {
