@@ -57,6 +57,12 @@ step "end-to-end tests (stock y-websocket client, real binary)"
 # schemathesis (pinned, in a venv under e2e/schema) against the release
 # binary's own OpenAPI document, with an API key and in dev mode, inside a
 # network namespace of its own.
+if [ -n "${TANDEM_TEST_POSTGRES_URL:-}" ]; then
+  step "end-to-end tests on PostgreSQL: sync, durability, crash loop, webhooks (each server a fresh database)"
+  (cd e2e && TANDEM_E2E_BACKEND=postgres node --test --test-concurrency=1 --test-timeout=300000 \
+    tests/sync.test.js tests/durability.test.js tests/crash-loop.test.js tests/webhooks.test.js)
+fi
+
 step "the API against its OpenAPI document (schemathesis)"
 e2e/schema/run.sh
 
