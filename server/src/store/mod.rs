@@ -342,6 +342,21 @@ pub struct PendingReport {
     pub due_in_ms: i64,
 }
 
+impl From<(DocId, i64, i64, i64)> for PendingReport {
+    /// A row of `doc_id, first_change_at, updates, due_in`, as both
+    /// backends select it.
+    fn from((doc_id, first_change_at, updates, due_in_ms): (DocId, i64, i64, i64)) -> Self {
+        PendingReport {
+            doc_id,
+            stamp: ChangesStamp {
+                first_change_at,
+                updates,
+            },
+            due_in_ms,
+        }
+    }
+}
+
 /// What `report_changes` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Report {

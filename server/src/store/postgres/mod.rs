@@ -975,7 +975,7 @@ impl Store for PgStore {
         debounce: Debounce,
         limit: u32,
     ) -> Result<Vec<PendingReport>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows: Vec<(DocId, i64, i64, i64)> = sqlx::query_as(&format!(
             "SELECT doc_id, first_change_at, updates,
                LEAST(last_change_at + $1, first_change_at + $2) - {DB_NOW_MS} AS due_in
              FROM doc_changes ORDER BY due_in LIMIT $3"
@@ -985,18 +985,7 @@ impl Store for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PendingReport {
-                    doc_id: r.try_get(0)?,
-                    stamp: ChangesStamp {
-                        first_change_at: r.try_get(1)?,
-                        updates: r.try_get(2)?,
-                    },
-                    due_in_ms: r.try_get(3)?,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(PendingReport::from).collect())
     }
 
     async fn report_changes(

@@ -944,7 +944,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<PendingReport>, StoreError> {
         // One process writes a SQLite file: its clock is the database's,
         // the one the log writer stamps changes with.
-        let rows = sqlx::query(
+        let rows: Vec<(DocId, i64, i64, i64)> = sqlx::query_as(
             "SELECT doc_id, first_change_at, updates,
                MIN(last_change_at + $1, first_change_at + $2) - $3 AS due_in
              FROM doc_changes ORDER BY due_in LIMIT $4",
@@ -955,18 +955,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PendingReport {
-                    doc_id: r.try_get(0)?,
-                    stamp: ChangesStamp {
-                        first_change_at: r.try_get(1)?,
-                        updates: r.try_get(2)?,
-                    },
-                    due_in_ms: r.try_get(3)?,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(PendingReport::from).collect())
     }
 
     async fn report_changes(
