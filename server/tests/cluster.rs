@@ -402,3 +402,38 @@ async fn a_dead_nodes_awareness_disappears_within_fifteen_seconds() {
     drop(c);
     node.stop().await;
 }
+
+/// A node whose row is gone (removed after a long pause, or by hand) makes
+/// it again with its next beat, so the others do not count it dead.
+#[actix_web::test]
+async fn a_node_whose_row_is_gone_beats_it_back() {
+    use sqlx::Connection;
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let node = cluster.node().await;
+    let mut db = sqlx::PgConnection::connect(&cluster.dir.db_url())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM cluster_nodes")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_nodes")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        if rows == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node's row did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(db);
+    node.stop().await;
+}

@@ -326,18 +326,24 @@ impl Cluster {
     /// The persister committed `batch`, numbered as `appended` says. Called
     /// on the persister's thread: it only queues.
     pub fn committed(&self, batch: &[PendingUpdate], appended: &[AppendedRange]) {
+        // One pass over the batch, however many documents it holds.
+        let mut by_doc: HashMap<DocId, Vec<Bytes>> = HashMap::with_capacity(appended.len());
+        for u in batch {
+            by_doc.entry(u.doc_id).or_default().push(u.data.clone());
+        }
         for range in appended {
-            let updates: Vec<Bytes> = batch
-                .iter()
-                .filter(|u| u.doc_id == range.doc_id)
-                .map(|u| u.data.clone())
-                .collect();
-            if updates.len() != range.count as usize {
-                // Cannot happen (the writer numbers exactly these); the
-                // others would catch up from the database anyway.
+            let Some(updates) = by_doc.remove(&range.doc_id) else {
                 continue;
-            }
-            let first = range.last_seq + 1 - u64::from(range.count);
+            };
+            // The writer numbers exactly these; should the database say
+            // otherwise, the others catch up from it anyway.
+            let first = (range.last_seq + 1).checked_sub(u64::from(range.count));
+            let (Some(first), true) = (
+                first,
+                updates.len() == range.count as usize && range.count > 0,
+            ) else {
+                continue;
+            };
             let queued = self.publish.try_send(Outgoing::Committed {
                 doc_id: range.doc_id,
                 first,

@@ -117,7 +117,7 @@ fn add(cluster: &Cluster, pipe: &mut redis::Pipeline, out: Outgoing) {
             first,
             updates,
         } => {
-            let last = first + updates.len() as u64 - 1;
+            let last = first + (updates.len() as u64).saturating_sub(1);
             if !cluster.deliver(doc_id, Inbound::Committed { first, last }) {
                 // The room will see a hole and fill it from the database.
                 tracing::debug!(doc_id, "commit numbers not delivered: the room is busy");

@@ -34,9 +34,9 @@ pub trait ClusterStore: Send + Sync {
     /// Registers this node; returns its number.
     async fn register_node(&self) -> Result<NodeId, StoreError>;
 
-    /// Records that `node` is alive. False when its row is gone (the
-    /// database was reset): the caller registers again.
-    async fn heartbeat(&self, node: NodeId) -> Result<bool, StoreError>;
+    /// Records that `node` is alive (its row made again if it was removed,
+    /// say after the node was paused for a day).
+    async fn heartbeat(&self, node: NodeId) -> Result<(), StoreError>;
 
     /// The nodes whose last beat is at most `timeout` old, by the
     /// database's clock.

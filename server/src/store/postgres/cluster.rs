@@ -44,12 +44,15 @@ impl ClusterStore for PgCluster {
         Ok(unsigned(id))
     }
 
-    async fn heartbeat(&self, node: NodeId) -> Result<bool, StoreError> {
-        let beat = sqlx::query("UPDATE cluster_nodes SET heartbeat_at = now() WHERE id = $1")
-            .bind(signed(node))
-            .execute(&self.pool)
-            .await?;
-        Ok(beat.rows_affected() == 1)
+    async fn heartbeat(&self, node: NodeId) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cluster_nodes (id) OVERRIDING SYSTEM VALUE VALUES ($1)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind(signed(node))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn live_nodes(&self, timeout: std::time::Duration) -> Result<Vec<NodeId>, StoreError> {
