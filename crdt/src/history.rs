@@ -1243,6 +1243,10 @@ mod tests {
         fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
             &items[self.below(items.len())]
         }
+
+        fn piece(&mut self) -> &'static str {
+            PIECES[self.below(PIECES.len())]
+        }
     }
 
     fn rng(seed: u64) -> Rng {
@@ -1273,7 +1277,7 @@ mod tests {
                     text.remove_range(&mut txn, from, to - from);
                 } else {
                     let at = byte_at(&s, rng.below(chars + 1));
-                    text.insert(&mut txn, at, rng.pick(PIECES));
+                    text.insert(&mut txn, at, rng.piece());
                 }
             }
             4..=5 => {
@@ -1287,7 +1291,7 @@ mod tests {
                         map.insert(&mut txn, key, rng.below(100) as i64);
                     }
                     2 => {
-                        map.insert(&mut txn, key, *rng.pick(PIECES));
+                        map.insert(&mut txn, key, rng.piece());
                     }
                     3 => {
                         let list = vec![Any::from(1), Any::from("two 😀")];
@@ -1309,7 +1313,7 @@ mod tests {
                     if rng.below(2) == 0 {
                         array.insert(&mut txn, at, rng.below(50) as i64);
                     } else {
-                        array.insert(&mut txn, at, *rng.pick(PIECES));
+                        array.insert(&mut txn, at, rng.piece());
                     }
                 }
             }
@@ -1326,12 +1330,12 @@ mod tests {
                         if let Some(text) = paragraph_text(&txn, &xml, at) {
                             let end = text.len(&txn);
                             let at = if rng.below(2) == 0 { 0 } else { end };
-                            text.insert(&mut txn, at, rng.pick(PIECES));
+                            text.insert(&mut txn, at, rng.piece());
                         }
                     }
                     _ => {
                         let at = rng.below(len as usize + 1) as u32;
-                        let words = *rng.pick(PIECES);
+                        let words = rng.piece();
                         let p = XmlElementPrelim::new(
                             "paragraph",
                             [XmlIn::from(XmlTextPrelim::new(words))],
