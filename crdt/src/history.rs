@@ -20,7 +20,7 @@
 //! touching only what differs, so that clients' cursors in untouched text
 //! and their concurrent edits survive.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -835,11 +835,11 @@ fn copy_xml<T: ReadTxn, P: XmlFragment>(
     }
 }
 
-/// One unit of a rich text: a character or an embedded value (rendered).
-#[derive(Debug, Clone, PartialEq)]
+/// One unit of a rich text: a character or an embedded value (its JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Tok {
     Char(char),
-    Embed(Value),
+    Embed(String),
 }
 
 /// A rich text as tokens, each with the delta chunk it came from (for its
@@ -864,7 +864,7 @@ impl RichText {
                     }
                 }
                 other => {
-                    toks.push(Tok::Embed(render(txn, other)));
+                    toks.push(Tok::Embed(render(txn, other).to_string()));
                     chunk_of.push(i);
                 }
             }
@@ -1138,10 +1138,14 @@ fn backtrack(trace: &[Vec<isize>], n: isize, m: isize) -> Vec<Edit> {
 fn diff_text(a: &[Tok], b: &[Tok]) -> Vec<Edit> {
     let a_lines = lines(a);
     let b_lines = lines(b);
+    // Lines compared as numbers: Myers compares the same pairs many times.
+    let mut ids: HashMap<&[Tok], u32> = HashMap::new();
+    let a_ids = line_ids(&a_lines, &mut ids);
+    let b_ids = line_ids(&b_lines, &mut ids);
     let mut edits = Vec::new();
     let (mut ia, mut ib) = (0usize, 0usize); // token positions
     let (mut la, mut lb) = (0usize, 0usize); // line positions
-    let line_edits = diff_slices(&a_lines, &b_lines);
+    let line_edits = diff_slices(&a_ids, &b_ids);
     let mut k = 0;
     while k < line_edits.len() {
         match line_edits[k] {
@@ -1177,7 +1181,53 @@ fn diff_text(a: &[Tok], b: &[Tok]) -> Vec<Edit> {
             }
         }
     }
-    edits
+    absorb_small_equalities(&edits)
+}
+
+/// Equal runs shorter than this, between two changes, are replaced too.
+const SMALL_EQUALITY: usize = 4;
+
+/// Folds short equal runs between changes into the changes around them.
+/// A character diff of rewritten prose matches stray letters and spaces
+/// all over ("the" and "then" share three); keeping each costs yrs an
+/// operation, and a reader sees a word replaced rather than shredded.
+/// Each run of changes becomes one deletion followed by one insertion,
+/// which consume the same elements in the same order as before.
+fn absorb_small_equalities(edits: &[Edit]) -> Vec<Edit> {
+    let mut out = Vec::new();
+    let (mut deleted, mut inserted) = (0, 0);
+    for (k, edit) in edits.iter().enumerate() {
+        match *edit {
+            Edit::Delete(n) => deleted += n,
+            Edit::Insert(n) => inserted += n,
+            Edit::Equal(n) => {
+                let between = k > 0 && k + 1 < edits.len();
+                if between && n < SMALL_EQUALITY {
+                    deleted += n;
+                    inserted += n;
+                } else {
+                    push_edit(&mut out, Edit::Delete(deleted));
+                    push_edit(&mut out, Edit::Insert(inserted));
+                    push_edit(&mut out, Edit::Equal(n));
+                    (deleted, inserted) = (0, 0);
+                }
+            }
+        }
+    }
+    push_edit(&mut out, Edit::Delete(deleted));
+    push_edit(&mut out, Edit::Insert(inserted));
+    out
+}
+
+/// A number for each line, the same for equal lines.
+fn line_ids<'a>(lines: &[&'a [Tok]], ids: &mut HashMap<&'a [Tok], u32>) -> Vec<u32> {
+    lines
+        .iter()
+        .map(|line| {
+            let next = ids.len() as u32;
+            *ids.entry(*line).or_insert(next)
+        })
+        .collect()
 }
 
 /// The tokens split into lines, each line keeping its newline.
@@ -1902,5 +1952,120 @@ mod tests {
         assert_eq!(render_update(&at), json!({}));
         history.forget_before(&foreign).expect("nothing to collect");
         assert_eq!(history.encode(), before);
+    }
+
+    /// Replays a real editing trace (see /work/shared/traces/README.md)
+    /// and prints the figures of docs/ for the history: run with
+    /// `cargo test -p tandem-crdt --release -- --ignored --nocapture trace`.
+    #[test]
+    #[ignore = "reads /work/shared/traces and takes a while; prints measurements"]
+    fn automerge_paper_trace_figures() {
+        use std::io::Read as _;
+        use std::time::Instant;
+        let path = "/work/shared/traces/automerge-paper.json.gz";
+        let file = std::fs::File::open(path).expect("the trace is there");
+        let mut raw = String::new();
+        flate2::read::GzDecoder::new(file)
+            .read_to_string(&mut raw)
+            .expect("gunzips");
+        let trace: Value = serde_json::from_str(&raw).expect("parses");
+        let txns = trace["txns"].as_array().expect("txns");
+        // The client keeps its own history too, for comparison. The trace
+        // is ASCII only, so code points are bytes.
+        let client = Doc::with_options(history_options());
+        let text = client.get_or_insert_text("text");
+        let mut history = HistoryDoc::new();
+        let mut snapshots = Vec::new();
+        let started = Instant::now();
+        for (i, t) in txns.iter().enumerate() {
+            let mut txn = client.transact_mut();
+            for patch in t["patches"].as_array().expect("patches") {
+                let at = patch[0].as_u64().expect("position") as u32;
+                let delete = patch[1].as_u64().expect("count") as u32;
+                let insert = patch[2].as_str().expect("text");
+                if delete > 0 {
+                    text.remove_range(&mut txn, at, delete);
+                }
+                if !insert.is_empty() {
+                    text.insert(&mut txn, at, insert);
+                }
+            }
+            let update = txn.encode_update_v1();
+            drop(txn);
+            history.apply(&update).expect("applies");
+            if (i + 1) % 1000 == 0 {
+                snapshots.push(history.snapshot());
+            }
+        }
+        let replayed = started.elapsed();
+        assert_eq!(
+            text.get_string(&client.transact()),
+            trace["endContent"].as_str().expect("end")
+        );
+        let base = history.encode();
+        let client_no_gc = full_state(&client);
+        let (now, _) = DocState::load(Some(&base), []).expect("loads");
+        let current = now.encode_state();
+        let snapshot_bytes: usize = snapshots.iter().map(Vec::len).sum();
+        println!("txns {}, replay with history {replayed:?}", txns.len());
+        println!("history encode() {} bytes", base.len());
+        println!("client's own no-gc encoding {} bytes", client_no_gc.len());
+        println!("final gc'd document {} bytes", current.len());
+        println!(
+            "{} snapshots, {} bytes in all (largest {}, last {})",
+            snapshots.len(),
+            snapshot_bytes,
+            snapshots.iter().map(Vec::len).max().unwrap_or(0),
+            snapshots.last().map_or(0, Vec::len)
+        );
+
+        let middle = &snapshots[snapshots.len() / 2];
+        let started = Instant::now();
+        let mut server = HistoryDoc::new();
+        server.apply(&base).expect("the base applies");
+        let loaded = started.elapsed();
+        let target = server.encode_at(middle).expect("encodes");
+        let both = started.elapsed();
+        println!(
+            "encode_at(middle): {both:?} with loading the base ({loaded:?} of it), {} bytes",
+            target.len()
+        );
+
+        let started = Instant::now();
+        let update = restore_update(&current, &target)
+            .expect("restores")
+            .expect("differs");
+        println!(
+            "restore_update(final -> middle): {:?}, {} bytes",
+            started.elapsed(),
+            update.len()
+        );
+        let doc = Doc::new();
+        apply_to(&doc, &current);
+        apply_to(&doc, &update);
+        assert_eq!(render_update(&full_state(&doc)), render_update(&target));
+
+        let started = Instant::now();
+        let diff = server
+            .diff(middle, None, &Attribution::new())
+            .expect("diffs");
+        let spans = diff["roots"]["text"]["spans"]
+            .as_array()
+            .map_or(0, Vec::len);
+        println!(
+            "diff(middle -> now): {:?}, {spans} spans",
+            started.elapsed()
+        );
+
+        let started = Instant::now();
+        server.forget_before(middle).expect("collects");
+        let forgotten = server.encode().len();
+        println!(
+            "forget_before(middle): {:?}, encode() {} -> {forgotten} bytes",
+            started.elapsed(),
+            base.len()
+        );
+        let again = server.encode_at(middle).expect("encodes");
+        assert_eq!(render_update(&again), render_update(&target));
     }
 }
