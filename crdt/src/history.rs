@@ -128,8 +128,14 @@ impl HistoryDoc {
     }
 
     /// What changed between two versions: `from` is a snapshot, `to` a
-    /// snapshot or `None` for the current state. See the crate's history
-    /// documentation for the JSON shape; "spans" are given for Text roots.
+    /// snapshot or `None` for the current state. The answer is
+    /// `{"roots": {name: {"type": "text"|"map"|"array"|"xml", "before": …,
+    /// "after": …, "spans": [{"text", "change", "by"}, …]}}}`: each root
+    /// rendered as `DocState::to_json` renders it (null on a side where it
+    /// is absent), and for Text roots the text in document order, marked
+    /// "inserted", "deleted" or "unchanged", with who inserted it (who
+    /// deleted it, for "deleted") when `attribution` knows. Consecutive
+    /// characters with the same change and author form one span.
     pub fn diff(
         &mut self,
         from: &[u8],
