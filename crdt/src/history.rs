@@ -20,7 +20,7 @@
 //! touching only what differs, so that clients' cursors in untouched text
 //! and their concurrent edits survive.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -118,22 +118,24 @@ impl HistoryDoc {
             let mut txn = doc.transact_mut();
             // yrs' collector frees whole blocks: a block deleted only in
             // part at the snapshot, and merged since with its neighbour
-            // deleted later, would be freed whole. Splitting the blocks at
-            // the delete set's edges first (which `diff_range` does for the
-            // whole store, whatever the text it then reads) prevents that.
-            let root = txn.root_refs().find_map(|(_, out)| branch_of(&out));
-            if let Some(root) = root {
-                let edges = Snapshot::new(txn.state_vector(), snapshot.delete_set.clone());
-                TextRef::from(root).diff_range(&mut txn, Some(&edges), None, YChange::identity);
-            }
+            // deleted later, would be freed whole. Split at the delete
+            // set's edges first.
+            let edges = Snapshot::new(txn.state_vector(), snapshot.delete_set.clone());
+            split_blocks(&mut txn, &edges);
             txn.gc(Some(&snapshot.delete_set));
         }));
         collected.map_err(|_| ApplyError::Poisoned("yrs panicked while collecting".into()))
     }
 
     /// What changed between two versions: `from` is a snapshot, `to` a
-    /// snapshot or `None` for the current state. See the crate's history
-    /// documentation for the JSON shape; "spans" are given for Text roots.
+    /// snapshot or `None` for the current state. The answer is
+    /// `{"roots": {name: {"type": "text"|"map"|"array"|"xml", "before": …,
+    /// "after": …, "spans": [{"text", "change", "by"}, …]}}}`: each root
+    /// rendered as `DocState::to_json` renders it (null on a side where it
+    /// is absent), and for Text roots the text in document order, marked
+    /// "inserted", "deleted" or "unchanged", with who inserted it (who
+    /// deleted it, for "deleted") when `attribution` knows. Consecutive
+    /// characters with the same change and author form one span.
     pub fn diff(
         &mut self,
         from: &[u8],
@@ -191,8 +193,16 @@ impl HistoryDoc {
     /// The document at `snapshot` (already clipped), loaded into an
     /// ordinary, garbage-collecting `DocState`.
     fn state_at(&self, snapshot: &Snapshot) -> Result<DocState, ApplyError> {
-        let txn = self.state.doc().transact();
+        let doc = self.state.doc();
         let encoded = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            // yrs 0.28 encodes the last block of a client cut at the
+            // snapshot's clock wrongly when the cut keeps one character of
+            // a string (`ItemContent::encode_slice` takes an end offset of
+            // 0 for "to the end"): the whole string is written and the
+            // update does not decode. With the blocks split at the
+            // snapshot first, no block is cut while encoding.
+            split_blocks(&mut txn, snapshot);
             let mut encoder = EncoderV1::new();
             txn.encode_state_from_snapshot(snapshot, &mut encoder)
                 .map(|()| encoder.to_vec())
@@ -206,14 +216,14 @@ impl HistoryDoc {
                 ))
             }
         };
-        drop(txn);
-        let (state, report) = DocState::load(Some(&raw), [])?;
-        if report.skipped > 0 {
-            return Err(ApplyError::Malformed(
-                "the version did not encode as a valid update".into(),
-            ));
+        let mut state = DocState::new();
+        match state.apply_unchecked(&raw) {
+            Ok(_) => Ok(state),
+            Err(ApplyError::Malformed(e)) => Err(ApplyError::Malformed(format!(
+                "the version did not encode as a valid update: {e}"
+            ))),
+            Err(e) => Err(e),
         }
-        Ok(state)
     }
 
     /// The spans of Text root `name` between two versions.
@@ -282,6 +292,21 @@ impl HistoryDoc {
                 .map(|(text, change, by)| json!({"text": text, "change": change, "by": by}))
                 .collect(),
         ))
+    }
+}
+
+/// Splits the blocks of the store where `snapshot` begins or stops seeing
+/// them (its clocks and the edges of its delete set). yrs does that only
+/// inside `Text::diff_range`, for the whole store whatever the text it then
+/// reads, so it is called on the root that costs least to read. The splits
+/// last until the transaction commits, when yrs merges the blocks again.
+fn split_blocks(txn: &mut TransactionMut, snapshot: &Snapshot) {
+    let root = txn
+        .root_refs()
+        .filter_map(|(_, out)| branch_of(&out))
+        .min_by_key(|branch| branch.content_len());
+    if let Some(root) = root {
+        TextRef::from(root).diff_range(txn, Some(snapshot), None, YChange::identity);
     }
 }
 
@@ -816,11 +841,11 @@ fn copy_xml<T: ReadTxn, P: XmlFragment>(
     }
 }
 
-/// One unit of a rich text: a character or an embedded value (rendered).
-#[derive(Debug, Clone, PartialEq)]
+/// One unit of a rich text: a character or an embedded value (its JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Tok {
     Char(char),
-    Embed(Value),
+    Embed(String),
 }
 
 /// A rich text as tokens, each with the delta chunk it came from (for its
@@ -845,7 +870,7 @@ impl RichText {
                     }
                 }
                 other => {
-                    toks.push(Tok::Embed(render(txn, other)));
+                    toks.push(Tok::Embed(render(txn, other).to_string()));
                     chunk_of.push(i);
                 }
             }
@@ -905,11 +930,21 @@ fn restore_text<T: ReadTxn>(
     for edit in diff_text(&have.toks, &want.toks) {
         match edit {
             Edit::Equal(n) => {
-                // Same characters; restore their formatting where it differs.
-                for k in 0..n {
-                    let len = units(&have.toks[i + k], offsets);
-                    if !keys.is_empty() && have.attrs(i + k) != want.attrs(j + k) {
-                        text.format(txn, at, len, full_attrs(want.attrs(j + k)));
+                // Same characters; restore their formatting where it
+                // differs, one call per run with the same target formatting.
+                let mut k = 0;
+                while k < n {
+                    let wanted = want.attrs(j + k);
+                    let differs =
+                        |k: usize| !keys.is_empty() && have.attrs(i + k) != want.attrs(j + k);
+                    let mut len = 0;
+                    let start = k;
+                    while k < n && differs(k) == differs(start) && want.attrs(j + k) == wanted {
+                        len += units(&have.toks[i + k], offsets);
+                        k += 1;
+                    }
+                    if differs(start) {
+                        text.format(txn, at, len, full_attrs(wanted));
                         changed = true;
                     }
                     at += len;
@@ -1109,10 +1144,14 @@ fn backtrack(trace: &[Vec<isize>], n: isize, m: isize) -> Vec<Edit> {
 fn diff_text(a: &[Tok], b: &[Tok]) -> Vec<Edit> {
     let a_lines = lines(a);
     let b_lines = lines(b);
+    // Lines compared as numbers: Myers compares the same pairs many times.
+    let mut ids: HashMap<&[Tok], u32> = HashMap::new();
+    let a_ids = line_ids(&a_lines, &mut ids);
+    let b_ids = line_ids(&b_lines, &mut ids);
     let mut edits = Vec::new();
     let (mut ia, mut ib) = (0usize, 0usize); // token positions
     let (mut la, mut lb) = (0usize, 0usize); // line positions
-    let line_edits = diff_slices(&a_lines, &b_lines);
+    let line_edits = diff_slices(&a_ids, &b_ids);
     let mut k = 0;
     while k < line_edits.len() {
         match line_edits[k] {
@@ -1148,10 +1187,891 @@ fn diff_text(a: &[Tok], b: &[Tok]) -> Vec<Edit> {
             }
         }
     }
-    edits
+    absorb_small_equalities(&edits)
+}
+
+/// Equal runs shorter than this, between two changes, are replaced too.
+const SMALL_EQUALITY: usize = 4;
+
+/// Folds short equal runs between changes into the changes around them.
+/// A character diff of rewritten prose matches stray letters and spaces
+/// all over ("the" and "then" share three); keeping each costs yrs an
+/// operation, and a reader sees a word replaced rather than shredded.
+/// Each run of changes becomes one deletion followed by one insertion,
+/// which consume the same elements in the same order as before.
+fn absorb_small_equalities(edits: &[Edit]) -> Vec<Edit> {
+    let mut out = Vec::new();
+    let (mut deleted, mut inserted) = (0, 0);
+    for (k, edit) in edits.iter().enumerate() {
+        match *edit {
+            Edit::Delete(n) => deleted += n,
+            Edit::Insert(n) => inserted += n,
+            Edit::Equal(n) => {
+                let between = k > 0 && k + 1 < edits.len();
+                if between && n < SMALL_EQUALITY {
+                    deleted += n;
+                    inserted += n;
+                } else {
+                    push_edit(&mut out, Edit::Delete(deleted));
+                    push_edit(&mut out, Edit::Insert(inserted));
+                    push_edit(&mut out, Edit::Equal(n));
+                    (deleted, inserted) = (0, 0);
+                }
+            }
+        }
+    }
+    push_edit(&mut out, Edit::Delete(deleted));
+    push_edit(&mut out, Edit::Insert(inserted));
+    out
+}
+
+/// A number for each line, the same for equal lines.
+fn line_ids<'a>(lines: &[&'a [Tok]], ids: &mut HashMap<&'a [Tok], u32>) -> Vec<u32> {
+    lines
+        .iter()
+        .map(|line| {
+            let next = ids.len() as u32;
+            *ids.entry(*line).or_insert(next)
+        })
+        .collect()
 }
 
 /// The tokens split into lines, each line keeping its newline.
 fn lines(toks: &[Tok]) -> Vec<&[Tok]> {
     toks.split_inclusive(|t| *t == Tok::Char('\n')).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use yrs::types::xml::XmlTextPrelim;
+    use yrs::{Assoc, ClientID, In, IndexedSequence, MapPrelim, XmlTextRef};
+
+    type TextEdit<'a> = &'a dyn Fn(&TextRef, &mut TransactionMut);
+
+    /// `user` edits text "t" on `from`; the update reaches `to`, the
+    /// history and the attribution.
+    fn send(
+        history: &mut HistoryDoc,
+        who: &mut Attribution,
+        (from, to): (&Doc, &Doc),
+        user: &str,
+        f: TextEdit,
+    ) {
+        let text = from.get_or_insert_text("t");
+        let mut txn = from.transact_mut();
+        f(&text, &mut txn);
+        let update = txn.encode_update_v1();
+        drop(txn);
+        who.record(user, &update).expect("records");
+        history.apply(&update).expect("applies");
+        apply_to(to, &update);
+    }
+
+    /// One transaction on `doc`, its update applied to `history`.
+    fn edit(doc: &Doc, history: &mut HistoryDoc, f: &dyn Fn(&mut TransactionMut)) {
+        let mut txn = doc.transact_mut();
+        f(&mut txn);
+        history.apply(&txn.encode_update_v1()).expect("applies");
+    }
+
+    /// A small deterministic generator, so that a failing seed replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            if n == 0 {
+                0
+            } else {
+                (self.next() % n as u64) as usize
+            }
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+
+        fn piece(&mut self) -> &'static str {
+            PIECES[self.below(PIECES.len())]
+        }
+    }
+
+    fn rng(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    const PIECES: &[&str] = &["a", "bc", "é", "😀", " ", "xyz", "ß\n", "héllo 😀", "\n"];
+
+    /// The byte offset of char `index` in `s` (the document uses byte offsets).
+    fn byte_at(s: &str, index: usize) -> u32 {
+        s.chars().take(index).map(char::len_utf8).sum::<usize>() as u32
+    }
+
+    /// One random edit of a client document, in its own transaction, as
+    /// the update it produced.
+    fn random_edit(doc: &Doc, rng: &mut Rng) -> Vec<u8> {
+        let mut txn = doc.transact_mut();
+        match rng.below(10) {
+            0..=3 => {
+                let text = txn.get_or_insert_text("t");
+                let s = text.get_string(&txn);
+                let chars = s.chars().count();
+                if chars > 0 && rng.below(3) == 0 {
+                    let at = rng.below(chars);
+                    let len = 1 + rng.below(3.min(chars - at));
+                    let from = byte_at(&s, at);
+                    let to = byte_at(&s, at + len);
+                    text.remove_range(&mut txn, from, to - from);
+                } else {
+                    let at = byte_at(&s, rng.below(chars + 1));
+                    text.insert(&mut txn, at, rng.piece());
+                }
+            }
+            4..=5 => {
+                let map = txn.get_or_insert_map("m");
+                let key = *rng.pick(&["a", "b", "c", "d"]);
+                match rng.below(5) {
+                    0 => {
+                        map.remove(&mut txn, key);
+                    }
+                    1 => {
+                        map.insert(&mut txn, key, rng.below(100) as i64);
+                    }
+                    2 => {
+                        map.insert(&mut txn, key, rng.piece());
+                    }
+                    3 => {
+                        let list = vec![Any::from(1), Any::from("two 😀")];
+                        map.insert(&mut txn, key, Any::from(list));
+                    }
+                    _ => {
+                        let nested = MapPrelim::from([("n", In::from(rng.below(9) as i64))]);
+                        map.insert(&mut txn, key, nested);
+                    }
+                }
+            }
+            6..=7 => {
+                let array = txn.get_or_insert_array("a");
+                let len = array.len(&txn);
+                if len > 0 && rng.below(3) == 0 {
+                    array.remove(&mut txn, rng.below(len as usize) as u32);
+                } else {
+                    let at = rng.below(len as usize + 1) as u32;
+                    if rng.below(2) == 0 {
+                        array.insert(&mut txn, at, rng.below(50) as i64);
+                    } else {
+                        array.insert(&mut txn, at, rng.piece());
+                    }
+                }
+            }
+            _ => {
+                let xml = txn.get_or_insert_xml_fragment("x");
+                let len = xml.len(&txn);
+                match rng.below(4) {
+                    0 if len > 0 => {
+                        xml.remove_range(&mut txn, rng.below(len as usize) as u32, 1);
+                    }
+                    1 if len > 0 => {
+                        // Edit the text inside a paragraph.
+                        let at = rng.below(len as usize) as u32;
+                        if let Some(text) = paragraph_text(&txn, &xml, at) {
+                            let end = text.len(&txn);
+                            let at = if rng.below(2) == 0 { 0 } else { end };
+                            text.insert(&mut txn, at, rng.piece());
+                        }
+                    }
+                    _ => {
+                        let at = rng.below(len as usize + 1) as u32;
+                        let words = rng.piece();
+                        let p = XmlElementPrelim::new(
+                            "paragraph",
+                            [XmlIn::from(XmlTextPrelim::new(words))],
+                        );
+                        xml.insert(&mut txn, at, p);
+                    }
+                }
+            }
+        }
+        txn.encode_update_v1()
+    }
+
+    /// The text of the paragraph at `index` of a fragment.
+    fn paragraph_text<T: ReadTxn>(txn: &T, xml: &XmlFragmentRef, index: u32) -> Option<XmlTextRef> {
+        let XmlOut::Element(p) = xml.get(txn, index)? else {
+            return None;
+        };
+        match p.get(txn, 0)? {
+            XmlOut::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    fn full_state(doc: &Doc) -> Vec<u8> {
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// A v1 update as `DocState::to_json` renders it.
+    fn render_update(update: &[u8]) -> Value {
+        let (state, report) = DocState::load(Some(update), []).expect("loads");
+        assert_eq!(report.skipped, 0);
+        state.to_json()
+    }
+
+    fn apply_to(doc: &Doc, update: &[u8]) {
+        let update = Update::decode_v1(update).expect("decodes");
+        doc.transact_mut().apply_update(update).expect("applies");
+    }
+
+    /// Replays `edits` random edits into a client and a history document,
+    /// taking a snapshot every `every` edits. Returns the history, the
+    /// client, and every snapshot with the client's rendering at that time.
+    fn replay(seed: u64, edits: usize, every: usize) -> (HistoryDoc, Doc, Vec<(Vec<u8>, Value)>) {
+        let mut rng = rng(seed);
+        let client = Doc::new();
+        let mut history = HistoryDoc::new();
+        let mut versions = Vec::new();
+        for i in 1..=edits {
+            let update = random_edit(&client, &mut rng);
+            history.apply(&update).expect("a client's update applies");
+            if i % every == 0 {
+                versions.push((history.snapshot(), render_update(&full_state(&client))));
+            }
+        }
+        (history, client, versions)
+    }
+
+    #[test]
+    fn every_version_renders_exactly_and_retention_keeps_the_later_ones() {
+        let (mut history, client, versions) = replay(7, 300, 20);
+        assert_eq!(versions.len(), 15);
+        for (snapshot, expected) in &versions {
+            let at = history.encode_at(snapshot).expect("encodes");
+            assert_eq!(&render_update(&at), expected);
+        }
+        // The server reloads the base from `encode()` before reading a version.
+        let mut reloaded = HistoryDoc::new();
+        reloaded.apply(&history.encode()).expect("the base applies");
+        for (snapshot, expected) in &versions {
+            let at = reloaded.encode_at(snapshot).expect("encodes");
+            assert_eq!(&render_update(&at), expected);
+        }
+
+        let k = 7;
+        let before = history.encode().len();
+        history.forget_before(&versions[k].0).expect("collects");
+        let after = history.encode().len();
+        assert!(after < before, "{after} bytes, not less than {before}");
+        for (snapshot, expected) in &versions[k..] {
+            let at = history.encode_at(snapshot).expect("encodes");
+            assert_eq!(&render_update(&at), expected);
+        }
+        // And after a reload from the shrunk base.
+        let mut reloaded = HistoryDoc::new();
+        reloaded.apply(&history.encode()).expect("the base applies");
+        for (snapshot, expected) in &versions[k..] {
+            let at = reloaded.encode_at(snapshot).expect("encodes");
+            assert_eq!(&render_update(&at), expected);
+        }
+        // The current state is untouched by retention.
+        let now = reloaded.encode_at(&reloaded.snapshot()).expect("encodes");
+        assert_eq!(render_update(&now), render_update(&full_state(&client)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        #[test]
+        fn versions_render_exactly_for_any_edit_sequence(
+            seed in any::<u64>(),
+            edits in 20usize..80,
+            forget in 0usize..8,
+        ) {
+            let (mut history, _, versions) = replay(seed, edits, 10);
+            for (snapshot, expected) in &versions {
+                let at = history.encode_at(snapshot).expect("encodes");
+                prop_assert_eq!(&render_update(&at), expected);
+            }
+            if let Some((snapshot, _)) = versions.get(forget) {
+                history.forget_before(snapshot).expect("collects");
+                for (snapshot, expected) in &versions[forget..] {
+                    let at = history.encode_at(snapshot).expect("encodes");
+                    prop_assert_eq!(&render_update(&at), expected);
+                }
+            }
+        }
+
+        #[test]
+        fn a_restore_reaches_any_version_from_any_other(
+            seed in any::<u64>(),
+            pick in any::<(usize, usize)>(),
+        ) {
+            let (history, _, versions) = replay(seed, 60, 6);
+            let target = &versions[pick.0 % versions.len()].0;
+            let current = &versions[pick.1 % versions.len()].0;
+            let target = history.encode_at(target).expect("encodes");
+            let current = history.encode_at(current).expect("encodes");
+            check_restore(&current, &target);
+        }
+    }
+
+    /// Restores `current` to `target` and checks the result renders as the target.
+    fn check_restore(current: &[u8], target: &[u8]) {
+        let wanted = render_update(target);
+        let doc = Doc::new();
+        apply_to(&doc, current);
+        match restore_update(current, target).expect("restores") {
+            None => assert_restored(&render_update(current), &wanted),
+            Some(update) => {
+                apply_to(&doc, &update);
+                assert_restored(&render_update(&full_state(&doc)), &wanted);
+            }
+        }
+    }
+
+    /// `restored` renders as `wanted`, except that a root the target did
+    /// not have at all is there, emptied: a Yjs root cannot be removed, and
+    /// an empty one renders as "".
+    fn assert_restored(restored: &Value, wanted: &Value) {
+        let mut restored = restored.clone();
+        if let (Some(restored), Some(wanted)) = (restored.as_object_mut(), wanted.as_object()) {
+            restored.retain(|name, value| {
+                if wanted.contains_key(name) {
+                    return true;
+                }
+                assert_eq!(*value, json!(""), "root {name} was not emptied");
+                false
+            });
+        }
+        assert_eq!(&restored, wanted);
+    }
+
+    #[test]
+    fn a_restore_keeps_unchanged_content_and_converges_with_concurrent_edits() {
+        let doc = Doc::new();
+        let mut history = HistoryDoc::new();
+        // A Tiptap-like document: paragraphs and a heading with marks.
+        edit(&doc, &mut history, &|txn| {
+            let xml = txn.get_or_insert_xml_fragment("default");
+            let mut h =
+                XmlElementPrelim::new("heading", [XmlIn::from(XmlTextPrelim::new("Title 😀"))]);
+            h.attributes.clear();
+            let heading = xml.insert(txn, 0, h);
+            heading.insert_attribute(txn, "level", Any::from(2));
+            for (i, words) in ["first paragraph", "second one", "third"]
+                .iter()
+                .enumerate()
+            {
+                let p = xml.insert(txn, i as u32 + 1, XmlElementPrelim::empty("paragraph"));
+                let text = p.insert(txn, 0, XmlTextPrelim::new(""));
+                text.insert(txn, 0, words);
+            }
+            let title = txn.get_or_insert_text("title");
+            title.insert(txn, 0, "héllo 😀 wörld");
+            let meta = txn.get_or_insert_map("meta");
+            meta.insert(
+                txn,
+                "tags",
+                MapPrelim::from([("list", In::from(Any::from(vec![Any::from("a")])))]),
+            );
+            meta.insert(txn, "n", 1);
+            let list = txn.get_or_insert_array("list");
+            list.insert(txn, 0, 1);
+            list.insert(txn, 1, "two");
+        });
+        let version = history.snapshot();
+        edit(&doc, &mut history, &|txn| {
+            let xml = txn.get_or_insert_xml_fragment("default");
+            // Bold in the second paragraph, the third deleted, a new one.
+            if let Some(text) = paragraph_text(txn, &xml, 2) {
+                let bold: Attrs = [(Arc::from("bold"), Any::Bool(true))].into_iter().collect();
+                text.format(txn, 0, 6, bold);
+            }
+            xml.remove_range(txn, 3, 1);
+            let p = xml.insert(txn, 1, XmlElementPrelim::empty("paragraph"));
+            p.insert(txn, 0, XmlTextPrelim::new("inserted later"));
+            let title = txn.get_or_insert_text("title");
+            let len = title.len(txn);
+            title.remove_range(txn, 0, len);
+            title.insert(txn, 0, "héllo 😀 there");
+            let meta = txn.get_or_insert_map("meta");
+            meta.insert(txn, "n", 2);
+            meta.insert(txn, "extra", "x");
+            let list = txn.get_or_insert_array("list");
+            list.insert(txn, 1, "one and a half");
+            let gone = txn.get_or_insert_text("scratch");
+            gone.insert(txn, 0, "later root");
+        });
+        let current = full_state(&doc);
+        let target = history.encode_at(&version).expect("encodes");
+        let wanted = render_update(&target);
+
+        // A cursor inside the first paragraph, which the restore must not touch.
+        let cursor = {
+            let txn = doc.transact();
+            let xml = txn.get_xml_fragment("default").expect("exists");
+            let text = paragraph_text(&txn, &xml, 2).expect("the first paragraph");
+            assert_eq!(text.get_string(&txn), "first paragraph");
+            text.sticky_index(&txn, 5, Assoc::After).expect("an index")
+        };
+
+        let update = restore_update(&current, &target)
+            .expect("restores")
+            .expect("something differs");
+        // A concurrent edit, made without the restore.
+        let other = Doc::new();
+        apply_to(&other, &current);
+        let concurrent = {
+            let mut txn = other.transact_mut();
+            let title = txn.get_or_insert_text("title");
+            title.insert(&mut txn, 0, "» ");
+            txn.encode_update_v1()
+        };
+        apply_to(&doc, &update);
+        assert_restored(&render_update(&full_state(&doc)), &wanted);
+        {
+            let txn = doc.transact();
+            let offset = cursor.get_offset(&txn).expect("still resolves");
+            assert_eq!(offset.index, 5);
+            let xml = txn.get_xml_fragment("default").expect("exists");
+            let text = paragraph_text(&txn, &xml, 1).expect("the first paragraph");
+            assert_eq!(
+                offset.branch,
+                BranchPtr::from(AsRef::<Branch>::as_ref(&text))
+            );
+        }
+        // Both orders converge.
+        apply_to(&doc, &concurrent);
+        apply_to(&other, &update);
+        let one = render_update(&full_state(&doc));
+        assert_eq!(one, render_update(&full_state(&other)));
+        assert_eq!(one["title"], json!("» héllo 😀 wörld"));
+
+        // Nothing differs: no update.
+        let restored = full_state(&doc);
+        let same = restore_update(&restored, &restored).expect("restores");
+        assert!(same.is_none());
+    }
+
+    #[test]
+    fn a_restore_brings_back_formatting_and_number_attributes() {
+        let doc = Doc::new();
+        let target = {
+            let mut txn = doc.transact_mut();
+            let xml = txn.get_or_insert_xml_fragment("default");
+            let heading = xml.insert(&mut txn, 0, XmlElementPrelim::empty("heading"));
+            heading.insert_attribute(&mut txn, "level", Any::from(3));
+            let text = heading.insert(&mut txn, 0, XmlTextPrelim::new(""));
+            let bold: Attrs = [(Arc::from("bold"), Any::Bool(true))].into_iter().collect();
+            text.insert_with_attributes(&mut txn, 0, "big", bold);
+            text.insert(&mut txn, 3, " plain");
+            let rich = txn.get_or_insert_text("rich");
+            let italic: Attrs = [(Arc::from("italic"), Any::Bool(true))]
+                .into_iter()
+                .collect();
+            rich.insert_with_attributes(&mut txn, 0, "slanted", italic);
+            // Text typed after italic text is italic too, unless told otherwise.
+            let upright: Attrs = [(Arc::from("italic"), Any::Null)].into_iter().collect();
+            rich.insert_with_attributes(&mut txn, 7, " upright", upright);
+            drop(txn);
+            full_state(&doc)
+        };
+        {
+            let mut txn = doc.transact_mut();
+            let xml = txn.get_or_insert_xml_fragment("default");
+            xml.remove_range(&mut txn, 0, 1);
+            let rich = txn.get_or_insert_text("rich");
+            let len = rich.len(&txn);
+            rich.remove_range(&mut txn, 0, len);
+            rich.insert(&mut txn, 0, "slanted upright!");
+        }
+        let current = full_state(&doc);
+        let update = restore_update(&current, &target)
+            .expect("restores")
+            .expect("differs");
+        apply_to(&doc, &update);
+        let txn = doc.transact();
+        let xml = txn.get_xml_fragment("default").expect("exists");
+        let Some(XmlOut::Element(heading)) = xml.get(&txn, 0) else {
+            panic!("no heading");
+        };
+        assert_eq!(
+            heading.get_attribute(&txn, "level"),
+            Some(Out::Any(Any::from(3)))
+        );
+        let rich = txn.get_text("rich").expect("exists");
+        let chunks: Vec<(String, bool)> = rich
+            .diff(&txn, YChange::identity)
+            .into_iter()
+            .map(|d| {
+                let italic = d
+                    .attributes
+                    .is_some_and(|a| a.get("italic") == Some(&Any::Bool(true)));
+                (d.insert.to_string(&txn), italic)
+            })
+            .collect();
+        assert_eq!(
+            chunks,
+            vec![("slanted".to_owned(), true), (" upright".to_owned(), false)]
+        );
+        drop(txn);
+        assert_eq!(render_update(&full_state(&doc)), render_update(&target));
+    }
+
+    #[test]
+    fn a_restore_clears_roots_the_version_did_not_have() {
+        let doc = Doc::new();
+        let empty = full_state(&doc);
+        {
+            let mut txn = doc.transact_mut();
+            txn.get_or_insert_text("t").insert(&mut txn, 0, "x");
+            txn.get_or_insert_map("m").insert(&mut txn, "k", 1);
+        }
+        let current = full_state(&doc);
+        let update = restore_update(&current, &empty)
+            .expect("restores")
+            .expect("differs");
+        apply_to(&doc, &update);
+        assert_eq!(render_update(&full_state(&doc)), json!({"t": "", "m": ""}));
+    }
+
+    #[test]
+    fn the_restore_uses_a_client_id_of_its_own() {
+        let doc = Doc::new();
+        let before = full_state(&doc);
+        doc.get_or_insert_text("t")
+            .insert(&mut doc.transact_mut(), 0, "abc");
+        let current = full_state(&doc);
+        let update = restore_update(&current, &before)
+            .expect("restores")
+            .expect("differs");
+        let update = Update::decode_v1(&update).expect("decodes");
+        // Only deletions: no blocks, and none of the doc's client.
+        assert!(update.state_vector().is_empty());
+        let text_update = restore_update(&before, &current)
+            .expect("restores")
+            .expect("differs");
+        let text_update = Update::decode_v1(&text_update).expect("decodes");
+        let clients: Vec<ClientID> = text_update.state_vector().iter().map(|(c, _)| *c).collect();
+        assert_eq!(clients.len(), 1);
+        assert_ne!(clients[0], doc.client_id());
+    }
+
+    fn two_users() -> (Doc, Doc, Attribution, HistoryDoc) {
+        let alice = Doc::new();
+        let bob = Doc::new();
+        let mut who = Attribution::new();
+        let mut history = HistoryDoc::new();
+        let (h, w) = (&mut history, &mut who);
+        send(h, w, (&alice, &bob), "alice", &|t, txn| {
+            t.insert(txn, 0, "hello world")
+        });
+        send(h, w, (&bob, &alice), "bob", &|t, txn| {
+            t.remove_range(txn, 6, 5);
+            t.insert(txn, 6, "there");
+        });
+        (alice, bob, who, history)
+    }
+
+    #[test]
+    fn attribution_knows_who_inserted_and_deleted() {
+        let (alice, bob, who, _) = two_users();
+        let a = alice.client_id();
+        let b = bob.client_id();
+        assert_eq!(who.inserted_by(&ID::new(a, 0)), Some("alice"));
+        assert_eq!(who.inserted_by(&ID::new(a, 10)), Some("alice"));
+        assert_eq!(who.inserted_by(&ID::new(b, 0)), Some("bob"));
+        assert_eq!(who.deleted_by(&ID::new(a, 6)), Some("bob"));
+        assert_eq!(who.deleted_by(&ID::new(a, 5)), None);
+        assert_eq!(who.inserted_by(&ID::new(a, 11)), None);
+
+        let decoded = Attribution::decode(&who.encode()).expect("decodes");
+        assert_eq!(decoded, who);
+        // Merging in what is already known changes nothing.
+        let mut merged = Attribution::new();
+        merged.merge(who.clone());
+        merged.merge(decoded);
+        assert_eq!(merged, who);
+        assert!(!who.is_empty());
+        assert!(Attribution::new().is_empty());
+        // A relayed copy of alice's text does not credit bob with it.
+        let mut relayed = who.clone();
+        relayed.record("carol", &full_state(&bob)).expect("records");
+        assert_eq!(relayed.inserted_by(&ID::new(a, 0)), Some("alice"));
+        assert!(relayed.record("carol", &[1, 2, 3]).is_err());
+        assert_eq!(relayed, who, "nothing recorded from garbage or a relay");
+    }
+
+    proptest! {
+        #[test]
+        fn attribution_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Attribution::decode(&bytes);
+        }
+
+        #[test]
+        fn truncated_attribution_rows_are_refused(cut in any::<prop::sample::Index>()) {
+            let (_, _, who, _) = two_users();
+            let bytes = who.encode();
+            let cut = cut.index(bytes.len());
+            prop_assert!(Attribution::decode(&bytes[..cut]).is_err());
+            let mut padded = bytes.clone();
+            padded.push(0);
+            prop_assert!(Attribution::decode(&padded).is_err());
+        }
+
+        #[test]
+        fn hostile_snapshots_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let (_, _, who, mut history) = two_users();
+            let before = history.encode();
+            let _ = history.encode_at(&bytes);
+            let _ = history.diff(&bytes, None, &who);
+            let _ = history.forget_before(&bytes);
+            // Whatever it did, the current state renders the same.
+            prop_assert_eq!(
+                render_update(&history.encode_at(&history.snapshot()).expect("encodes")),
+                render_update(&before)
+            );
+        }
+    }
+
+    #[test]
+    fn spans_say_what_changed_and_who_did_it() {
+        let alice = Doc::new();
+        let bob = Doc::new();
+        let mut who = Attribution::new();
+        let mut history = HistoryDoc::new();
+        send(
+            &mut history,
+            &mut who,
+            (&alice, &bob),
+            "alice",
+            &|t, txn| t.insert(txn, 0, "hello world"),
+        );
+        let v1 = history.snapshot();
+        send(&mut history, &mut who, (&bob, &alice), "bob", &|t, txn| {
+            t.remove_range(txn, 6, 5);
+            t.insert(txn, 6, "thére 😀");
+        });
+        let v2 = history.snapshot();
+        send(
+            &mut history,
+            &mut who,
+            (&alice, &bob),
+            "alice",
+            &|t, txn| t.insert(txn, 0, ">"),
+        );
+
+        let diff = history.diff(&v1, Some(&v2), &who).expect("diffs");
+        let root = &diff["roots"]["t"];
+        assert_eq!(root["type"], json!("text"));
+        assert_eq!(root["before"], json!("hello world"));
+        assert_eq!(root["after"], json!("hello thére 😀"));
+        let spans = root["spans"].as_array().expect("spans");
+        let unchanged = json!({"text": "hello ", "change": "unchanged", "by": "alice"});
+        let deleted = json!({"text": "world", "change": "deleted", "by": "bob"});
+        let inserted = json!({"text": "thére 😀", "change": "inserted", "by": "bob"});
+        assert_eq!(spans.len(), 3, "{spans:?}");
+        assert_eq!(spans[0], unchanged);
+        assert!(spans.contains(&deleted), "{spans:?}");
+        assert!(spans.contains(&inserted), "{spans:?}");
+
+        // To the current state: alice's ">" is new, bob's text unchanged.
+        let diff = history.diff(&v2, None, &who).expect("diffs");
+        let spans = diff["roots"]["t"]["spans"]
+            .as_array()
+            .expect("spans")
+            .clone();
+        assert_eq!(
+            spans,
+            vec![
+                json!({"text": ">", "change": "inserted", "by": "alice"}),
+                json!({"text": "hello ", "change": "unchanged", "by": "alice"}),
+                json!({"text": "thére 😀", "change": "unchanged", "by": "bob"}),
+            ]
+        );
+        // Nothing recorded: no authors.
+        let diff = history.diff(&v1, None, &Attribution::new()).expect("diffs");
+        assert_eq!(diff["roots"]["t"]["spans"][0]["by"], Value::Null);
+    }
+
+    #[test]
+    fn diff_renders_each_root_and_its_type() {
+        let (_, _, who, mut history) = two_users();
+        let empty = Snapshot::default().encode_v1();
+        let diff = history.diff(&empty, None, &who).expect("diffs");
+        assert_eq!(diff["roots"]["t"]["before"], Value::Null);
+        assert_eq!(diff["roots"]["t"]["after"], json!("hello there"));
+        let (history_doc, _, versions) = replay(3, 120, 120);
+        let mut history_doc = history_doc;
+        let diff = history_doc
+            .diff(&empty, Some(&versions[0].0), &who)
+            .expect("diffs");
+        for (name, kind) in [("t", "text"), ("m", "map"), ("a", "array"), ("x", "xml")] {
+            let root = &diff["roots"][name];
+            assert_eq!(root["type"], json!(kind), "{name}");
+            assert_eq!(root["after"], versions[0].1[name], "{name}");
+            assert_eq!(root.get("spans").is_some(), kind == "text");
+        }
+    }
+
+    #[test]
+    fn hostile_bytes_are_refused() {
+        let (_, _, who, mut history) = two_users();
+        let snapshot = history.snapshot();
+        let before = history.encode();
+        for cut in 0..snapshot.len() {
+            assert!(history.encode_at(&snapshot[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                history.forget_before(&snapshot[..cut]).is_err(),
+                "cut at {cut}"
+            );
+            assert!(history.diff(&snapshot[..cut], None, &who).is_err());
+        }
+        for garbage in [&[0xffu8; 12][..], &[9, 9, 9], &[1, 200, 200, 200, 200, 7]] {
+            assert!(history.encode_at(garbage).is_err());
+            assert!(history.forget_before(garbage).is_err());
+            assert!(matches!(
+                history.apply(garbage),
+                Err(ApplyError::Malformed(_))
+            ));
+        }
+        assert_eq!(history.encode(), before);
+        assert!(restore_update(&[9, 9, 9], &before).is_err());
+        assert!(restore_update(&before, &[9, 9, 9]).is_err());
+        // A snapshot naming clients and clocks the document never saw.
+        let mut foreign = Snapshot::default();
+        foreign.state_map.set_max(ClientID::new(123_456), 1_000);
+        foreign
+            .delete_set
+            .insert(ID::new(ClientID::new(123_456), 3), 10);
+        let foreign = foreign.encode_v1();
+        let at = history.encode_at(&foreign).expect("an empty version");
+        assert_eq!(render_update(&at), json!({}));
+        history.forget_before(&foreign).expect("nothing to collect");
+        assert_eq!(history.encode(), before);
+    }
+
+    /// Replays a real editing trace (see /work/shared/traces/README.md)
+    /// and prints the figures of docs/ for the history: run with
+    /// `cargo test -p tandem-crdt --release -- --ignored --nocapture trace`.
+    #[test]
+    #[ignore = "reads /work/shared/traces and takes a while; prints measurements"]
+    fn automerge_paper_trace_figures() {
+        use std::io::Read as _;
+        use std::time::Instant;
+        let path = "/work/shared/traces/automerge-paper.json.gz";
+        let file = std::fs::File::open(path).expect("the trace is there");
+        let mut raw = String::new();
+        flate2::read::GzDecoder::new(file)
+            .read_to_string(&mut raw)
+            .expect("gunzips");
+        let trace: Value = serde_json::from_str(&raw).expect("parses");
+        let txns = trace["txns"].as_array().expect("txns");
+        // The client keeps its own history too, for comparison. The trace
+        // is ASCII only, so code points are bytes.
+        let client = Doc::with_options(history_options());
+        let text = client.get_or_insert_text("text");
+        let mut history = HistoryDoc::new();
+        let mut snapshots = Vec::new();
+        let started = Instant::now();
+        for (i, t) in txns.iter().enumerate() {
+            let mut txn = client.transact_mut();
+            for patch in t["patches"].as_array().expect("patches") {
+                let at = patch[0].as_u64().expect("position") as u32;
+                let delete = patch[1].as_u64().expect("count") as u32;
+                let insert = patch[2].as_str().expect("text");
+                if delete > 0 {
+                    text.remove_range(&mut txn, at, delete);
+                }
+                if !insert.is_empty() {
+                    text.insert(&mut txn, at, insert);
+                }
+            }
+            let update = txn.encode_update_v1();
+            drop(txn);
+            history.apply(&update).expect("applies");
+            if (i + 1) % 1000 == 0 {
+                snapshots.push(history.snapshot());
+            }
+        }
+        let replayed = started.elapsed();
+        assert_eq!(
+            text.get_string(&client.transact()),
+            trace["endContent"].as_str().expect("end")
+        );
+        let base = history.encode();
+        let client_no_gc = full_state(&client);
+        let (now, _) = DocState::load(Some(&base), []).expect("loads");
+        let current = now.encode_state();
+        let snapshot_bytes: usize = snapshots.iter().map(Vec::len).sum();
+        println!("txns {}, replay with history {replayed:?}", txns.len());
+        println!("history encode() {} bytes", base.len());
+        println!("client's own no-gc encoding {} bytes", client_no_gc.len());
+        println!("final gc'd document {} bytes", current.len());
+        println!(
+            "{} snapshots, {} bytes in all (largest {}, last {})",
+            snapshots.len(),
+            snapshot_bytes,
+            snapshots.iter().map(Vec::len).max().unwrap_or(0),
+            snapshots.last().map_or(0, Vec::len)
+        );
+
+        let middle = &snapshots[snapshots.len() / 2];
+        let started = Instant::now();
+        let mut server = HistoryDoc::new();
+        server.apply(&base).expect("the base applies");
+        let loaded = started.elapsed();
+        let target = server.encode_at(middle).expect("encodes");
+        let both = started.elapsed();
+        println!(
+            "encode_at(middle): {both:?} with loading the base ({loaded:?} of it), {} bytes",
+            target.len()
+        );
+
+        let started = Instant::now();
+        let update = restore_update(&current, &target)
+            .expect("restores")
+            .expect("differs");
+        println!(
+            "restore_update(final -> middle): {:?}, {} bytes",
+            started.elapsed(),
+            update.len()
+        );
+        let doc = Doc::new();
+        apply_to(&doc, &current);
+        apply_to(&doc, &update);
+        assert_eq!(render_update(&full_state(&doc)), render_update(&target));
+
+        let started = Instant::now();
+        let diff = server
+            .diff(middle, None, &Attribution::new())
+            .expect("diffs");
+        let spans = diff["roots"]["text"]["spans"]
+            .as_array()
+            .map_or(0, Vec::len);
+        println!(
+            "diff(middle -> now): {:?}, {spans} spans",
+            started.elapsed()
+        );
+
+        let started = Instant::now();
+        server.forget_before(middle).expect("collects");
+        let forgotten = server.encode().len();
+        println!(
+            "forget_before(middle): {:?}, encode() {} -> {forgotten} bytes",
+            started.elapsed(),
+            base.len()
+        );
+        let again = server.encode_at(middle).expect("encodes");
+        assert_eq!(render_update(&again), render_update(&target));
+    }
 }
