@@ -565,6 +565,39 @@ impl Attribution {
 // ---------------------------------------------------------------------------
 // Restore
 
+/// Snapshots are stored as a chain, oldest first: each holds its state
+/// vector but only the deletions the ones before it lack. A document's
+/// delete set only grows, so a full snapshot repeats every deletion of the
+/// one before; stored whole, a version every thousand edits would cost
+/// many times the history itself.
+///
+/// The link of `snapshot` after the chain whose union is `previous` (both
+/// encoded snapshots; `None` for the first link).
+pub fn snapshot_link(previous: Option<&[u8]>, snapshot: &[u8]) -> Result<Vec<u8>, ApplyError> {
+    let read =
+        |b: &[u8]| wellformed::decode_snapshot(b).map_err(|e| malformed("not a snapshot", e));
+    let mut link = read(snapshot)?;
+    if let Some(previous) = previous {
+        link.delete_set.diff_with(&read(previous)?.delete_set);
+    }
+    Ok(link.encode_v1())
+}
+
+/// The full snapshot a chain of links stands for (oldest first): every
+/// link's deletions and the newest state vector. Also how a link merges
+/// into the next when its version is deleted.
+pub fn snapshot_from_links<'a>(
+    links: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, ApplyError> {
+    let mut full = yrs::Snapshot::default();
+    for link in links {
+        let link = wellformed::decode_snapshot(link).map_err(|e| malformed("not a snapshot", e))?;
+        full.delete_set.merge_with(link.delete_set);
+        full.state_map.merge(link.state_map);
+    }
+    Ok(full.encode_v1())
+}
+
 /// Restore as forward operations: an update which, applied to the document
 /// whose full state is `current` (a v1 update), makes its content equal to
 /// `target`'s (a v1 update of the version's state): the same JSON rendering
@@ -1274,6 +1307,63 @@ mod tests {
         let mut txn = doc.transact_mut();
         f(&mut txn);
         history.apply(&txn.encode_update_v1()).expect("applies");
+    }
+
+    #[test]
+    fn a_chain_of_snapshot_links_renders_every_version_and_survives_a_deleted_link() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut history = HistoryDoc::new();
+        let mut full = Vec::new();
+        let mut seen = Vec::new();
+        for (at, insert, delete) in [(0, "abcdef", 0), (2, "XY", 3), (0, "123", 4), (1, "", 2)] {
+            edit(&doc, &mut history, &|txn| {
+                if delete > 0 {
+                    text.remove_range(txn, at, delete);
+                }
+                if !insert.is_empty() {
+                    text.insert(txn, at, insert);
+                }
+            });
+            full.push(history.snapshot());
+            seen.push(text.get_string(&doc.transact()));
+        }
+        let mut links = Vec::new();
+        for (i, snapshot) in full.iter().enumerate() {
+            let previous = i.checked_sub(1).map(|p| full[p].as_slice());
+            links.push(snapshot_link(previous, snapshot).expect("links"));
+        }
+        let text_at = |snapshot: &[u8]| {
+            let update = history.encode_at(snapshot).expect("renders");
+            let (state, _) = DocState::load(None, [update.as_slice()]).expect("loads");
+            state.to_json()["t"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        for i in 0..links.len() {
+            let chained =
+                snapshot_from_links(links[..=i].iter().map(Vec::as_slice)).expect("chains");
+            assert_eq!(text_at(&chained), seen[i], "version {i}");
+        }
+        // Links hold only what is new: together smaller than the snapshots.
+        let sum = |v: &Vec<Vec<u8>>| v.iter().map(Vec::len).sum::<usize>();
+        assert!(sum(&links) < sum(&full));
+        // Deleting version 1 merges its link into version 2's.
+        let merged =
+            snapshot_from_links([links[1].as_slice(), links[2].as_slice()]).expect("merges");
+        let rest = [links[0].as_slice(), merged.as_slice(), links[3].as_slice()];
+        assert_eq!(
+            text_at(&snapshot_from_links(rest[..2].iter().copied()).expect("chains")),
+            seen[2]
+        );
+        assert_eq!(
+            text_at(&snapshot_from_links(rest).expect("chains")),
+            seen[3]
+        );
+        // Hostile links are refused.
+        assert!(snapshot_link(None, b"\xff\xff").is_err());
+        assert!(snapshot_from_links([&b"\x01"[..]]).is_err());
     }
 
     /// A small deterministic generator, so that a failing seed replays.

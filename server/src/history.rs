@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tandem_crdt::history::{restore_update, Attribution, HistoryDoc};
+use tandem_crdt::history::{restore_update, snapshot_from_links, Attribution, HistoryDoc};
 use tandem_crdt::DocState;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +69,30 @@ fn snapshot_upto(log: &DocLog) -> i64 {
     log.history.as_ref().map_or(0, |h| h.snapshot_upto)
 }
 
+/// The full snapshot of a version compaction has snapshotted: the union
+/// of the chain's links up to it.
+fn full_snapshot(log: &DocLog, version: &VersionRow) -> Option<Vec<u8>> {
+    version.snapshot.as_ref()?;
+    let links = log
+        .history
+        .as_ref()?
+        .links
+        .iter()
+        .filter(|(id, upto, _)| (*upto, *id) <= (version.upto, version.id));
+    match snapshot_from_links(links.map(|(_, _, l)| l.as_slice())) {
+        Ok(full) => Some(full),
+        Err(e) => {
+            tracing::warn!(version = version.id, error = %e, "a version's snapshot chain does not decode");
+            None
+        }
+    }
+}
+
+/// Merges a deleted version's link into the next one's.
+pub fn merge_links(deleted: &[u8], next: &[u8]) -> Option<Vec<u8>> {
+    snapshot_from_links([deleted, next]).ok()
+}
+
 /// The document as it was at `version`, as a document (garbage-collected:
 /// what a client loading it would hold).
 pub async fn render(
@@ -83,8 +107,12 @@ pub async fn render(
         if version.snapshot.is_none() && version.upto < snapshot_upto(&log) {
             return Err(HistoryError::Lost);
         }
+        let full = full_snapshot(&log, &version);
+        if version.snapshot.is_some() && full.is_none() {
+            return Err(HistoryError::Lost);
+        }
         let (mut doc, _) = start(&mut log);
-        let update = match &version.snapshot {
+        let update = match &full {
             Some(snapshot) => doc.encode_at(snapshot)?,
             None => {
                 for (_, row) in &log.updates {
@@ -113,12 +141,19 @@ pub async fn diff(
         if lost(&from) || to.as_ref().is_some_and(lost) {
             return Err(HistoryError::Lost);
         }
+        let mut from_snapshot = full_snapshot(&log, &from);
+        let mut to_snapshot = to.as_ref().and_then(|v| full_snapshot(&log, v));
+        let unreadable =
+            |v: &VersionRow, full: &Option<Vec<u8>>| v.snapshot.is_some() && full.is_none();
+        if unreadable(&from, &from_snapshot)
+            || to.as_ref().is_some_and(|v| unreadable(v, &to_snapshot))
+        {
+            return Err(HistoryError::Lost);
+        }
         let (mut doc, mut attribution) = start(&mut log);
         let users = log.history.take().map(|h| h.users).unwrap_or_default();
         // Versions not yet folded by compaction are snapshotted here, right
         // after their last update, as compaction would.
-        let mut from_snapshot = from.snapshot.clone();
-        let mut to_snapshot = to.as_ref().and_then(|v| v.snapshot.clone());
         let take =
             |doc: &HistoryDoc, slot: &mut Option<Vec<u8>>, v: Option<&VersionRow>, next: i64| {
                 if slot.is_none() && v.is_some_and(|v| v.upto < next) {
@@ -196,7 +231,7 @@ pub async fn retain(
     if expired.is_empty() {
         return Ok(());
     }
-    store.delete_versions(&expired).await?;
+    store.delete_versions(&expired, &merge_links).await?;
     let mut docs: Vec<DocId> = candidates
         .iter()
         .filter(|(_, id, _)| expired.contains(id))

@@ -217,6 +217,24 @@ async fn versions_render_the_document_as_it_was_through_later_edits_deletions_co
     .await;
     assert_eq!(rest["items"][0]["id"], v1.as_str());
     assert_eq!(rest["next_cursor"], Value::Null);
+
+    // Versions store only the deletions the one before lacks: deleting v2
+    // (which deleted "brave ") hands its deletions on, and the versions
+    // after it still render exactly.
+    compact(&app, doc).await;
+    let (status, _) = api(
+        &app,
+        reqwest::Method::DELETE,
+        &format!("/api/docs/{doc}/versions/{v2}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(text_at(&app, doc, &v1).await, "Hello brave new");
+    assert_eq!(text_at(&app, doc, &v3).await, format!(">{last}"));
+    let (status, diff) = get(&app, &format!("/api/docs/{doc}/diff?from={v1}&to={v3}")).await;
+    assert_eq!(status, 200, "{diff}");
+    assert_eq!(diff["roots"]["t"]["after"], format!(">{last}"));
 }
 
 #[actix_web::test]

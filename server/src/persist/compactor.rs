@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_crdt::history::{Attribution, HistoryDoc};
+use tandem_crdt::history::{snapshot_from_links, snapshot_link, Attribution, HistoryDoc};
 use tandem_crdt::DocLoader;
 use tokio_util::sync::CancellationToken;
 
@@ -227,11 +227,26 @@ fn fold_history(
         .as_deref()
         .and_then(|a| Attribution::decode(a).ok())
         .unwrap_or_default();
-    let mut versions = stored.unsnapshotted.iter().peekable();
+    // Each version's snapshot is stored as its link after the one before
+    // (only the deletions that one lacks).
+    let mut previous = (!stored.links.is_empty())
+        .then(|| snapshot_from_links(stored.links.iter().map(|(_, _, l)| l.as_slice())).ok())
+        .flatten();
     let mut snapshots = Vec::with_capacity(stored.unsnapshotted.len());
+    let mut take = |doc: &HistoryDoc, version: i64| {
+        let full = doc.snapshot();
+        match snapshot_link(previous.as_deref(), &full) {
+            Ok(link) => snapshots.push((version, link)),
+            // Not a link of a chain that decodes: the whole snapshot, which
+            // is a correct link after any chain.
+            Err(_) => snapshots.push((version, full.clone())),
+        }
+        previous = Some(full);
+    };
+    let mut versions = stored.unsnapshotted.iter().peekable();
     for (i, (id, update)) in updates.iter().enumerate() {
         while let Some((version, _)) = versions.next_if(|(_, upto)| upto < id) {
-            snapshots.push((*version, doc.snapshot()));
+            take(&doc, *version);
         }
         if doc.apply(update).is_ok() {
             if let Some(Some(user)) = stored.users.get(i) {
@@ -240,7 +255,7 @@ fn fold_history(
         }
     }
     for (version, _) in versions {
-        snapshots.push((*version, doc.snapshot()));
+        take(&doc, *version);
     }
     HistoryFold {
         base: doc.encode(),

@@ -350,7 +350,11 @@ pub async fn delete(
     caller(&state, &req, &name, Perm::Write)?;
     let meta = existing(&state, &name).await?;
     let vid = parse_version_id(&version)?;
-    if !state.store.delete_version(meta.id, vid).await? {
+    if !state
+        .store
+        .delete_version(meta.id, vid, &history::merge_links)
+        .await?
+    {
         return Err(ApiError::NotFound(format!(
             "no version {version:?} of {name:?}"
         )));

@@ -166,6 +166,11 @@ pub struct HistoryLog {
     /// Versions whose snapshot is not written yet, as `(id, upto)`, oldest
     /// first: compaction writes it when it folds their last row.
     pub unsnapshotted: Vec<(VersionId, i64)>,
+    /// The written snapshots, as `(version, upto, link)` by `(upto, id)`:
+    /// each link holds only the deletions the ones before it lack
+    /// (`tandem_crdt::history::snapshot_link`), so a version's snapshot is
+    /// the union of the links up to it.
+    pub links: Vec<(VersionId, i64, Vec<u8>)>,
 }
 
 /// What compaction writes for history, with the snapshot and in its
@@ -174,7 +179,8 @@ pub struct HistoryLog {
 pub struct HistoryFold {
     pub base: Vec<u8>,
     pub attribution: Vec<u8>,
-    /// `(version, its snapshot)` for versions whose last row was folded.
+    /// `(version, its snapshot's link)` for versions whose last row was
+    /// folded.
     pub snapshots: Vec<(VersionId, Vec<u8>)>,
 }
 
@@ -194,7 +200,8 @@ pub struct VersionRow {
     pub authors: Vec<String>,
     /// The last update of the log it includes.
     pub upto: i64,
-    /// Its snapshot, once compaction folded `upto`.
+    /// Its snapshot's link in the chain (see `HistoryLog::links`), once
+    /// compaction folded `upto`.
     pub snapshot: Option<Vec<u8>>,
     pub restored_from: Option<VersionId>,
 }
@@ -425,6 +432,10 @@ pub struct DocChanges {
     pub version: Option<VersionId>,
 }
 
+/// Merges a deleted version's snapshot link into the next one's
+/// (`(deleted, next) -> merged`); `None` when either does not decode.
+pub type MergeLinks<'a> = &'a (dyn Fn(&[u8], &[u8]) -> Option<Vec<u8>> + Send + Sync);
+
 /// Builds the webhook event of a version, written in its transaction.
 pub type VersionEvent<'a> = &'a (dyn Fn(&VersionRow) -> NewEvent + Send + Sync);
 
@@ -651,7 +662,15 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
     ) -> Result<Option<VersionRow>, StoreError>;
 
-    async fn delete_version(&self, doc_id: DocId, id: VersionId) -> Result<bool, StoreError>;
+    /// Deletes a version; its snapshot's link is merged (`merge(its link,
+    /// the next one's)`) into the next version's, in the same transaction,
+    /// so that the versions after it keep every deletion.
+    async fn delete_version(
+        &self,
+        doc_id: DocId,
+        id: VersionId,
+        merge: MergeLinks<'_>,
+    ) -> Result<bool, StoreError>;
 
     /// Automatic versions made before `before` (unix ms), oldest first, as
     /// `(document, version, created_at)`: what retention looks at.
@@ -665,8 +684,13 @@ pub trait Store: Send + Sync + 'static {
     /// retention must keep.
     async fn oldest_version(&self, doc_id: DocId) -> Result<Option<VersionRow>, StoreError>;
 
-    /// Deletes these versions (of any document); returns how many.
-    async fn delete_versions(&self, ids: &[VersionId]) -> Result<u64, StoreError>;
+    /// Deletes these versions (of any document) as `delete_version` does;
+    /// returns how many.
+    async fn delete_versions(
+        &self,
+        ids: &[VersionId],
+        merge: MergeLinks<'_>,
+    ) -> Result<u64, StoreError>;
 
     /// Replaces the history base kept with the snapshot up to `upto`
     /// (retention shrinking it), unless compaction moved the snapshot on

@@ -6,8 +6,8 @@ use futures_util::TryStreamExt;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::super::{
-    DocId, DocLog, HistoryFold, HistoryLog, NewVersion, StoreError, VersionFilter, VersionId,
-    VersionKind, VersionRow,
+    DocId, DocLog, HistoryFold, HistoryLog, MergeLinks, NewVersion, StoreError, VersionFilter,
+    VersionId, VersionKind, VersionRow,
 };
 
 const VERSION_COLUMNS: &str =
@@ -145,7 +145,74 @@ pub(super) async fn read_for_fold(
     .bind(last)
     .fetch_all(&mut **tx)
     .await?;
+    history.links = read_links(tx, doc_id, i64::MAX).await?;
     Ok(history)
+}
+
+/// The snapshot links of versions up to `upto`, by `(upto, id)`.
+async fn read_links(
+    tx: &mut Transaction<'_, Postgres>,
+    doc_id: DocId,
+    upto: i64,
+) -> Result<Vec<(VersionId, i64, Vec<u8>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, upto, snapshot FROM doc_versions
+         WHERE doc_id = $1 AND snapshot IS NOT NULL AND upto <= $2 ORDER BY upto, id",
+    )
+    .bind(doc_id)
+    .bind(upto)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Deletes version `id` in `tx`, merging its link into the next one's.
+async fn remove_version(
+    tx: &mut Transaction<'_, Postgres>,
+    doc_id: Option<DocId>,
+    id: VersionId,
+    merge: MergeLinks<'_>,
+) -> Result<bool, StoreError> {
+    let row: Option<(DocId, i64, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT doc_id, upto, snapshot FROM doc_versions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some((doc, upto, link)) = row.filter(|(d, _, _)| doc_id.is_none_or(|want| want == *d))
+    else {
+        return Ok(false);
+    };
+    if let Some(link) = link {
+        let next: Option<(VersionId, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, snapshot FROM doc_versions
+             WHERE doc_id = $1 AND snapshot IS NOT NULL AND (upto > $2 OR (upto = $2 AND id > $3))
+             ORDER BY upto, id LIMIT 1",
+        )
+        .bind(doc)
+        .bind(upto)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some((next_id, next_link)) = next {
+            match merge(&link, &next_link) {
+                Some(merged) => {
+                    sqlx::query("UPDATE doc_versions SET snapshot = $2 WHERE id = $1")
+                        .bind(next_id)
+                        .bind(merged)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                None => tracing::warn!(
+                    version = id,
+                    "a version's snapshot does not decode; the next keeps its own"
+                ),
+            }
+        }
+    }
+    sqlx::query("DELETE FROM doc_versions WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
 }
 
 async fn read_base(
@@ -227,6 +294,7 @@ pub(super) async fn read_history(
             .fetch_optional(&mut *tx)
             .await?;
     let mut history = read_base(&mut tx, doc_id).await?;
+    history.links = read_links(&mut tx, doc_id, upto.unwrap_or(i64::MAX)).await?;
     let mut updates = Vec::new();
     {
         let mut rows = sqlx::query_as::<_, (i64, Vec<u8>, Option<String>)>(
@@ -319,13 +387,12 @@ pub(super) async fn delete_version(
     pool: &PgPool,
     doc_id: DocId,
     id: VersionId,
+    merge: MergeLinks<'_>,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query("DELETE FROM doc_versions WHERE doc_id = $1 AND id = $2")
-        .bind(doc_id)
-        .bind(id)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() > 0)
+    let mut tx = pool.begin().await?;
+    let deleted = remove_version(&mut tx, Some(doc_id), id, merge).await?;
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 pub(super) async fn auto_versions_before(
@@ -343,12 +410,20 @@ pub(super) async fn auto_versions_before(
     .await?)
 }
 
-pub(super) async fn delete_versions(pool: &PgPool, ids: &[VersionId]) -> Result<u64, StoreError> {
-    Ok(sqlx::query("DELETE FROM doc_versions WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(pool)
-        .await?
-        .rows_affected())
+pub(super) async fn delete_versions(
+    pool: &PgPool,
+    ids: &[VersionId],
+    merge: MergeLinks<'_>,
+) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut deleted = 0;
+    for id in ids {
+        if remove_version(&mut tx, None, *id, merge).await? {
+            deleted += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 pub(super) async fn write_history_base(

@@ -42,9 +42,9 @@ pub use self::log_writer::PgLogWriter;
 use super::{
     now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce,
     DeliveryRow, DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow,
-    FoundDoc, HistoryFold, LogPage, LogWriter, NewEvent, NewVersion, Outcome, PageLimits,
-    PendingReport, Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter, VersionId,
-    VersionKind, VersionRow,
+    FoundDoc, HistoryFold, LogPage, LogWriter, MergeLinks, NewEvent, NewVersion, Outcome,
+    PageLimits, PendingReport, Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter,
+    VersionId, VersionKind, VersionRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -537,8 +537,13 @@ impl Store for PgStore {
         history::rename_version(&self.pool, doc_id, id, name).await
     }
 
-    async fn delete_version(&self, doc_id: DocId, id: VersionId) -> Result<bool, StoreError> {
-        history::delete_version(&self.pool, doc_id, id).await
+    async fn delete_version(
+        &self,
+        doc_id: DocId,
+        id: VersionId,
+        merge: MergeLinks<'_>,
+    ) -> Result<bool, StoreError> {
+        history::delete_version(&self.pool, doc_id, id, merge).await
     }
 
     async fn auto_versions_before(
@@ -553,8 +558,12 @@ impl Store for PgStore {
         history::oldest_version(&self.pool, doc_id).await
     }
 
-    async fn delete_versions(&self, ids: &[VersionId]) -> Result<u64, StoreError> {
-        history::delete_versions(&self.pool, ids).await
+    async fn delete_versions(
+        &self,
+        ids: &[VersionId],
+        merge: MergeLinks<'_>,
+    ) -> Result<u64, StoreError> {
+        history::delete_versions(&self.pool, ids, merge).await
     }
 
     async fn write_history_base(

@@ -22,9 +22,9 @@ use self::log_writer::SqliteLogWriter;
 use super::{
     now_ms, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce, DeliveryRow,
     DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc,
-    HistoryFold, LogPage, LogWriter, NewEvent, NewVersion, Outcome, PageLimits, PendingReport,
-    Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter, VersionId, VersionKind,
-    VersionRow,
+    HistoryFold, LogPage, LogWriter, MergeLinks, NewEvent, NewVersion, Outcome, PageLimits,
+    PendingReport, Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter, VersionId,
+    VersionKind, VersionRow,
 };
 
 /// A time no change falls due at.
@@ -473,8 +473,13 @@ impl Store for SqliteStore {
         history::rename_version(&self.pool, doc_id, id, name).await
     }
 
-    async fn delete_version(&self, doc_id: DocId, id: VersionId) -> Result<bool, StoreError> {
-        history::delete_version(&self.pool, doc_id, id).await
+    async fn delete_version(
+        &self,
+        doc_id: DocId,
+        id: VersionId,
+        merge: MergeLinks<'_>,
+    ) -> Result<bool, StoreError> {
+        history::delete_version(&self.pool, doc_id, id, merge).await
     }
 
     async fn auto_versions_before(
@@ -489,8 +494,12 @@ impl Store for SqliteStore {
         history::oldest_version(&self.pool, doc_id).await
     }
 
-    async fn delete_versions(&self, ids: &[VersionId]) -> Result<u64, StoreError> {
-        history::delete_versions(&self.pool, ids).await
+    async fn delete_versions(
+        &self,
+        ids: &[VersionId],
+        merge: MergeLinks<'_>,
+    ) -> Result<u64, StoreError> {
+        history::delete_versions(&self.pool, ids, merge).await
     }
 
     async fn write_history_base(
