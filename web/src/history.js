@@ -67,15 +67,15 @@ export function mountHistory ({ root, docName, token, readOnly, liveEditor, exte
         cache: 'no-store'
       })
     } catch {
-      throw new HistoryError('The server could not be reached.', 0)
+      throw new HistoryError('the server could not be reached', 0)
     }
     if (!res.ok) {
-      let message = `The server answered ${res.status}.`
+      let message = `the server answered ${res.status}`
       try {
         const parsed = await res.json()
         if (typeof parsed?.error?.message === 'string' && parsed.error.message) message = parsed.error.message
       } catch {}
-      if (res.status === 401 || res.status === 403) message = `Your link does not allow this (${message.replace(/\.$/, '')}).`
+      if (res.status === 401 || res.status === 403) message = `your link does not allow this (${message.replace(/\.$/, '')})`
       throw new HistoryError(message, res.status)
     }
     if (res.status === 204) return null
@@ -249,7 +249,7 @@ export function mountHistory ({ root, docName, token, readOnly, liveEditor, exte
         listLoaded = true
         if (message.dataset.kind === 'error') hideMessage()
       } catch (err) {
-        showMessage(err.message, 'error')
+        showMessage(`The versions could not be loaded: ${err.message}`, 'error')
       } finally {
         refreshing = null
         render()
@@ -268,7 +268,7 @@ export function mountHistory ({ root, docName, token, readOnly, liveEditor, exte
       nextCursor = page?.next_cursor ?? null
       render()
     } catch (err) {
-      showMessage(err.message, 'error')
+      showMessage(`More versions could not be loaded: ${err.message}`, 'error')
     } finally {
       more.disabled = false
     }
@@ -370,7 +370,7 @@ export function mountHistory ({ root, docName, token, readOnly, liveEditor, exte
       showMessage(`Saved as “${version.name ?? name}”.`)
       list.querySelector(`.history-item[data-version-id="${CSS.escape(version.id)}"]`)?.focus()
     } catch (err) {
-      showMessage(err.message, 'error')
+      showMessage(`The version could not be named: ${err.message}`, 'error')
     } finally {
       nameSave.disabled = false
     }
@@ -422,7 +422,7 @@ export function mountHistory ({ root, docName, token, readOnly, liveEditor, exte
       if (seq !== previewSeq) return
       previewLoading.hidden = true
       previewError.hidden = false
-      previewError.textContent = err instanceof HistoryError ? err.message : 'This version could not be shown.'
+      previewError.textContent = err instanceof HistoryError ? `This version could not be shown: ${err.message}` : 'This version could not be shown.'
     }
   }
 
@@ -430,8 +430,8 @@ export function mountHistory ({ root, docName, token, readOnly, liveEditor, exte
     if (!summary) return
     const { changed, added } = summary
     const parts = []
-    if (changed > 0) parts.push(`${changed} highlighted ${changed === 1 ? 'block differs from or is missing in' : 'blocks differ from or are missing in'} the current document`)
-    if (added > 0) parts.push(`${added} ${added === 1 ? 'block was' : 'blocks were'} added since`)
+    if (changed > 0) parts.push(`${changed} highlighted ${changed === 1 ? 'block' : 'blocks'} changed or removed since`)
+    if (added > 0) parts.push(`${added} ${added === 1 ? 'block' : 'blocks'} added since`)
     previewSummary.textContent = parts.length ? `${parts.join('; ')}.` : 'Same text as the current document.'
     previewSummary.dataset.changed = String(changed)
   }
@@ -495,7 +495,7 @@ export function mountHistory ({ root, docName, token, readOnly, liveEditor, exte
       refresh()
     } catch (err) {
       previewError.hidden = false
-      previewError.textContent = err.message
+      previewError.textContent = `The version could not be restored: ${err.message}`
       restoreButton.disabled = false
     } finally {
       confirmYes.disabled = false
