@@ -249,7 +249,14 @@ export function mountHistory ({ root, docName, token, readOnly, liveEditor, exte
         listLoaded = true
         if (message.dataset.kind === 'error') hideMessage()
       } catch (err) {
-        showMessage(`The versions could not be loaded: ${err.message}`, 'error')
+        if (err.status === 404 && !listLoaded) {
+          // no document yet (nothing was ever written): no versions either
+          listLoaded = true
+          items = []
+          nextCursor = null
+        } else {
+          showMessage(`The versions could not be loaded: ${err.message}`, 'error')
+        }
       } finally {
         refreshing = null
         render()
