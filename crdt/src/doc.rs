@@ -15,7 +15,8 @@ use bytes::Bytes;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
-    Assoc, BranchID, Doc, IndexScope, ReadTxn, StateVector, StickyIndex, Transact, Update, ID,
+    Assoc, BranchID, Doc, IndexScope, Options, ReadTxn, StateVector, StickyIndex, Transact, Update,
+    ID,
 };
 
 use crate::protocol;
@@ -120,6 +121,8 @@ pub struct DocState {
     /// Shared types from updates yrs holds back, whose nesting is checked
     /// once they are integrated.
     unchecked_types: Vec<ID>,
+    /// Whether the document keeps deleted content (a history document).
+    skip_gc: bool,
 }
 
 struct Step2Cache {
@@ -140,12 +143,20 @@ impl Default for DocState {
 
 impl DocState {
     pub fn new() -> Self {
+        Self::with_options(Options::default())
+    }
+
+    /// A document with other yrs options: the history keeps deleted
+    /// content (`skip_gc`), a restore edits under a client ID of its own.
+    pub(crate) fn with_options(options: Options) -> Self {
+        let skip_gc = options.skip_gc;
         DocState {
-            doc: Doc::new(),
+            doc: Doc::with_options(options),
             version: 0,
             size_estimate: 2,
             step2_cache: None,
             unchecked_types: Vec::new(),
+            skip_gc,
         }
     }
 
@@ -191,7 +202,7 @@ impl DocState {
         Ok(applied)
     }
 
-    fn apply_unchecked(&mut self, bytes: &[u8]) -> Result<Applied, ApplyError> {
+    pub(crate) fn apply_unchecked(&mut self, bytes: &[u8]) -> Result<Applied, ApplyError> {
         // The shape first: yrs must never see a count it would reserve
         // memory for, or values nested deeper than its stack can decode.
         let shape =
@@ -298,7 +309,7 @@ impl DocState {
         // would make a receiver hold back everything after it too: the
         // integrated content would vanish from joiners and from compacted
         // snapshots. Then the held-back blocks stay out (found by fuzzing).
-        if held_back && !held_back_merges_cleanly(&txn) {
+        if held_back && !held_back_merges_cleanly(&txn, self.skip_gc) {
             parts.remove(1);
             if parts.len() == 1 {
                 return parts.swap_remove(0);
@@ -360,8 +371,10 @@ impl DocState {
 
 /// Whether the whole document with the held-back blocks merged in still
 /// integrates, in a fresh document, everything this one has integrated
-/// (compared by encoded size). Runs only while yrs holds blocks back.
-fn held_back_merges_cleanly<T: ReadTxn>(txn: &T) -> bool {
+/// (compared by encoded size). Runs only while yrs holds blocks back. The
+/// fresh document keeps deleted content exactly when this one does, or a
+/// history document would always compare larger.
+fn held_back_merges_cleanly<T: ReadTxn>(txn: &T, skip_gc: bool) -> bool {
     let Some(pending) = txn.store().pending_update() else {
         return true;
     };
@@ -369,7 +382,10 @@ fn held_back_merges_cleanly<T: ReadTxn>(txn: &T) -> bool {
     let Ok(merged) = yrs::merge_updates_v1([full.as_slice(), &pending.update.encode_v1()]) else {
         return false;
     };
-    let fresh = Doc::new();
+    let fresh = Doc::with_options(Options {
+        skip_gc,
+        ..Options::default()
+    });
     let integrated = catch_unwind(AssertUnwindSafe(|| {
         let update = Update::decode_v1(&merged).ok()?;
         fresh.transact_mut().apply_update(update).ok()?;

@@ -10,6 +10,7 @@
 pub mod awareness;
 pub mod compact;
 pub mod doc;
+pub mod history;
 pub mod json;
 pub mod protocol;
 pub mod wellformed;
@@ -19,4 +20,5 @@ pub use awareness::{
 };
 pub use compact::compact;
 pub use doc::{Applied, ApplyError, DocLoader, DocState, LoadReport};
+pub use history::{restore_update, Attribution, HistoryDoc};
 pub use protocol::{Incoming, ProtocolError};

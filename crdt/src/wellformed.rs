@@ -15,7 +15,7 @@
 //! document, so `DocState` checks them after integrating (see `doc.rs`).
 
 use yrs::encoding::read::{Cursor, Read};
-use yrs::{ClientID, ID};
+use yrs::{ClientID, IdSet, Snapshot, StateVector, ID};
 
 /// How deeply `Any` values, and shared types, may nest. Real documents
 /// stay within a few levels; each level costs yrs a stack frame when it
@@ -40,6 +40,8 @@ pub enum ShapeError {
     ClientTooLarge,
     #[error("a clock range runs past 2^32")]
     ClockOverflow,
+    #[error("clients or clock ranges are not in ascending order")]
+    Unordered,
 }
 
 impl From<yrs::encoding::read::Error> for ShapeError {
@@ -92,6 +94,63 @@ pub fn decode_state_vector(bytes: &[u8]) -> Result<yrs::StateVector, ShapeError>
     std::panic::catch_unwind(|| yrs::StateVector::decode_v1(bytes))
         .map_err(|_| ShapeError::Invalid)?
         .map_err(|_| ShapeError::Invalid)
+}
+
+/// Decodes an encoded yrs `Snapshot` (a delete set, then a state vector,
+/// v1 encoding) with this module's reader instead of yrs' decoder, checking
+/// every count against the bytes present. The delete set's clients and
+/// ranges must ascend, as yrs writes them: out of order, each insertion
+/// would cost a shift of all the ranges before it. Bytes left over are an
+/// error too, so that a truncated or padded row never passes.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, ShapeError> {
+    let mut r = Cursor::new(bytes);
+    let delete_set = read_id_set(&mut r)?;
+    let state_map = read_state_vector(&mut r)?;
+    if r.next != r.buf.len() {
+        return Err(ShapeError::Invalid);
+    }
+    Ok(Snapshot::new(state_map, delete_set))
+}
+
+/// Reads one v1-encoded `IdSet` (the delete set format:
+/// `varUint(n) • n × [varUint(client) • varUint(m) • m × [clock • len]]`).
+pub fn read_id_set(r: &mut Cursor) -> Result<IdSet, ShapeError> {
+    let clients = u64::from(r.read_var::<u32>()?);
+    fits(r, "id set clients", clients, 2)?;
+    let mut set = IdSet::new();
+    let mut previous: Option<ClientID> = None;
+    for _ in 0..clients {
+        let client = client(r)?;
+        if previous.is_some_and(|p| p >= client) {
+            return Err(ShapeError::Unordered);
+        }
+        previous = Some(client);
+        let ranges = u64::from(r.read_var::<u32>()?);
+        fits(r, "id ranges", ranges, 2)?;
+        let mut end = 0u32;
+        for _ in 0..ranges {
+            let start = r.read_var::<u32>()?;
+            let len = r.read_var::<u32>()?;
+            if start < end {
+                return Err(ShapeError::Unordered);
+            }
+            end = start.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
+            set.insert(ID::new(client, start), len);
+        }
+    }
+    Ok(set)
+}
+
+/// Reads one v1-encoded state vector.
+pub fn read_state_vector(r: &mut Cursor) -> Result<StateVector, ShapeError> {
+    let n = u64::from(r.read_var::<u32>()?);
+    fits(r, "state vector entries", n, 2)?;
+    let mut entries = Vec::new();
+    for _ in 0..n {
+        let client = client(r)?;
+        entries.push((client, r.read_var::<u32>()?));
+    }
+    Ok(StateVector::from_iter(entries))
 }
 
 /// Checks a Yjs v1 update, mirroring `yrs::Update::decode` step for step.

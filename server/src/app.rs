@@ -139,7 +139,12 @@ impl App {
             Some((c, t)) => (Some(c), Some(t)),
             None => (None, None),
         };
-        let webhooks = Webhooks::start(Arc::clone(&store), settings.webhooks.clone()).await?;
+        let webhooks = Webhooks::start(
+            Arc::clone(&store),
+            settings.webhooks.clone(),
+            settings.history.clone(),
+        )
+        .await?;
         let dispatcher = Dispatcher::new(Arc::clone(&webhooks))?;
         // The persister outlives the rooms: it stops once they have stopped
         // and everything they queued is on the disk.
@@ -186,11 +191,28 @@ impl App {
                     min_bytes: settings.rooms.compact_after_bytes,
                     page: COMPACT_PAGE,
                     every: COMPACT_EVERY,
+                    history: settings.history.enabled,
                 },
                 shutdown.clone(),
             ),
             &core_handle,
         );
+
+        if settings.history.enabled {
+            // Often enough that a short retention (tests) is seen within a
+            // fraction of itself; at most hourly.
+            let every = (settings.history.retention / 4)
+                .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+            tracker.spawn_on(
+                crate::history::run_retention(
+                    Arc::clone(&store),
+                    settings.history.clone(),
+                    every,
+                    shutdown.clone(),
+                ),
+                &core_handle,
+            );
+        }
 
         let registry = Registry::new(RoomDeps {
             store: Arc::clone(&store),

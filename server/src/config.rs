@@ -106,6 +106,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub webhooks: WebhookSettings,
+
+    #[command(flatten)]
+    pub history: HistorySettings,
 }
 
 /// The subcommands. Every one reads the same settings as the server.
@@ -323,6 +326,35 @@ pub struct RoomSettings {
     pub compact_after_bytes: u64,
 }
 
+/// Document history (SPEC §9).
+#[derive(Args, Debug, Clone)]
+pub struct HistorySettings {
+    /// Keep every document's history: automatic versions, and the deleted
+    /// content versions need kept through compaction. Off: no automatic
+    /// versions, and compaction forgets what versions made before held.
+    #[arg(global = true, long = "history", env = "TANDEM_HISTORY", default_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub enabled: bool,
+
+    /// While a document changes, an automatic version at most this often:
+    /// made this long after the first change it holds.
+    #[arg(global = true, long = "history-interval", env = "TANDEM_HISTORY_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// Automatic versions older than this are removed (thinned to one an
+    /// hour after a day, one a day after a week); named versions stay
+    /// until deleted.
+    #[arg(global = true, long = "history-retention", env = "TANDEM_HISTORY_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+}
+
+impl HistorySettings {
+    /// The interval when history is on.
+    pub fn interval(&self) -> Option<Duration> {
+        self.enabled.then_some(self.interval)
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct WebhookSettings {
     /// Waits between a failed webhook attempt and the next, comma-separated;
@@ -428,6 +460,11 @@ impl Settings {
         }
         if w.max_wait < w.debounce {
             return invalid("TANDEM_WEBHOOK_MAX_WAIT must be at least TANDEM_WEBHOOK_DEBOUNCE");
+        }
+        if self.history.interval.is_zero() || self.history.retention.is_zero() {
+            return invalid(
+                "TANDEM_HISTORY_INTERVAL and TANDEM_HISTORY_RETENTION must be above zero",
+            );
         }
         if self.auth.api_key.is_none() && !self.auth.insecure_no_auth && !is_loopback(&self.bind) {
             return invalid("refusing to serve without TANDEM_API_KEY on a non-loopback address; set TANDEM_API_KEY, or pass --insecure-no-auth to run open anyway");

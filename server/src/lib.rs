@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod doc_name;
 pub mod error;
+pub mod history;
 pub mod metrics;
 pub mod net;
 pub mod persist;

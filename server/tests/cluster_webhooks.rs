@@ -8,6 +8,8 @@
 
 mod common;
 
+use tandem::store::Track;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,7 +138,7 @@ fn append(
         data: bytes::Bytes::from_static(&[0, 0, 0]),
         user: Some(Arc::from(user)),
     };
-    log.append(&[update], true).unwrap();
+    log.append(&[update], Track::Changes).unwrap();
     hooks.note_changes([doc], tandem::store::now_ms());
 }
 
@@ -155,9 +157,10 @@ async fn one_document_updated_per_window_counts_every_nodes_changes() {
     let mut hooks = Vec::new();
     let mut logs = Vec::new();
     for store in &stores {
-        let h = tandem::webhooks::Webhooks::start(Arc::clone(store), settings(debounce))
-            .await
-            .unwrap();
+        let h =
+            tandem::webhooks::Webhooks::start(Arc::clone(store), settings(debounce), no_history())
+                .await
+                .unwrap();
         tokio::spawn(tandem::webhooks::outbox::run_debouncer(
             Arc::clone(&h),
             shutdown.clone(),
@@ -288,6 +291,7 @@ async fn endpoint_changes_on_one_node_govern_every_node_within_a_second() {
         let h = tandem::webhooks::Webhooks::start(
             Arc::clone(store),
             settings(Duration::from_millis(500)),
+            no_history(),
         )
         .await
         .unwrap();
@@ -353,5 +357,14 @@ async fn endpoint_changes_on_one_node_govern_every_node_within_a_second() {
     shutdown.cancel();
     for store in &stores {
         store.close().await;
+    }
+}
+
+/// These tests count `document.updated` alone.
+fn no_history() -> tandem::config::HistorySettings {
+    tandem::config::HistorySettings {
+        enabled: false,
+        interval: Duration::from_secs(10),
+        retention: Duration::from_secs(86_400),
     }
 }

@@ -7,6 +7,8 @@
 
 mod common;
 
+use tandem::store::Track;
+
 use std::time::Duration;
 
 use common::*;
@@ -110,7 +112,7 @@ async fn one_step_of_compaction_reads_a_bounded_number_of_bytes() {
             user: None,
         })
         .collect();
-    log.append(&rows, false).unwrap();
+    log.append(&rows, Track::Nothing).unwrap();
     log.sync().unwrap();
     let head = store.read_log_head(doc.id, COMPACT_PAGE).await.unwrap();
     let bytes: usize = head.updates.iter().map(|(_, u)| u.len()).sum();

@@ -5,6 +5,8 @@
 
 mod common;
 
+use tandem::store::Track;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +59,7 @@ impl TextLog {
             data: bytes::Bytes::from(update),
             user: None,
         };
-        self.log.append(&[row], false).unwrap();
+        self.log.append(&[row], Track::Nothing).unwrap();
     }
 }
 
@@ -232,12 +234,12 @@ async fn log_ids_reused_after_compaction_lose_nothing() {
         data: bytes::Bytes::from_static(data),
         user: None,
     };
-    log.append(&[row(b"a"), row(b"b"), row(b"c")], false)
+    log.append(&[row(b"a"), row(b"b"), row(b"c")], Track::Nothing)
         .unwrap();
     let first = store.read_log(doc.id).await.unwrap();
     let upto = first.updates.last().unwrap().0;
     // An update accepted while the compactor merges: it keeps its row.
-    log.append(&[row(b"d")], false).unwrap();
+    log.append(&[row(b"d")], Track::Nothing).unwrap();
     store
         .write_snapshot(doc.id, b"abc", upto, &[])
         .await
@@ -255,7 +257,7 @@ async fn log_ids_reused_after_compaction_lose_nothing() {
         .write_snapshot(doc.id, b"abcd", upto, &[])
         .await
         .unwrap();
-    log.append(&[row(b"e")], false).unwrap();
+    log.append(&[row(b"e")], Track::Nothing).unwrap();
     let third = store.read_log(doc.id).await.unwrap();
     assert_eq!(third.snapshot.as_deref(), Some(&b"abcd"[..]));
     assert_eq!(third.updates.len(), 1);
@@ -274,7 +276,7 @@ async fn log_ids_reused_after_compaction_lose_nothing() {
     assert!(fourth.updates.is_empty());
     // The counters: the compactions subtracted what they folded before
     // the writer added what it appended; the sum is exact all the same.
-    log.append(&[row(b"fg")], false).unwrap();
+    log.append(&[row(b"fg")], Track::Nothing).unwrap();
     log.sync().unwrap();
     let meta = store.get("d").await.unwrap().unwrap();
     assert_eq!(meta.size_bytes, 5 + 2);
@@ -301,6 +303,7 @@ async fn compaction_folds_a_long_log_in_pages() {
         &t.store,
         t.doc.id,
         tandem::store::PageLimits::rows(10),
+        true,
     )
     .await
     .unwrap();
@@ -358,14 +361,14 @@ async fn counters_lost_with_a_writer_are_recounted() {
         user: None,
     };
     let mut log = store.log_writer().unwrap();
-    log.append(&[row(a.id, b"xx"), row(b.id, b"yyy")], false)
+    log.append(&[row(a.id, b"xx"), row(b.id, b"yyy")], Track::Nothing)
         .unwrap();
     log.sync().unwrap();
     assert_eq!(counters(&url, a.id).await, (1, 2, 0));
     // Appended, not synced: the counters lag, the marks are set.
-    log.append(&[row(a.id, b"xxxx")], false).unwrap();
-    log.append(&[row(a.id, b"x")], false).unwrap();
-    log.append(&[row(b.id, b"y")], false).unwrap();
+    log.append(&[row(a.id, b"xxxx")], Track::Nothing).unwrap();
+    log.append(&[row(a.id, b"x")], Track::Nothing).unwrap();
+    log.append(&[row(b.id, b"y")], Track::Nothing).unwrap();
     assert_eq!(counters(&url, a.id).await, (1, 2, 1));
     assert_eq!(counters(&url, b.id).await, (1, 3, 1));
     drop(log);
@@ -373,7 +376,7 @@ async fn counters_lost_with_a_writer_are_recounted() {
     let mut log = store.log_writer().unwrap();
     assert_eq!(counters(&url, a.id).await, (3, 7, 0));
     assert_eq!(counters(&url, b.id).await, (2, 4, 0));
-    log.append(&[row(b.id, b"zz")], false).unwrap();
+    log.append(&[row(b.id, b"zz")], Track::Nothing).unwrap();
     drop(log);
     store.close().await;
     // So does the next start.
@@ -447,7 +450,7 @@ async fn the_plain_rowid_migration_keeps_an_old_log() {
                 data: bytes::Bytes::from_static(b"four"),
                 user: None,
             }],
-            false,
+            Track::Nothing,
         )
         .unwrap();
     let log = store.read_log(meta.id).await.unwrap();
@@ -485,6 +488,7 @@ async fn loads_during_compaction_see_every_update() {
                     &store,
                     doc.id,
                     tandem::store::PageLimits::rows(5),
+                    true,
                 )
                 .await
                 .unwrap();
@@ -559,6 +563,7 @@ async fn a_log_is_read_in_pages_within_their_limits() {
         &t.store,
         t.doc.id,
         tandem::store::PageLimits::rows(100),
+        true,
     )
     .await
     .unwrap();

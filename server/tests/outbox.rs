@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 mod common;
 
+use tandem::store::Track;
+
 use tandem::store::{
     AttemptRecord, ChangesStamp, Debounce, EndpointPatch, EndpointRow, NewEvent, Outcome,
     PendingUpdate, Report, Store,
@@ -18,6 +20,7 @@ use tandem::store::{
 const NOW: Debounce = Debounce {
     debounce_ms: 0,
     max_wait_ms: 0,
+    history_ms: None,
 };
 use tandem::webhooks::events;
 
@@ -281,12 +284,16 @@ async fn document_changes_are_written_with_the_updates_and_reported_once() {
         user: user.map(Arc::from),
     };
     let mut log = store.log_writer().unwrap();
-    log.append(&[update(Some("bob")), update(Some("alice"))], true)
-        .unwrap();
-    log.append(&[update(None), update(Some("bob"))], true)
+    log.append(
+        &[update(Some("bob")), update(Some("alice"))],
+        Track::Changes,
+    )
+    .unwrap();
+    log.append(&[update(None), update(Some("bob"))], Track::Changes)
         .unwrap();
     // Not tracked: nobody listened when it was written.
-    log.append(&[update(Some("carol"))], false).unwrap();
+    log.append(&[update(Some("carol"))], Track::Nothing)
+        .unwrap();
     let pending = store.pending_changes().await.unwrap();
     assert_eq!(pending.len(), 1);
 
@@ -299,6 +306,7 @@ async fn document_changes_are_written_with_the_updates_and_reported_once() {
     let later = Debounce {
         debounce_ms: 60_000,
         max_wait_ms: 60_000,
+        history_ms: None,
     };
     assert_eq!(
         store
@@ -349,7 +357,7 @@ async fn document_changes_are_written_with_the_updates_and_reported_once() {
     assert!(due[0].payload.contains(r#""users":["alice","bob"]"#));
 
     // Deleting the document takes its unreported changes with it.
-    log.append(&[update(Some("x"))], true).unwrap();
+    log.append(&[update(Some("x"))], Track::Changes).unwrap();
     assert!(store.delete("d", None).await.unwrap());
     assert!(store.pending_changes().await.unwrap().is_empty());
 }

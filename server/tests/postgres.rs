@@ -9,6 +9,8 @@
 
 mod common;
 
+use tandem::store::Track;
+
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,10 +66,11 @@ async fn documents_and_their_log_round_trip() {
     let mut log = store.log_writer().unwrap();
     log.append(
         &[row(a.id, b"one".to_vec()), row(b.id, b"x".to_vec())],
-        false,
+        Track::Nothing,
     )
     .unwrap();
-    log.append(&[row(a.id, b"two".to_vec())], false).unwrap();
+    log.append(&[row(a.id, b"two".to_vec())], Track::Nothing)
+        .unwrap();
     log.sync().unwrap();
     log.probe().unwrap();
     let read = store.read_log(a.id).await.unwrap();
@@ -119,7 +122,8 @@ async fn documents_and_their_log_round_trip() {
     assert!(store.read_log(a.id).await.unwrap().updates.is_empty());
 
     // Numbers go on after compaction; none is reused.
-    log.append(&[row(a.id, b"three".to_vec())], false).unwrap();
+    log.append(&[row(a.id, b"three".to_vec())], Track::Nothing)
+        .unwrap();
     assert_eq!(store.read_log(a.id).await.unwrap().updates[0].0, 3);
 
     // Deleting takes everything with it; the name comes back as a new
@@ -130,7 +134,7 @@ async fn documents_and_their_log_round_trip() {
     assert_ne!(again.id, a.id);
     log.append(
         &[row(a.id, b"late".to_vec()), row(again.id, b"new".to_vec())],
-        false,
+        Track::Nothing,
     )
     .unwrap();
     assert_eq!(
@@ -344,7 +348,7 @@ async fn concurrent_appenders_and_compactors_lose_nothing() {
                 let batch: Vec<PendingUpdate> = (i..i + n)
                     .map(|j| row(doc.id, encode(&BTreeSet::from([node * 1_000_000 + j]))))
                     .collect();
-                log.append(&batch, false).unwrap();
+                log.append(&batch, Track::Nothing).unwrap();
                 i += n;
             }
         })
@@ -429,7 +433,7 @@ async fn concurrent_appenders_get_gap_free_commit_ordered_numbers() {
                 } else {
                     vec![theirs, mine]
                 };
-                log.append(&batch, false).unwrap();
+                log.append(&batch, Track::Nothing).unwrap();
             }
         })
     };

@@ -17,10 +17,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_crdt::history::{Attribution, HistoryDoc};
 use tandem_crdt::DocLoader;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{DocId, PageLimits, Quarantined, Store};
+use crate::store::{DocId, DocLog, HistoryFold, HistoryLog, PageLimits, Quarantined, Store};
 
 /// When a log is compacted, and how much of it one step reads.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +34,9 @@ pub struct CompactConfig {
     pub page: PageLimits,
     /// How often the compactor looks for long logs.
     pub every: Duration,
+    /// Keep history (SPEC §9): fold the log into the history base too, and
+    /// write the snapshots of the versions whose rows it folds.
+    pub history: bool,
 }
 
 /// Rows and bytes folded per step. Rows read whole cost the benchmark's
@@ -79,7 +83,7 @@ pub async fn run_compactor(
             if shutdown.is_cancelled() {
                 return;
             }
-            if let Err(e) = compact_document(&store, doc_id, config.page).await {
+            if let Err(e) = compact_document(&store, doc_id, config.page, config.history).await {
                 tracing::warn!(doc_id, error = %e, "compaction failed; will retry");
             }
         }
@@ -90,6 +94,7 @@ pub async fn run_compactor(
 struct Folded {
     snapshot: Vec<u8>,
     quarantined: Vec<Quarantined>,
+    history: Option<HistoryFold>,
 }
 
 /// Folds a document's log into its snapshot, a page of its oldest rows at
@@ -99,9 +104,14 @@ pub async fn compact_document(
     store: &Arc<dyn Store>,
     doc_id: DocId,
     page: PageLimits,
+    history: bool,
 ) -> Result<(), CompactError> {
     for _ in 0..COMPACT_MAX_PAGES {
-        let log = store.read_log_head(doc_id, page).await?;
+        let log = if history {
+            store.read_log_head_with_history(doc_id, page).await?
+        } else {
+            store.read_log_head(doc_id, page).await?
+        };
         let Some(upto_id) = log.updates.last().map(|(id, _)| *id) else {
             return Ok(());
         };
@@ -121,7 +131,13 @@ pub async fn compact_document(
             }
         }
         store
-            .write_snapshot(doc_id, &folded.snapshot, upto_id, &folded.quarantined)
+            .write_fold(
+                doc_id,
+                &folded.snapshot,
+                upto_id,
+                &folded.quarantined,
+                folded.history.as_ref(),
+            )
             .await?;
         tracing::debug!(
             doc_id,
@@ -139,7 +155,11 @@ pub async fn compact_document(
 
 /// Applies the snapshot and the rows in order, setting aside those that do
 /// not decode.
-fn fold(log: crate::store::DocLog) -> Result<Folded, tandem_crdt::ApplyError> {
+fn fold(mut log: DocLog) -> Result<Folded, tandem_crdt::ApplyError> {
+    let history = log
+        .history
+        .take()
+        .map(|h| fold_history(log.snapshot.as_deref(), &log.updates, h));
     let mut loader = DocLoader::new();
     let mut quarantined = Vec::new();
     let mut skipped = 0;
@@ -169,5 +189,62 @@ fn fold(log: crate::store::DocLog) -> Result<Folded, tandem_crdt::ApplyError> {
     Ok(Folded {
         snapshot: state.encode_state(),
         quarantined,
+        history,
     })
+}
+
+/// The history base with `updates` added (nothing garbage-collected), who
+/// wrote them, and the snapshots of the versions whose last update is among
+/// them, each taken right after that update. Rows that do not decode are
+/// left out here as they are from the snapshot (`fold` quarantines them).
+fn fold_history(
+    snapshot: Option<&[u8]>,
+    updates: &[(i64, Vec<u8>)],
+    stored: HistoryLog,
+) -> HistoryFold {
+    let mut doc = HistoryDoc::new();
+    // A document compacted before history was kept starts its history at
+    // its snapshot; so does one whose stored base no longer decodes (it is
+    // kept until this step replaces it, and said).
+    let base_ok = match &stored.base {
+        Some(base) => match doc.apply(base) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "a stored history base does not decode; history restarts at the snapshot");
+                doc = HistoryDoc::new();
+                false
+            }
+        },
+        None => false,
+    };
+    if !base_ok {
+        if let Some(snapshot) = snapshot {
+            let _ = doc.apply(snapshot);
+        }
+    }
+    let mut attribution = stored
+        .attribution
+        .as_deref()
+        .and_then(|a| Attribution::decode(a).ok())
+        .unwrap_or_default();
+    let mut versions = stored.unsnapshotted.iter().peekable();
+    let mut snapshots = Vec::with_capacity(stored.unsnapshotted.len());
+    for (i, (id, update)) in updates.iter().enumerate() {
+        while let Some((version, _)) = versions.next_if(|(_, upto)| upto < id) {
+            snapshots.push((*version, doc.snapshot()));
+        }
+        if doc.apply(update).is_ok() {
+            if let Some(Some(user)) = stored.users.get(i) {
+                let _ = attribution.record(user, update);
+            }
+        }
+    }
+    for (version, _) in versions {
+        snapshots.push((*version, doc.snapshot()));
+    }
+    HistoryFold {
+        base: doc.encode(),
+        attribution: attribution.encode(),
+        snapshots,
+    }
 }

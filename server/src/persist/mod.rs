@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-use crate::store::{now_ms, DocId, LogWriter, PendingUpdate, Store, StoreError};
+use crate::store::{now_ms, DocId, LogWriter, PendingUpdate, Store, StoreError, Track};
 use crate::webhooks::Webhooks;
 
 /// Why the server refuses writes right now. Its text is the reason
@@ -569,10 +569,18 @@ fn commit(
     batch: &[PendingUpdate],
 ) -> Result<(), StoreError> {
     let started = Instant::now();
-    // Changes are counted for `document.updated` only when someone listens.
-    let track = inner
+    // Changes are counted for `document.updated` only when someone listens,
+    // and for automatic versions while history is on.
+    let track = if inner.webhooks.history.enabled {
+        Track::ChangesAndHistory
+    } else if inner
         .webhooks
-        .wants(crate::webhooks::events::DOCUMENT_UPDATED);
+        .wants(crate::webhooks::events::DOCUMENT_UPDATED)
+    {
+        Track::Changes
+    } else {
+        Track::Nothing
+    };
     let log = open(inner, writer)?;
     if let Err(e) = log.append(batch, track) {
         *writer = None;
@@ -582,7 +590,7 @@ fn commit(
     if let Some(cluster) = &inner.config.cluster {
         cluster.committed(batch, &appended);
     }
-    if track {
+    if track != Track::Nothing {
         inner
             .webhooks
             .note_changes(batch.iter().map(|u| u.doc_id), now_ms());

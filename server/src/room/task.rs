@@ -87,6 +87,8 @@ pub enum RoomCmd {
     /// number to wait on (`None` when the update was empty).
     ApplyUpdate {
         update: Bytes,
+        /// Who wrote it (a token's `sub`), for history's attribution.
+        user: Option<Arc<str>>,
         reply: oneshot::Sender<Result<Option<u64>, ApplyError>>,
     },
     /// The document as one update, or the diff against a state vector.
@@ -547,8 +549,12 @@ impl Room {
                 self.core.leave(&[conn], &mut effects);
                 tracing::debug!(%conn, peers = self.core.peers().len(), "left");
             }
-            RoomCmd::ApplyUpdate { update, reply } => {
-                let applied = self.core.apply_from_api(update, None, &mut effects);
+            RoomCmd::ApplyUpdate {
+                update,
+                user,
+                reply,
+            } => {
+                let applied = self.core.apply_from_api(update, user, &mut effects);
                 self.effects = effects;
                 let (seq, next) = self.execute();
                 let _ = reply.send(match applied {

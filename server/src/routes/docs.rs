@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -75,6 +75,14 @@ pub struct UpdateQuery {
     /// only what it lacks is returned.
     #[param(pattern = r"^[A-Za-z0-9+/_-]+={0,2}$")]
     pub sv: Option<String>,
+    /// A version id: the document as it was at that version (SPEC §9).
+    pub version: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct JsonQuery {
+    /// A version id: the document as it was at that version (SPEC §9).
+    pub version: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -85,7 +93,7 @@ pub struct Applied {
 
 /// Reads a request body of at most `limit` bytes (413 with the JSON error
 /// shape beyond it), without buffering more than the limit.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
     use futures_util::StreamExt;
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
@@ -177,7 +185,7 @@ fn accepting(state: &AppState) -> Result<(), ApiError> {
 }
 
 /// The document, or 404.
-async fn existing(state: &AppState, name: &DocName) -> Result<DocMeta, ApiError> {
+pub(crate) async fn existing(state: &AppState, name: &DocName) -> Result<DocMeta, ApiError> {
     state
         .store
         .get(name.as_str())
@@ -289,6 +297,7 @@ pub async fn delete(
     responses((status = 200, description = "a Yjs v1 update", content_type = "application/octet-stream", body = Vec<u8>), (status = 400), (status = 401), (status = 404)))]
 pub async fn read_update(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
     query: web::Query<UpdateQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -297,7 +306,18 @@ pub async fn read_update(
         Some(sv) => Some(parse_state_vector(sv)?),
         None => None,
     };
-    let update = encode(&state, &name, state_vector).await?;
+    let update = match &query.version {
+        Some(version) => {
+            let doc = super::history::document_at(&state, &req, &name, version).await?;
+            let sv = state_vector.unwrap_or_default();
+            Bytes::from(
+                tokio::task::spawn_blocking(move || doc.diff(&sv))
+                    .await
+                    .map_err(ApiError::unexpected)?,
+            )
+        }
+        None => encode(&state, &name, state_vector).await?,
+    };
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .body(update))
@@ -352,6 +372,7 @@ pub async fn apply_update(
         .registry
         .call(&name, |reply| RoomCmd::ApplyUpdate {
             update: body.clone(),
+            user: None,
             reply,
         })
         .await?;
@@ -376,13 +397,22 @@ pub async fn apply_update(
 }
 
 #[utoipa::path(get, path = "/api/docs/{id}/json", tag = "documents",
-    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$")),
-    responses((status = 200, description = "root types as JSON: Text as string, Map as object, Array as array, XML as string", body = Object), (status = 400), (status = 401), (status = 404)))]
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$"), JsonQuery),
+    responses((status = 200, description = "root types as JSON: Text as string, Map as object, Array as array, XML as string", body = Object), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409)))]
 pub async fn json(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
+    query: web::Query<JsonQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let name = parse_name(&id)?;
+    if let Some(version) = &query.version {
+        let doc = super::history::document_at(&state, &req, &name, version).await?;
+        let value = tokio::task::spawn_blocking(move || doc.to_json())
+            .await
+            .map_err(ApiError::unexpected)?;
+        return Ok(HttpResponse::Ok().json(value));
+    }
     let update = encode(&state, &name, None).await?;
     // Rendered off the room, on a blocking thread: a large document never delays the relay.
     let value = tokio::task::spawn_blocking(move || {

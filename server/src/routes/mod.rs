@@ -7,6 +7,7 @@ pub mod browser;
 pub mod docs;
 pub mod editor;
 pub mod health;
+pub mod history;
 pub mod openapi;
 pub mod tokens;
 pub mod webhooks;
@@ -80,6 +81,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             )
             .service(resource("/docs/{id}/json", "GET").route(web::get().to(docs::json)))
             .service(
+                resource("/docs/{id}/versions", "GET, POST")
+                    .route(web::get().to(history::list))
+                    .route(guarded(web::post().to(history::create))),
+            )
+            .service(
+                resource("/docs/{id}/versions/{version}", "GET, PATCH, DELETE")
+                    .route(web::get().to(history::get))
+                    .route(guarded(web::patch().to(history::rename)))
+                    .route(guarded(web::delete().to(history::delete))),
+            )
+            .service(
+                resource("/docs/{id}/versions/{version}/restore", "POST")
+                    .route(guarded(web::post().to(history::restore))),
+            )
+            .service(resource("/docs/{id}/diff", "GET").route(web::get().to(history::diff)))
+            .service(
                 resource("/webhooks", "GET, POST")
                     .route(web::get().to(webhooks::list))
                     .route(guarded(web::post().to(webhooks::create))),
@@ -132,7 +149,7 @@ async fn require_api_key(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if req.path() != "/api/openapi.json" {
+    if req.path() != "/api/openapi.json" && !checks_its_own_caller(&req) {
         if let Some(state) = req.app_data::<web::Data<AppState>>() {
             let header = req
                 .headers()
@@ -145,6 +162,27 @@ async fn require_api_key(
         }
     }
     next.call(req).await
+}
+
+/// History's routes take a client token for their document as well as the
+/// API key (the editor's history panel has only its token): their handlers
+/// check the caller themselves (`history::caller`).
+fn checks_its_own_caller(req: &ServiceRequest) -> bool {
+    let path = req.path();
+    let Some(rest) = path.strip_prefix("/api/docs/") else {
+        return false;
+    };
+    let Some((_, tail)) = rest.split_once('/') else {
+        return false;
+    };
+    let versioned = req
+        .query_string()
+        .split('&')
+        .any(|kv| kv.starts_with("version="));
+    tail == "versions"
+        || tail.starts_with("versions/")
+        || tail == "diff"
+        || ((tail == "update" || tail == "json") && versioned && req.method() == "GET")
 }
 
 /// An opaque page cursor: the position, base64url-encoded.

@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::state::AppState;
 
-use super::{docs, health, tokens, webhooks, ws};
+use super::{docs, health, history, tokens, webhooks, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,8 @@ use super::{docs, health, tokens, webhooks, ws};
     paths(
         docs::create, docs::list, docs::get, docs::delete,
         docs::read_update, docs::apply_update, docs::json,
+        history::list, history::create, history::get, history::rename, history::delete,
+        history::restore, history::diff,
         tokens::mint, ws::connect,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
         webhooks::rotate_secret, webhooks::test, webhooks::deliveries, webhooks::retry,
@@ -26,6 +28,7 @@ use super::{docs, health, tokens, webhooks, ws};
     ),
     components(schemas(
         docs::DocInfo, docs::DocList, docs::CreateDoc, docs::Applied,
+        history::Version, history::VersionList, history::VersionName,
         tokens::TokenRequest, tokens::TokenResponse, crate::auth::Perm, ErrorBody, ErrorDetail,
         webhooks::Endpoint, webhooks::EndpointList, webhooks::CreateEndpoint,
         webhooks::UpdateEndpoint, webhooks::DeliveryRef, webhooks::Attempt, webhooks::Delivery,

@@ -26,6 +26,11 @@ pub enum StoreError {
     Writer(#[from] rusqlite::Error),
     #[error("the update log's writer panicked")]
     Panicked,
+    /// A compaction step would have left a version without a snapshot
+    /// behind the new snapshot (it was made while the step ran); nothing
+    /// was written, and the next step takes it in.
+    #[error("a version was made while this compaction step ran; retrying")]
+    VersionRace,
 }
 
 impl StoreError {
@@ -83,9 +88,9 @@ fn pg_unavailable(code: &str) -> bool {
 /// no async task makes them.
 pub trait LogWriter: Send {
     /// Appends a batch of updates in one transaction: all or nothing.
-    /// Updates of documents that no longer exist are skipped. With
-    /// `track_changes`, the same transaction adds them to `doc_changes`.
-    fn append(&mut self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError>;
+    /// Updates of documents that no longer exist are skipped. The same
+    /// transaction adds them to `doc_changes` as `track` says.
+    fn append(&mut self, batch: &[PendingUpdate], track: Track) -> Result<(), StoreError>;
 
     /// Brings the documents' counters (`log_count`, `size_bytes`,
     /// `updated_at`) up to date with the appends, and puts every committed
@@ -104,6 +109,16 @@ pub trait LogWriter: Send {
     fn appended(&mut self) -> Vec<AppendedRange> {
         Vec::new()
     }
+}
+
+/// What an append counts in `doc_changes` besides writing the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    Nothing,
+    /// The changes the next `document.updated` reports.
+    Changes,
+    /// Those, and the window and authors of the next automatic version.
+    ChangesAndHistory,
 }
 
 /// Where one batch put one document's updates in its log: numbers
@@ -131,6 +146,102 @@ pub struct DocLog {
     pub snapshot: Option<Vec<u8>>,
     /// `(row id, update)` in the order they were accepted.
     pub updates: Vec<(i64, Vec<u8>)>,
+    /// What history needs beside them, where the read asked for it.
+    pub history: Option<HistoryLog>,
+}
+
+/// A document's history as stored beside its snapshot and log (SPEC §9).
+#[derive(Debug, Default)]
+pub struct HistoryLog {
+    /// The last update the snapshot (and `base`) holds; 0 without one.
+    pub snapshot_upto: i64,
+    /// The full history up to the snapshot (nothing garbage-collected);
+    /// `None` where the document was compacted before history was kept, or
+    /// never: its history starts at the snapshot.
+    pub base: Option<Vec<u8>>,
+    /// Who inserted and deleted what, up to the snapshot.
+    pub attribution: Option<Vec<u8>>,
+    /// The writer of each of `DocLog::updates`, in the same order.
+    pub users: Vec<Option<String>>,
+    /// Versions whose snapshot is not written yet, as `(id, upto)`, oldest
+    /// first: compaction writes it when it folds their last row.
+    pub unsnapshotted: Vec<(VersionId, i64)>,
+}
+
+/// What compaction writes for history, with the snapshot and in its
+/// transaction.
+#[derive(Debug)]
+pub struct HistoryFold {
+    pub base: Vec<u8>,
+    pub attribution: Vec<u8>,
+    /// `(version, its snapshot)` for versions whose last row was folded.
+    pub snapshots: Vec<(VersionId, Vec<u8>)>,
+}
+
+pub type VersionId = i64;
+
+/// A version as stored (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    pub id: VersionId,
+    pub doc_id: DocId,
+    pub kind: VersionKind,
+    pub name: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub created_by: Option<String>,
+    /// Sorted, distinct.
+    pub authors: Vec<String>,
+    /// The last update of the log it includes.
+    pub upto: i64,
+    /// Its snapshot, once compaction folded `upto`.
+    pub snapshot: Option<Vec<u8>>,
+    pub restored_from: Option<VersionId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionKind {
+    Auto,
+    Named,
+    Restore,
+}
+
+impl VersionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionKind::Auto => "auto",
+            VersionKind::Named => "named",
+            VersionKind::Restore => "restore",
+        }
+    }
+
+    /// A stored kind; an unknown one (a row written by a newer server)
+    /// reads as automatic.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "named" => VersionKind::Named,
+            "restore" => VersionKind::Restore,
+            _ => VersionKind::Auto,
+        }
+    }
+}
+
+/// A version to make of a document's current stored state.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub kind: VersionKind,
+    pub name: Option<String>,
+    pub created_by: Option<String>,
+    pub restored_from: Option<VersionId>,
+}
+
+/// Which versions a list shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VersionFilter {
+    pub kind: Option<VersionKind>,
+    /// Only versions older than this one (the cursor).
+    pub before: Option<VersionId>,
+    pub limit: u32,
 }
 
 #[derive(Debug)]
@@ -310,7 +421,12 @@ pub struct DocChanges {
     pub users: Vec<String>,
     pub first_change_at: i64,
     pub last_change_at: i64,
+    /// The automatic version made for this window, if one was.
+    pub version: Option<VersionId>,
 }
+
+/// Builds the webhook event of a version, written in its transaction.
+pub type VersionEvent<'a> = &'a (dyn Fn(&VersionRow) -> NewEvent + Send + Sync);
 
 /// Builds a `document.updated` event from the changes it reports.
 pub type ChangesEvent<'a> = &'a (dyn Fn(&DocChanges) -> NewEvent + Send + Sync);
@@ -330,6 +446,9 @@ pub struct ChangesStamp {
 pub struct Debounce {
     pub debounce_ms: i64,
     pub max_wait_ms: i64,
+    /// An automatic version falls due this long after the first change it
+    /// will hold (`TANDEM_HISTORY_INTERVAL`); `None` with history off.
+    pub history_ms: Option<i64>,
 }
 
 /// A document with unreported changes, by when their report falls due.
@@ -463,10 +582,101 @@ pub trait Store: Send + Sync + 'static {
         snapshot: &[u8],
         upto_id: i64,
         quarantine: &[Quarantined],
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.write_fold(doc_id, snapshot, upto_id, quarantine, None)
+            .await
+    }
 
     /// Rows of a document in the quarantine table.
     async fn quarantined(&self, doc_id: DocId) -> Result<i64, StoreError>;
+
+    // --- history (SPEC §9) ---
+
+    /// As `read_log_head`, with what compaction needs to keep history:
+    /// the history base, the attribution, the rows' writers and the
+    /// versions whose last row is among those read.
+    async fn read_log_head_with_history(
+        &self,
+        doc_id: DocId,
+        limits: PageLimits,
+    ) -> Result<DocLog, StoreError>;
+
+    /// As `write_snapshot`, writing `history` in the same transaction. It
+    /// fails, writing nothing, if a version without a snapshot would be
+    /// left behind the new snapshot (made while this step was computed).
+    async fn write_fold(
+        &self,
+        doc_id: DocId,
+        snapshot: &[u8],
+        upto_id: i64,
+        quarantine: &[Quarantined],
+        history: Option<&HistoryFold>,
+    ) -> Result<(), StoreError>;
+
+    /// The history base, the attribution and the log up to update `upto`
+    /// (all of it with `None`), with each row's writer, as of one moment.
+    async fn read_history(&self, doc_id: DocId, upto: Option<i64>) -> Result<DocLog, StoreError>;
+
+    /// Makes a version of the document's current stored state (its last
+    /// committed update), listing who wrote since the previous version;
+    /// the next automatic version starts after it. `None` when the
+    /// document is gone.
+    async fn create_version(
+        &self,
+        doc_id: DocId,
+        version: &NewVersion,
+        now: i64,
+        announce: Option<VersionEvent<'_>>,
+    ) -> Result<Option<VersionRow>, StoreError>;
+
+    /// Newest first, without their snapshots.
+    async fn list_versions(
+        &self,
+        doc_id: DocId,
+        filter: VersionFilter,
+    ) -> Result<Vec<VersionRow>, StoreError>;
+
+    async fn get_version(
+        &self,
+        doc_id: DocId,
+        id: VersionId,
+    ) -> Result<Option<VersionRow>, StoreError>;
+
+    /// Names a version; an automatic one becomes named (it stays until
+    /// deleted).
+    async fn rename_version(
+        &self,
+        doc_id: DocId,
+        id: VersionId,
+        name: &str,
+    ) -> Result<Option<VersionRow>, StoreError>;
+
+    async fn delete_version(&self, doc_id: DocId, id: VersionId) -> Result<bool, StoreError>;
+
+    /// Automatic versions made before `before` (unix ms), oldest first, as
+    /// `(document, version, created_at)`: what retention looks at.
+    async fn auto_versions_before(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(DocId, VersionId, i64)>, StoreError>;
+
+    /// The document's oldest version (with its snapshot): how much history
+    /// retention must keep.
+    async fn oldest_version(&self, doc_id: DocId) -> Result<Option<VersionRow>, StoreError>;
+
+    /// Deletes these versions (of any document); returns how many.
+    async fn delete_versions(&self, ids: &[VersionId]) -> Result<u64, StoreError>;
+
+    /// Replaces the history base kept with the snapshot up to `upto`
+    /// (retention shrinking it), unless compaction moved the snapshot on
+    /// meanwhile; true when written.
+    async fn write_history_base(
+        &self,
+        doc_id: DocId,
+        upto: i64,
+        base: &[u8],
+    ) -> Result<bool, StoreError>;
 
     // --- webhooks ---
 

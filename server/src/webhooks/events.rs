@@ -12,13 +12,15 @@ pub const DOCUMENT_UPDATED: &str = "document.updated";
 pub const DOCUMENT_DELETED: &str = "document.deleted";
 pub const CLIENT_CONNECTED: &str = "client.connected";
 pub const CLIENT_DISCONNECTED: &str = "client.disconnected";
+pub const DOCUMENT_RESTORED: &str = "document.restored";
 pub const WEBHOOK_TEST: &str = "webhook.test";
 
 /// Every event type an endpoint may subscribe to (or `*` for all).
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     DOCUMENT_CREATED,
     DOCUMENT_UPDATED,
     DOCUMENT_DELETED,
+    DOCUMENT_RESTORED,
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
     WEBHOOK_TEST,
@@ -63,6 +65,28 @@ pub fn document_deleted(doc: &str, now: i64) -> NewEvent {
     )
 }
 
+/// A document's content became a version's (SPEC §9): `version` is the
+/// `restore` version made after it, `restored_from` the one restored.
+pub fn document_restored(
+    doc: &str,
+    version: i64,
+    restored_from: i64,
+    by: Option<&str>,
+    now: i64,
+) -> NewEvent {
+    event(
+        DOCUMENT_RESTORED,
+        now,
+        json!({
+            "doc": doc,
+            "version": version.to_string(),
+            "restored_from": restored_from.to_string(),
+            "user": by,
+            "restored_at": rfc3339(now),
+        }),
+    )
+}
+
 /// A connection joined (`connected`) or left a room.
 pub struct ClientEvent<'a> {
     pub connected: bool,
@@ -102,6 +126,7 @@ pub fn document_updated(changes: &DocChanges, content: Option<&Value>, now: i64)
         "users": changes.users,
         "first_change_at": rfc3339(changes.first_change_at),
         "last_change_at": rfc3339(changes.last_change_at),
+        "version": changes.version.map(|v| v.to_string()),
     });
     let payload = envelope(DOCUMENT_UPDATED, now, data.clone());
     let payload_with_content = content.map(|c| {
@@ -136,6 +161,7 @@ mod tests {
     #[test]
     fn content_only_in_the_content_variant() {
         let changes = DocChanges {
+            version: None,
             doc_id: 1,
             name: "d".into(),
             updates: 3,

@@ -25,13 +25,16 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::WebhookSettings;
+use crate::config::{HistorySettings, WebhookSettings};
 use crate::store::{DocId, NewEvent, Store, StoreError};
 
 /// The handle every part of the server uses to report events.
 pub struct Webhooks {
     store: Arc<dyn Store>,
     pub settings: WebhookSettings,
+    /// Automatic versions are made with `document.updated`'s windows, by
+    /// the same reporter (SPEC §9).
+    pub history: HistorySettings,
     subscriptions: RwLock<Subscriptions>,
     /// Events waiting for the outbox writer.
     queue: Mutex<Vec<NewEvent>>,
@@ -74,10 +77,12 @@ impl Webhooks {
     pub async fn start(
         store: Arc<dyn Store>,
         settings: WebhookSettings,
+        history: HistorySettings,
     ) -> Result<Arc<Self>, StoreError> {
         let hooks = Arc::new(Webhooks {
             store,
             settings,
+            history,
             subscriptions: RwLock::new(Subscriptions::default()),
             queue: Mutex::new(Vec::new()),
             queue_wake: Notify::new(),

@@ -72,6 +72,7 @@ pub async fn run_debouncer(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
     let debounce = Debounce {
         debounce_ms: millis(hooks.settings.debounce),
         max_wait_ms: millis(hooks.settings.max_wait),
+        history_ms: hooks.history.interval().map(millis),
     };
     loop {
         // Changes are counted only while some endpoint wants them; without

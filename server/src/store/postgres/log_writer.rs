@@ -44,7 +44,7 @@ use std::future::Future;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Row};
 
-use super::super::{now_ms, AppendedRange, DocId, LogWriter, PendingUpdate, StoreError};
+use super::super::{now_ms, AppendedRange, DocId, LogWriter, PendingUpdate, StoreError, Track};
 use super::{CONNECT_TIMEOUT, DB_NOW_MS};
 
 pub struct PgLogWriter {
@@ -118,13 +118,13 @@ where
 }
 
 impl LogWriter for PgLogWriter {
-    fn append(&mut self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError> {
+    fn append(&mut self, batch: &[PendingUpdate], track: Track) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         self.appended.clear();
         let (rt, conn) = self.parts()?;
-        self.appended = block(rt, append(conn, batch, track_changes))?;
+        self.appended = block(rt, append(conn, batch, track))?;
         Ok(())
     }
 
@@ -166,7 +166,7 @@ struct PerDoc {
 pub(super) async fn append(
     conn: &mut PgConnection,
     batch: &[PendingUpdate],
-    track_changes: bool,
+    track: Track,
 ) -> Result<Vec<AppendedRange>, StoreError> {
     let now = now_ms();
     let mut per_doc: BTreeMap<DocId, PerDoc> = BTreeMap::new();
@@ -229,34 +229,39 @@ pub(super) async fn append(
     let mut doc_ids = Vec::with_capacity(batch.len());
     let mut seqs = Vec::with_capacity(batch.len());
     let mut data: Vec<&[u8]> = Vec::with_capacity(batch.len());
+    let mut users: Vec<Option<&str>> = Vec::with_capacity(batch.len());
     for u in batch {
         if let Some(d) = per_doc.get_mut(&u.doc_id) {
             doc_ids.push(u.doc_id);
             seqs.push(d.next_seq);
             d.next_seq += 1;
             data.push(u.data.as_ref());
+            users.push(u.user.as_deref());
         }
     }
     sqlx::query(
-        "INSERT INTO doc_updates (doc_id, seq, data)
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+        "INSERT INTO doc_updates (doc_id, seq, data, user_name)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::text[])",
     )
     .bind(&doc_ids)
     .bind(&seqs)
     .bind(&data)
+    .bind(&users)
     .execute(&mut *tx)
     .await?;
-    if track_changes {
-        track(&mut tx, &per_doc).await?;
+    if track != Track::Nothing {
+        track_changes(&mut tx, &per_doc, track == Track::ChangesAndHistory).await?;
     }
     tx.commit().await?;
     Ok(appended)
 }
 
-/// Adds a batch to the changes `document.updated` will report.
-async fn track(
+/// Adds a batch to the changes `document.updated` will report and, with
+/// `history`, to those the next automatic version will hold.
+async fn track_changes(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     per_doc: &BTreeMap<DocId, PerDoc>,
+    history: bool,
 ) -> Result<(), StoreError> {
     let ids: Vec<DocId> = per_doc.keys().copied().collect();
     let counts: Vec<i64> = per_doc.values().map(|d| d.updates).collect();
@@ -264,17 +269,20 @@ async fn track(
     // The times are the database's (see `DB_NOW_MS`): every node's reporter
     // compares them with its clock to tell when they are due.
     sqlx::query(&format!(
-        "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at)
-         SELECT v.id, v.k, v.b, {DB_NOW_MS}, {DB_NOW_MS}
+        "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at, history_since)
+         SELECT v.id, v.k, v.b, {DB_NOW_MS}, {DB_NOW_MS}, CASE WHEN $4 THEN {DB_NOW_MS} END
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, k, b)
          ON CONFLICT (doc_id) DO UPDATE SET updates = doc_changes.updates + excluded.updates,
            bytes = doc_changes.bytes + excluded.bytes,
-           first_change_at = LEAST(doc_changes.first_change_at, excluded.first_change_at),
-           last_change_at = GREATEST(doc_changes.last_change_at, excluded.last_change_at)"
+           first_change_at = CASE WHEN doc_changes.updates = 0 THEN excluded.first_change_at
+             ELSE LEAST(doc_changes.first_change_at, excluded.first_change_at) END,
+           last_change_at = GREATEST(doc_changes.last_change_at, excluded.last_change_at),
+           history_since = COALESCE(doc_changes.history_since, excluded.history_since)"
     ))
     .bind(&ids)
     .bind(&counts)
     .bind(&bytes)
+    .bind(history)
     .execute(&mut **tx)
     .await?;
     let mut user_docs = Vec::new();
@@ -287,11 +295,14 @@ async fn track(
     }
     if !users.is_empty() {
         sqlx::query(
-            "INSERT INTO doc_change_users (doc_id, user_name)
-             SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING",
+            "INSERT INTO doc_change_users (doc_id, user_name, for_report, for_history)
+             SELECT v.d, v.u, TRUE, $3 FROM unnest($1::bigint[], $2::text[]) AS v(d, u)
+             ON CONFLICT (doc_id, user_name) DO UPDATE SET for_report = TRUE,
+               for_history = doc_change_users.for_history OR excluded.for_history",
         )
         .bind(&user_docs)
         .bind(&users)
+        .bind(history)
         .execute(&mut **tx)
         .await?;
     }

@@ -26,6 +26,7 @@
 //! A password in the URL is never printed: errors carry `redact_url`'s form.
 
 mod cluster;
+mod history;
 mod log_writer;
 
 use std::str::FromStr;
@@ -41,8 +42,9 @@ pub use self::log_writer::PgLogWriter;
 use super::{
     now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce,
     DeliveryRow, DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow,
-    FoundDoc, LogPage, LogWriter, NewEvent, Outcome, PageLimits, PendingReport, Quarantined,
-    Report, Store, StoreError,
+    FoundDoc, HistoryFold, LogPage, LogWriter, NewEvent, NewVersion, Outcome, PageLimits,
+    PendingReport, Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter, VersionId,
+    VersionKind, VersionRow,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -68,6 +70,9 @@ pub(super) const DB_NOW_MS: &str = "(floor(extract(epoch FROM now()) * 1000)::bi
 const CLUSTER_CONNECTIONS: u32 = 2;
 
 /// The reads that pair a snapshot with its log.
+/// A time no change falls due at.
+const NEVER: i64 = i64::MAX / 2;
+
 const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 pub struct PgStore {
@@ -155,6 +160,7 @@ impl PgStore {
         &self,
         doc_id: DocId,
         limits: Option<PageLimits>,
+        with_history: bool,
     ) -> Result<DocLog, StoreError> {
         let mut tx = self.pool.begin_with(READ_SNAPSHOT).await?;
         let snapshot: Option<Vec<u8>> =
@@ -190,12 +196,20 @@ impl PgStore {
         .bind(upto)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
         let mut updates = Vec::with_capacity(rows.len());
         for row in rows {
             updates.push((row.try_get(0)?, row.try_get(1)?));
         }
-        Ok(DocLog { snapshot, updates })
+        let mut log = DocLog {
+            snapshot,
+            updates,
+            history: None,
+        };
+        if with_history {
+            log.history = Some(history::read_for_fold(&mut tx, doc_id, &log).await?);
+        }
+        tx.commit().await?;
+        Ok(log)
     }
 }
 
@@ -410,7 +424,7 @@ impl Store for PgStore {
     }
 
     async fn read_log(&self, doc_id: DocId) -> Result<DocLog, StoreError> {
-        self.read_log_rows(doc_id, None).await
+        self.read_log_rows(doc_id, None, false).await
     }
 
     async fn read_log_pages(
@@ -467,15 +481,98 @@ impl Store for PgStore {
     }
 
     async fn read_log_head(&self, doc_id: DocId, limits: PageLimits) -> Result<DocLog, StoreError> {
-        self.read_log_rows(doc_id, Some(limits)).await
+        self.read_log_rows(doc_id, Some(limits), false).await
     }
 
-    async fn write_snapshot(
+    async fn read_log_head_with_history(
+        &self,
+        doc_id: DocId,
+        limits: PageLimits,
+    ) -> Result<DocLog, StoreError> {
+        self.read_log_rows(doc_id, Some(limits), true).await
+    }
+
+    async fn read_history(&self, doc_id: DocId, upto: Option<i64>) -> Result<DocLog, StoreError> {
+        history::read_history(&self.pool, doc_id, upto).await
+    }
+
+    async fn create_version(
+        &self,
+        doc_id: DocId,
+        version: &NewVersion,
+        now: i64,
+        announce: Option<VersionEvent<'_>>,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let made = history::create_version(&mut tx, doc_id, version, now).await?;
+        if let (Some(row), Some(announce)) = (&made, announce) {
+            fan_out(&mut tx, &announce(row), now).await?;
+        }
+        tx.commit().await?;
+        Ok(made)
+    }
+
+    async fn list_versions(
+        &self,
+        doc_id: DocId,
+        filter: VersionFilter,
+    ) -> Result<Vec<VersionRow>, StoreError> {
+        history::list_versions(&self.pool, doc_id, filter).await
+    }
+
+    async fn get_version(
+        &self,
+        doc_id: DocId,
+        id: VersionId,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        history::get_version(&self.pool, doc_id, id).await
+    }
+
+    async fn rename_version(
+        &self,
+        doc_id: DocId,
+        id: VersionId,
+        name: &str,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        history::rename_version(&self.pool, doc_id, id, name).await
+    }
+
+    async fn delete_version(&self, doc_id: DocId, id: VersionId) -> Result<bool, StoreError> {
+        history::delete_version(&self.pool, doc_id, id).await
+    }
+
+    async fn auto_versions_before(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(DocId, VersionId, i64)>, StoreError> {
+        history::auto_versions_before(&self.pool, before, limit).await
+    }
+
+    async fn oldest_version(&self, doc_id: DocId) -> Result<Option<VersionRow>, StoreError> {
+        history::oldest_version(&self.pool, doc_id).await
+    }
+
+    async fn delete_versions(&self, ids: &[VersionId]) -> Result<u64, StoreError> {
+        history::delete_versions(&self.pool, ids).await
+    }
+
+    async fn write_history_base(
+        &self,
+        doc_id: DocId,
+        upto: i64,
+        base: &[u8],
+    ) -> Result<bool, StoreError> {
+        history::write_history_base(&self.pool, doc_id, upto, base).await
+    }
+
+    async fn write_fold(
         &self,
         doc_id: DocId,
         snapshot: &[u8],
         upto_id: i64,
         quarantine: &[Quarantined],
+        history: Option<&HistoryFold>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         // Compactors of one document take turns (on any node). Appenders do
@@ -539,6 +636,7 @@ impl Store for PgStore {
         .bind(upto_id)
         .execute(&mut *tx)
         .await?;
+        history::write_fold(&mut tx, doc_id, upto_id, history).await?;
         let new = i64::try_from(snapshot.len()).unwrap_or(i64::MAX);
         sqlx::query(
             "UPDATE documents SET log_count = log_count - $2, size_bytes = size_bytes - $3 + $4
@@ -975,14 +1073,20 @@ impl Store for PgStore {
         debounce: Debounce,
         limit: u32,
     ) -> Result<Vec<PendingReport>, StoreError> {
+        // As on SQLite, with the database's clock.
         let rows: Vec<(DocId, i64, i64, i64)> = sqlx::query_as(&format!(
-            "SELECT doc_id, first_change_at, updates,
-               LEAST(last_change_at + $1, first_change_at + $2) - {DB_NOW_MS} AS due_in
+            "SELECT doc_id, first_change_at, updates, LEAST(
+               CASE WHEN updates > 0 THEN LEAST(last_change_at + $1, first_change_at + $2)
+                    ELSE $5 END,
+               CASE WHEN history_since IS NOT NULL AND $4 >= 0 THEN history_since + $4
+                    ELSE $5 END) - {DB_NOW_MS} AS due_in
              FROM doc_changes ORDER BY due_in LIMIT $3"
         ))
         .bind(debounce.debounce_ms)
         .bind(debounce.max_wait_ms)
         .bind(i64::from(limit))
+        .bind(debounce.history_ms.unwrap_or(-1))
+        .bind(NEVER)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(PendingReport::from).collect())
@@ -1003,47 +1107,80 @@ impl Store for PgStore {
         // does one here while an append is adding to it: it is due again a
         // moment later, with that append counted.
         let row = sqlx::query(&format!(
-            "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at
+            "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at,
+               c.updates > 0 AND (c.last_change_at + $2 <= {DB_NOW_MS}
+                                  OR c.first_change_at + $3 <= {DB_NOW_MS}),
+               c.history_since IS NOT NULL AND $4 >= 0 AND c.history_since + $4 <= {DB_NOW_MS}
              FROM doc_changes c JOIN documents d ON d.id = c.doc_id
              WHERE c.doc_id = $1
-               AND (c.last_change_at + $2 <= {DB_NOW_MS} OR c.first_change_at + $3 <= {DB_NOW_MS})
              FOR UPDATE OF c SKIP LOCKED"
         ))
         .bind(doc_id)
         .bind(debounce.debounce_ms)
         .bind(debounce.max_wait_ms)
+        .bind(debounce.history_ms.unwrap_or(-1))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             return Ok(Report::Nothing);
         };
+        let version_due: bool = row.try_get(6)?;
+        let updates: i64 = row.try_get(1)?;
+        // A version made with changes not yet reported takes them with it:
+        // that `document.updated` carries the version (SPEC §9).
+        let report_due: bool = row.try_get::<bool, _>(5)? || (version_due && updates > 0);
+        if !report_due && !version_due {
+            return Ok(Report::Nothing);
+        }
         let stamp = ChangesStamp {
             first_change_at: row.try_get(3)?,
             updates: row.try_get(1)?,
         };
-        if expect.is_some_and(|e| e != stamp) {
+        if report_due && expect.is_some_and(|e| e != stamp) {
             return Ok(Report::Changed(stamp));
         }
         let users: Vec<String> = sqlx::query_scalar(
-            "SELECT user_name FROM doc_change_users WHERE doc_id = $1 ORDER BY user_name",
+            "SELECT user_name FROM doc_change_users WHERE doc_id = $1 AND for_report
+             ORDER BY user_name",
         )
         .bind(doc_id)
         .fetch_all(&mut *tx)
         .await?;
-        let changes = DocChanges {
-            doc_id,
-            name: row.try_get(0)?,
-            updates: stamp.updates,
-            bytes: row.try_get(2)?,
-            users,
-            first_change_at: stamp.first_change_at,
-            last_change_at: row.try_get(4)?,
+        let version = if version_due {
+            let auto = NewVersion {
+                kind: VersionKind::Auto,
+                name: None,
+                created_by: None,
+                restored_from: None,
+            };
+            history::create_version(&mut tx, doc_id, &auto, now)
+                .await?
+                .map(|v| v.id)
+        } else {
+            None
         };
-        fan_out(&mut tx, &event(&changes), now).await?;
-        sqlx::query("DELETE FROM doc_changes WHERE doc_id = $1")
-            .bind(doc_id)
-            .execute(&mut *tx)
-            .await?;
+        if report_due {
+            let changes = DocChanges {
+                doc_id,
+                name: row.try_get(0)?,
+                updates: stamp.updates,
+                bytes: row.try_get(2)?,
+                users,
+                first_change_at: stamp.first_change_at,
+                last_change_at: row.try_get(4)?,
+                version,
+            };
+            fan_out(&mut tx, &event(&changes), now).await?;
+            sqlx::query("UPDATE doc_changes SET updates = 0, bytes = 0 WHERE doc_id = $1")
+                .bind(doc_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE doc_change_users SET for_report = FALSE WHERE doc_id = $1")
+                .bind(doc_id)
+                .execute(&mut *tx)
+                .await?;
+            history::forget_settled_changes(&mut tx, doc_id).await?;
+        }
         tx.commit().await?;
         Ok(Report::Sent)
     }

@@ -20,11 +20,18 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use super::super::{now_ms, DocId, LogWriter, PendingUpdate, StoreError};
+use super::super::{now_ms, DocId, LogWriter, PendingUpdate, StoreError, Track};
 
 /// Appends one update; one of a document deleted meanwhile is skipped.
-const INSERT_UPDATE: &str = "INSERT INTO doc_updates (doc_id, data)
-     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM documents WHERE id = ?1)";
+const INSERT_UPDATE: &str = "INSERT INTO doc_updates (id, doc_id, data, user)
+     SELECT ?4, ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM documents WHERE id = ?1)";
+
+/// Past every position the database has ever named: row ids of the log,
+/// what snapshots folded, where versions point.
+const NEXT_ID: &str = "SELECT MAX(
+       COALESCE((SELECT MAX(id) FROM doc_updates), 0),
+       COALESCE((SELECT MAX(upto_id) FROM doc_snapshots), 0),
+       COALESCE((SELECT MAX(upto) FROM doc_versions), 0)) + 1";
 
 pub struct SqliteLogWriter {
     conn: Connection,
@@ -33,6 +40,12 @@ pub struct SqliteLogWriter {
     /// What was appended to each document since the counters were last
     /// written. A document is here exactly when its `counts_pending` is set.
     counts: HashMap<DocId, Counts>,
+    /// The id the next row gets. Ids are a document's positions in its log
+    /// (versions point at them), so they must never go back: SQLite would
+    /// hand out the largest id in the table plus one, which falls back once
+    /// compaction has deleted the largest rows. The writer is the log's one
+    /// appender, so it numbers the rows itself.
+    next_id: i64,
 }
 
 /// Appended to one document and not yet in its counters.
@@ -67,12 +80,14 @@ impl SqliteLogWriter {
         // counters (a crash, or an error that dropped it): recount those
         // documents. This writer has appended nothing yet.
         conn.execute(super::RECOUNT_PENDING, [])?;
+        let next_id = conn.query_row(NEXT_ID, [], |row| row.get(0))?;
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
         Ok(SqliteLogWriter {
             conn,
             wal_path: wal_path.into(),
             counts: HashMap::new(),
+            next_id,
         })
     }
 
@@ -102,16 +117,19 @@ impl SqliteLogWriter {
 }
 
 impl LogWriter for SqliteLogWriter {
-    fn append(&mut self, batch: &[PendingUpdate], track_changes: bool) -> Result<(), StoreError> {
+    fn append(&mut self, batch: &[PendingUpdate], track: Track) -> Result<(), StoreError> {
         let now = now_ms();
         if let [u] = batch {
-            if !track_changes && self.counts.contains_key(&u.doc_id) {
+            if track == Track::Nothing && self.counts.contains_key(&u.doc_id) {
                 // The common case: one statement, its own transaction (no
                 // BEGIN and COMMIT to parse and run).
-                let inserted = self
-                    .conn
-                    .prepare_cached(INSERT_UPDATE)?
-                    .execute(params![u.doc_id, u.data.as_ref()])?;
+                let inserted = self.conn.prepare_cached(INSERT_UPDATE)?.execute(params![
+                    u.doc_id,
+                    u.data.as_ref(),
+                    u.user.as_deref(),
+                    self.next_id
+                ])?;
+                self.next_id += 1;
                 if inserted == 1 {
                     self.counts.entry(u.doc_id).or_default().add(u, now);
                 }
@@ -134,15 +152,21 @@ impl LogWriter for SqliteLogWriter {
             )?;
             let mut marked = BTreeSet::new();
             for u in batch {
-                let ok = insert.execute(params![u.doc_id, u.data.as_ref()])? == 1;
+                let ok = insert.execute(params![
+                    u.doc_id,
+                    u.data.as_ref(),
+                    u.user.as_deref(),
+                    self.next_id
+                ])? == 1;
+                self.next_id += 1;
                 if ok && !self.counts.contains_key(&u.doc_id) && marked.insert(u.doc_id) {
                     mark.execute(params![u.doc_id])?;
                 }
                 inserted.push(ok);
             }
         }
-        if track_changes {
-            track(&tx, batch)?;
+        if track != Track::Nothing {
+            track_changes(&tx, batch, track == Track::ChangesAndHistory)?;
         }
         tx.commit()?;
         for (u, ok) in batch.iter().zip(inserted) {
@@ -177,8 +201,13 @@ impl LogWriter for SqliteLogWriter {
     }
 }
 
-/// Adds a batch to the changes `document.updated` will report.
-fn track(tx: &rusqlite::Transaction<'_>, batch: &[PendingUpdate]) -> Result<(), StoreError> {
+/// Adds a batch to the changes `document.updated` will report and, with
+/// `history`, to those the next automatic version will hold.
+fn track_changes(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[PendingUpdate],
+    history: bool,
+) -> Result<(), StoreError> {
     let mut per_doc: BTreeMap<DocId, (i64, i64, BTreeSet<&str>)> = BTreeMap::new();
     for u in batch {
         let e = per_doc.entry(u.doc_id).or_default();
@@ -190,20 +219,24 @@ fn track(tx: &rusqlite::Transaction<'_>, batch: &[PendingUpdate]) -> Result<(), 
     }
     let now = now_ms();
     let mut changes = tx.prepare_cached(
-        "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at)
-         SELECT ?1, ?2, ?3, ?4, ?4 WHERE EXISTS (SELECT 1 FROM documents WHERE id = ?1)
-         ON CONFLICT (doc_id) DO UPDATE SET updates = updates + excluded.updates,
-           bytes = bytes + excluded.bytes, last_change_at = excluded.last_change_at",
+        "INSERT INTO doc_changes (doc_id, updates, bytes, first_change_at, last_change_at, history_since)
+         SELECT ?1, ?2, ?3, ?4, ?4, CASE WHEN ?5 THEN ?4 END
+         WHERE EXISTS (SELECT 1 FROM documents WHERE id = ?1)
+         ON CONFLICT (doc_id) DO UPDATE SET
+           first_change_at = CASE WHEN updates = 0 THEN excluded.first_change_at ELSE first_change_at END,
+           updates = updates + excluded.updates,
+           bytes = bytes + excluded.bytes, last_change_at = excluded.last_change_at,
+           history_since = COALESCE(history_since, excluded.history_since)",
     )?;
     let mut users = tx.prepare_cached(
-        "INSERT INTO doc_change_users (doc_id, user)
-         SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM doc_changes WHERE doc_id = ?1)
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO doc_change_users (doc_id, user, for_report, for_history)
+         SELECT ?1, ?2, 1, ?3 WHERE EXISTS (SELECT 1 FROM doc_changes WHERE doc_id = ?1)
+         ON CONFLICT DO UPDATE SET for_report = 1, for_history = max(for_history, excluded.for_history)",
     )?;
     for (doc_id, (count, bytes, who)) in &per_doc {
-        changes.execute(params![doc_id, count, bytes, now])?;
+        changes.execute(params![doc_id, count, bytes, now, history])?;
         for user in who {
-            users.execute(params![doc_id, user])?;
+            users.execute(params![doc_id, user, history])?;
         }
     }
     Ok(())

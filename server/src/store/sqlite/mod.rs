@@ -6,6 +6,7 @@
 //! onto the disk) and its `sync` puts them on the disk, at most once per
 //! `TANDEM_SYNC_INTERVAL`.
 
+mod history;
 mod log_writer;
 
 use std::path::{Path, PathBuf};
@@ -20,10 +21,14 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 use self::log_writer::SqliteLogWriter;
 use super::{
     now_ms, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce, DeliveryRow,
-    DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, LogPage,
-    LogWriter, NewEvent, Outcome, PageLimits, PendingReport, Quarantined, Report, Store,
-    StoreError,
+    DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc,
+    HistoryFold, LogPage, LogWriter, NewEvent, NewVersion, Outcome, PageLimits, PendingReport,
+    Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter, VersionId, VersionKind,
+    VersionRow,
 };
+
+/// A time no change falls due at.
+const NEVER: i64 = i64::MAX / 2;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -66,6 +71,7 @@ impl SqliteStore {
         &self,
         doc_id: DocId,
         limits: Option<PageLimits>,
+        with_history: bool,
     ) -> Result<DocLog, StoreError> {
         let mut tx = self.pool.begin().await?;
         let snapshot: Option<Vec<u8>> =
@@ -100,12 +106,20 @@ impl SqliteStore {
         .bind(upto)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
         let mut updates = Vec::with_capacity(rows.len());
         for row in rows {
             updates.push((row.try_get(0)?, row.try_get(1)?));
         }
-        Ok(DocLog { snapshot, updates })
+        let mut log = DocLog {
+            snapshot,
+            updates,
+            history: None,
+        };
+        if with_history {
+            log.history = Some(history::read_for_fold(&mut tx, doc_id, &log).await?);
+        }
+        tx.commit().await?;
+        Ok(log)
     }
 
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -399,11 +413,93 @@ impl Store for SqliteStore {
     }
 
     async fn read_log(&self, doc_id: DocId) -> Result<DocLog, StoreError> {
-        self.read_log_rows(doc_id, None).await
+        self.read_log_rows(doc_id, None, false).await
     }
 
     async fn read_log_head(&self, doc_id: DocId, limits: PageLimits) -> Result<DocLog, StoreError> {
-        self.read_log_rows(doc_id, Some(limits)).await
+        self.read_log_rows(doc_id, Some(limits), false).await
+    }
+
+    async fn read_log_head_with_history(
+        &self,
+        doc_id: DocId,
+        limits: PageLimits,
+    ) -> Result<DocLog, StoreError> {
+        self.read_log_rows(doc_id, Some(limits), true).await
+    }
+
+    async fn read_history(&self, doc_id: DocId, upto: Option<i64>) -> Result<DocLog, StoreError> {
+        history::read_history(&self.pool, doc_id, upto).await
+    }
+
+    async fn create_version(
+        &self,
+        doc_id: DocId,
+        version: &NewVersion,
+        now: i64,
+        announce: Option<VersionEvent<'_>>,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let made = history::create_version(&mut tx, doc_id, version, now).await?;
+        if let (Some(row), Some(announce)) = (&made, announce) {
+            fan_out(&mut tx, &announce(row), now).await?;
+        }
+        tx.commit().await?;
+        Ok(made)
+    }
+
+    async fn list_versions(
+        &self,
+        doc_id: DocId,
+        filter: VersionFilter,
+    ) -> Result<Vec<VersionRow>, StoreError> {
+        history::list_versions(&self.pool, doc_id, filter).await
+    }
+
+    async fn get_version(
+        &self,
+        doc_id: DocId,
+        id: VersionId,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        history::get_version(&self.pool, doc_id, id).await
+    }
+
+    async fn rename_version(
+        &self,
+        doc_id: DocId,
+        id: VersionId,
+        name: &str,
+    ) -> Result<Option<VersionRow>, StoreError> {
+        history::rename_version(&self.pool, doc_id, id, name).await
+    }
+
+    async fn delete_version(&self, doc_id: DocId, id: VersionId) -> Result<bool, StoreError> {
+        history::delete_version(&self.pool, doc_id, id).await
+    }
+
+    async fn auto_versions_before(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(DocId, VersionId, i64)>, StoreError> {
+        history::auto_versions_before(&self.pool, before, limit).await
+    }
+
+    async fn oldest_version(&self, doc_id: DocId) -> Result<Option<VersionRow>, StoreError> {
+        history::oldest_version(&self.pool, doc_id).await
+    }
+
+    async fn delete_versions(&self, ids: &[VersionId]) -> Result<u64, StoreError> {
+        history::delete_versions(&self.pool, ids).await
+    }
+
+    async fn write_history_base(
+        &self,
+        doc_id: DocId,
+        upto: i64,
+        base: &[u8],
+    ) -> Result<bool, StoreError> {
+        history::write_history_base(&self.pool, doc_id, upto, base).await
     }
 
     async fn quarantined(&self, doc_id: DocId) -> Result<i64, StoreError> {
@@ -463,12 +559,13 @@ impl Store for SqliteStore {
         Ok(0)
     }
 
-    async fn write_snapshot(
+    async fn write_fold(
         &self,
         doc_id: DocId,
         snapshot: &[u8],
         upto_id: i64,
         quarantine: &[Quarantined],
+        history: Option<&HistoryFold>,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         // Set aside before the rows they came from are deleted, in the same
@@ -513,6 +610,7 @@ impl Store for SqliteStore {
         .bind(upto_id)
         .execute(&mut *tx)
         .await?;
+        history::write_fold(&mut tx, doc_id, upto_id, history).await?;
         sqlx::query("DELETE FROM doc_updates WHERE doc_id = $1 AND id <= $2")
             .bind(doc_id)
             .bind(upto_id)
@@ -944,15 +1042,23 @@ impl Store for SqliteStore {
     ) -> Result<Vec<PendingReport>, StoreError> {
         // One process writes a SQLite file: its clock is the database's,
         // the one the log writer stamps changes with.
+        // A report falls due `debounce` after the last change or
+        // `max_wait` after the first; an automatic version `history` after
+        // the first change it holds (never, with history off: -1).
         let rows: Vec<(DocId, i64, i64, i64)> = sqlx::query_as(
-            "SELECT doc_id, first_change_at, updates,
-               MIN(last_change_at + $1, first_change_at + $2) - $3 AS due_in
+            "SELECT doc_id, first_change_at, updates, MIN(
+               CASE WHEN updates > 0 THEN MIN(last_change_at + $1, first_change_at + $2)
+                    ELSE $6 END,
+               CASE WHEN history_since IS NOT NULL AND $5 >= 0 THEN history_since + $5
+                    ELSE $6 END) - $3 AS due_in
              FROM doc_changes ORDER BY due_in LIMIT $4",
         )
         .bind(debounce.debounce_ms)
         .bind(debounce.max_wait_ms)
         .bind(now_ms())
         .bind(i64::from(limit))
+        .bind(debounce.history_ms.unwrap_or(-1))
+        .bind(NEVER)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(PendingReport::from).collect())
@@ -968,46 +1074,80 @@ impl Store for SqliteStore {
     ) -> Result<Report, StoreError> {
         // A write transaction: appends and other reporters wait for it.
         let mut tx = self.write_tx().await?;
+        let now_db = now_ms();
         let row = sqlx::query(
-            "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at
+            "SELECT d.name, c.updates, c.bytes, c.first_change_at, c.last_change_at,
+               c.updates > 0 AND (c.last_change_at + $2 <= $4 OR c.first_change_at + $3 <= $4),
+               c.history_since IS NOT NULL AND $5 >= 0 AND c.history_since + $5 <= $4
              FROM doc_changes c JOIN documents d ON d.id = c.doc_id
-             WHERE c.doc_id = $1 AND (c.last_change_at + $2 <= $4 OR c.first_change_at + $3 <= $4)",
+             WHERE c.doc_id = $1",
         )
         .bind(doc_id)
         .bind(debounce.debounce_ms)
         .bind(debounce.max_wait_ms)
-        .bind(now_ms())
+        .bind(now_db)
+        .bind(debounce.history_ms.unwrap_or(-1))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             return Ok(Report::Nothing);
         };
+        let version_due: bool = row.try_get(6)?;
+        let updates: i64 = row.try_get(1)?;
+        // A version made with changes not yet reported takes them with it:
+        // that `document.updated` carries the version (SPEC §9).
+        let report_due: bool = row.try_get::<bool, _>(5)? || (version_due && updates > 0);
+        if !report_due && !version_due {
+            return Ok(Report::Nothing);
+        }
         let stamp = ChangesStamp {
             first_change_at: row.try_get(3)?,
             updates: row.try_get(1)?,
         };
-        if expect.is_some_and(|e| e != stamp) {
+        if report_due && expect.is_some_and(|e| e != stamp) {
             return Ok(Report::Changed(stamp));
         }
-        let users: Vec<String> =
-            sqlx::query_scalar("SELECT user FROM doc_change_users WHERE doc_id = $1 ORDER BY user")
-                .bind(doc_id)
-                .fetch_all(&mut *tx)
-                .await?;
-        let changes = DocChanges {
-            doc_id,
-            name: row.try_get(0)?,
-            updates: stamp.updates,
-            bytes: row.try_get(2)?,
-            users,
-            first_change_at: stamp.first_change_at,
-            last_change_at: row.try_get(4)?,
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT user FROM doc_change_users WHERE doc_id = $1 AND for_report = 1 ORDER BY user",
+        )
+        .bind(doc_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let version = if version_due {
+            let auto = NewVersion {
+                kind: VersionKind::Auto,
+                name: None,
+                created_by: None,
+                restored_from: None,
+            };
+            history::create_version(&mut tx, doc_id, &auto, now)
+                .await?
+                .map(|v| v.id)
+        } else {
+            None
         };
-        fan_out(&mut tx, &event(&changes), now).await?;
-        sqlx::query("DELETE FROM doc_changes WHERE doc_id = $1")
-            .bind(doc_id)
-            .execute(&mut *tx)
-            .await?;
+        if report_due {
+            let changes = DocChanges {
+                doc_id,
+                name: row.try_get(0)?,
+                updates: stamp.updates,
+                bytes: row.try_get(2)?,
+                users,
+                first_change_at: stamp.first_change_at,
+                last_change_at: row.try_get(4)?,
+                version,
+            };
+            fan_out(&mut tx, &event(&changes), now).await?;
+            sqlx::query("UPDATE doc_changes SET updates = 0, bytes = 0 WHERE doc_id = $1")
+                .bind(doc_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE doc_change_users SET for_report = 0 WHERE doc_id = $1")
+                .bind(doc_id)
+                .execute(&mut *tx)
+                .await?;
+            history::forget_settled_changes(&mut tx, doc_id).await?;
+        }
         tx.commit().await?;
         Ok(Report::Sent)
     }
