@@ -274,6 +274,26 @@ test('a preview shows the version read-only, the block changed since highlighted
   assert.notEqual(background, 'rgba(0, 0, 0, 0)', 'the highlight is visible')
   assert.equal(await a.locator('.history-preview p', { hasText: SECOND }).evaluate((el) => el.classList.contains('history-changed')), false)
   assert.match(await a.locator('.history-banner-summary').textContent(), /^1 highlighted block/)
+  // the highlights follow the live document: another client (the stock
+  // y-websocket one) puts the old text back, then the new one again
+  const other = await dev.client(doc)
+  const setFirst = (text) => {
+    const t = other.doc.getXmlFragment('default').get(0).get(0)
+    other.doc.transact(() => {
+      t.delete(0, t.length)
+      t.insert(0, text)
+    })
+  }
+  try {
+    setFirst(FIRST)
+    await waitUntil(async () => (await changed.count()) === 0, { timeoutMs: 5000, what: 'no highlight once the current document has the old text again' })
+    assert.match(await a.locator('.history-banner-summary').textContent(), /^Same text/)
+    setFirst(REWRITTEN)
+    await waitUntil(async () => (await changed.count()) === 1, { timeoutMs: 5000, what: 'the highlight back once the text differs again' })
+    await waitStored(dev.server, doc, REWRITTEN)
+  } finally {
+    other.destroy()
+  }
   // typing into the preview changes nothing
   await preview.click()
   await a.keyboard.type('typed into the preview')
@@ -281,8 +301,9 @@ test('a preview shows the version read-only, the block changed since highlighted
   assert.equal(await a.locator('.history-restore').isEnabled(), true)
   await screenshot(a, 'history-preview.png')
 
-  // back to the document: the live editor as it is now
-  await a.locator('.history-preview-close').click()
+  // back to the document (Escape, from the keyboard): the live editor as it is now
+  await a.locator('.history-preview-close').focus()
+  await a.keyboard.press('Escape')
   await liveEditorOf(a).waitFor({ state: 'visible', timeout: 2000 })
   assert.equal(await a.locator('.history-preview').isVisible(), false)
   assert.ok((await textOf(a)).includes(REWRITTEN))
