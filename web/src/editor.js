@@ -10,6 +10,7 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 
 import { h, initials, logo, setChildren } from './dom.js'
+import { mountHistory } from './history.js'
 import { icons } from './icons.js'
 import { PALETTE, cleanName, isColor, loadUser, saveUser } from './identity.js'
 import { decodeToken, isExpired } from './token.js'
@@ -149,11 +150,7 @@ export function mountEditor (root, rawName) {
     element: host,
     editable: !readOnly,
     extensions: [
-      StarterKit.configure({
-        undoRedo: false, // Collaboration brings its own, per user
-        heading: { levels: [1, 2, 3] },
-        link: { openOnClick: false, autolink: true, defaultProtocol: 'https' }
-      }),
+      ...contentExtensions(),
       Placeholder.configure({ placeholder: readOnly ? '' : 'Start writing…' }),
       Collaboration.configure({ document: ydoc }),
       CollaborationCaret.configure({
@@ -172,7 +169,14 @@ export function mountEditor (root, rawName) {
       attributes: { class: 'prose', spellcheck: readOnly ? 'false' : 'true', 'aria-label': `Document ${docName}` }
     }
   })
-  window.tandem = { editor, provider, ydoc }
+
+  // ---- history (SPEC §9): the toggle in the top bar, the panel at the side,
+  // a version's preview in place of the editor while it is open
+  const history = mountHistory({ root, docName, token, readOnly, liveEditor: editor, extensions: contentExtensions })
+  statusPill.before(history.button)
+  main.append(history.preview)
+  root.append(history.panel)
+  window.tandem = { editor, provider, ydoc, history }
 
   // ---- connection state ------------------------------------------------------
   let final = null // the FINAL entry once the connection is closed for good
@@ -408,6 +412,20 @@ export function mountEditor (root, rawName) {
   }
 
   return { editor, provider, ydoc }
+}
+
+/**
+ * The extensions that define the document's content (its schema and how it
+ * renders), shared by the live editor and a version's read-only preview.
+ */
+function contentExtensions () {
+  return [
+    StarterKit.configure({
+      undoRedo: false, // Collaboration brings its own, per user
+      heading: { levels: [1, 2, 3] },
+      link: { openOnClick: false, autolink: true, defaultProtocol: 'https' }
+    })
+  ]
 }
 
 /** The page's address without the `token` parameter: the link a sharer may hand on. */

@@ -20,5 +20,7 @@ export const icons = {
   lock: svg('<rect x="4.25" y="8.75" width="11.5" height="8.5" rx="2"/><path d="M7 8.75V6.5a3 3 0 0 1 6 0v2.25"/>', ' width="14" height="14"'),
   check: svg('<path d="m4.5 10.5 3.5 3.5 7.5-8"/>'),
   arrowLeft: svg('<path d="M16 10H4M8.5 5.5 4 10l4.5 4.5"/>'),
+  history: svg('<path d="M3.5 4.5v3.75h3.75"/><path d="M3.9 8.25A6.5 6.5 0 1 1 3.75 12"/><path d="M10 6.5V10l2.5 1.75"/>'),
+  close: svg('<path d="m5 5 10 10M15 5 5 15"/>'),
   key: svg('<circle cx="6.5" cy="13.5" r="3"/><path d="m8.6 11.4 7-7M13.5 6.5l2 2M11.6 8.4l1.4 1.4"/>')
 }
