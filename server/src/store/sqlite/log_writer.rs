@@ -23,8 +23,11 @@ use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use super::super::{now_ms, DocId, LogWriter, PendingUpdate, StoreError, Track};
 
 /// Appends one update; one of a document deleted meanwhile is skipped.
+/// The row gets the writer's next id, or the largest id plus one if a row
+/// was added some other way (a repair tool, a test) past it.
 const INSERT_UPDATE: &str = "INSERT INTO doc_updates (id, doc_id, data, user)
-     SELECT ?4, ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM documents WHERE id = ?1)";
+     SELECT MAX(?4, COALESCE((SELECT MAX(id) FROM doc_updates), 0) + 1), ?1, ?2, ?3
+     WHERE EXISTS (SELECT 1 FROM documents WHERE id = ?1)";
 
 /// Past every position the database has ever named: row ids of the log,
 /// what snapshots folded, where versions point.
@@ -129,7 +132,7 @@ impl LogWriter for SqliteLogWriter {
                     u.user.as_deref(),
                     self.next_id
                 ])?;
-                self.next_id += 1;
+                self.next_id = self.conn.last_insert_rowid().max(self.next_id) + 1;
                 if inserted == 1 {
                     self.counts.entry(u.doc_id).or_default().add(u, now);
                 }
@@ -158,7 +161,7 @@ impl LogWriter for SqliteLogWriter {
                     u.user.as_deref(),
                     self.next_id
                 ])? == 1;
-                self.next_id += 1;
+                self.next_id = tx.last_insert_rowid().max(self.next_id) + 1;
                 if ok && !self.counts.contains_key(&u.doc_id) && marked.insert(u.doc_id) {
                     mark.execute(params![u.doc_id])?;
                 }
