@@ -54,7 +54,7 @@ test('a restore reaches every open provider live and survives kill -9 right afte
   await waitConverged([a, b])
   await serverHas(h, doc, a.text.toString())
 
-  const r = await api(h, 'POST', `/api/docs/${doc}/versions/${good}/restore`)
+  const r = await api(h, 'POST', `/api/docs/${doc}/versions/${good}/restore`, {})
   assert.equal(r.status, 201, r.text)
   assert.equal(r.json.kind, 'restore')
   assert.equal(r.json.restored_from, good)
