@@ -10,6 +10,7 @@
 //
 //   node bench.mjs [--scenario a|b|c|d|e|f[,…]] [--quick] [--rounds K] [--targets tandem,reference]
 //                  [--tandem-bin PATH] [--tandem-env KEY=VALUE …] [--out FILE]
+//                  [--reference-bin PATH [--reference-env KEY=VALUE …]]
 //                  [--reference-bin PATH]  (the reference column is this Tandem build instead)
 //                  [--wait-idle SECONDS]  (wait, at most that long, for other load to stop)
 
@@ -42,6 +43,7 @@ const { values: args } = parseArgs({
     'tandem-bin': { type: 'string', default: process.env.TANDEM_BIN || '/work/cargo-target/release/tandem' },
     'reference-bin': { type: 'string' },
     'tandem-env': { type: 'string', multiple: true, default: [] },
+    'reference-env': { type: 'string', multiple: true, default: [] },
     out: { type: 'string', default: join(HERE, 'results', 'latest.json') },
     'wait-idle': { type: 'string', default: '0' },
     help: { type: 'boolean', short: 'h', default: false }
@@ -60,13 +62,19 @@ const scenarios = wanted.length ? SCENARIOS.filter((s) => wanted.includes(s.id))
 const rounds = args.rounds === undefined ? (args.quick ? 1 : 3) : Number(args.rounds)
 if (!Number.isInteger(rounds) || rounds < 1) { console.error(`--rounds expects a whole number of at least 1, got '${args.rounds}'`); process.exit(2) }
 
-const tandemEnv = {}
-for (const kv of args['tandem-env']) {
-  const i = kv.indexOf('=')
-  if (i <= 0) { console.error(`--tandem-env expects KEY=VALUE, got '${kv}'`); process.exit(2) }
-  tandemEnv[kv.slice(0, i)] = kv.slice(i + 1)
+function envArgs (flag) {
+  const env = {}
+  for (const kv of args[flag]) {
+    const i = kv.indexOf('=')
+    if (i <= 0) { console.error(`--${flag} expects KEY=VALUE, got '${kv}'`); process.exit(2) }
+    env[kv.slice(0, i)] = kv.slice(i + 1)
+  }
+  return env
 }
-const allTargets = makeTargets({ tandemBin: args['tandem-bin'], tandemEnv, referenceBin: args['reference-bin'] })
+const tandemEnv = envArgs('tandem-env')
+const referenceEnv = envArgs('reference-env')
+if (Object.keys(referenceEnv).length && !args['reference-bin']) { console.error('--reference-env needs --reference-bin (a Tandem build in the reference column)'); process.exit(2) }
+const allTargets = makeTargets({ tandemBin: args['tandem-bin'], tandemEnv, referenceBin: args['reference-bin'], referenceEnv })
 const targetNames = args.targets.split(',').map((s) => s.trim()).filter(Boolean)
 for (const t of targetNames) if (!allTargets.some((x) => x.name === t)) { console.error(`unknown target '${t}'`); process.exit(2) }
 const targets = allTargets.filter((t) => targetNames.includes(t.name))

@@ -643,3 +643,193 @@ async fn document_updated_carries_its_window_version_and_a_restore_announces_its
     assert_eq!(found["data"]["version"], restored["id"]);
     assert_eq!(found["data"]["restored_from"], v1.as_str());
 }
+
+/// History's cost on a real editing trace, through the store and the
+/// compactor as the server runs them: `automerge-paper` replayed as one
+/// logged update per transaction, a named version every 1,000, then folded.
+/// Prints the stored bytes (serving snapshot, history base, version links,
+/// attribution) beside the final document and the trace's own no-GC
+/// encoding, and the time to read the middle version and to build the
+/// update restoring it. Run:
+/// `cargo test --release -p tandem --test history -- --ignored --nocapture cost`
+/// (`TANDEM_TEST_BACKEND=postgres` for PostgreSQL).
+#[actix_web::test]
+#[ignore = "replays a 260,000-transaction trace; prints measurements"]
+async fn history_cost_on_the_automerge_paper_trace() {
+    use std::io::Read as _;
+    use std::time::Instant;
+    use tandem::store::{NewVersion, PendingUpdate, Track, VersionKind};
+    use yrs::{GetString, ReadTxn, StateVector};
+
+    let mut raw = String::new();
+    let file =
+        std::fs::File::open("/work/shared/traces/automerge-paper.json.gz").expect("the trace");
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut raw)
+        .unwrap();
+    let trace: Value = serde_json::from_str(&raw).unwrap();
+    let txns = trace["txns"].as_array().unwrap();
+
+    let (_dir, store) = common::test_store().await;
+    let doc = store.create("paper", 1, None).await.unwrap().unwrap();
+    let client = yrs::Doc::with_options(yrs::Options {
+        skip_gc: true,
+        ..Default::default()
+    });
+    let text = client.get_or_insert_text("text");
+    let mut log = store.log_writer().unwrap();
+    let user: Arc<str> = Arc::from("author");
+    let mut versions = Vec::new();
+    let mut batch = Vec::new();
+    let started = Instant::now();
+    for (i, t) in txns.iter().enumerate() {
+        let mut txn = client.transact_mut();
+        for patch in t["patches"].as_array().unwrap() {
+            let at = u32::try_from(patch[0].as_u64().unwrap()).unwrap();
+            let delete = u32::try_from(patch[1].as_u64().unwrap()).unwrap();
+            if delete > 0 {
+                text.remove_range(&mut txn, at, delete);
+            }
+            let insert = patch[2].as_str().unwrap();
+            if !insert.is_empty() {
+                text.insert(&mut txn, at, insert);
+            }
+        }
+        batch.push(PendingUpdate {
+            doc_id: doc.id,
+            data: bytes::Bytes::from(txn.encode_update_v1()),
+            user: Some(Arc::clone(&user)),
+        });
+        drop(txn);
+        if (i + 1) % 1000 == 0 || i + 1 == txns.len() {
+            log.append(&batch, Track::Nothing).unwrap();
+            batch.clear();
+            log.sync().unwrap();
+        }
+        if (i + 1) % 1000 == 0 {
+            let new = NewVersion {
+                kind: VersionKind::Named,
+                name: Some(format!("{}", i + 1)),
+                created_by: None,
+                restored_from: None,
+            };
+            versions.push(
+                store
+                    .create_version(doc.id, &new, 1, None)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+    }
+    let replayed = started.elapsed();
+    let started = Instant::now();
+    tandem::persist::compactor::compact_document(
+        &store,
+        doc.id,
+        PageLimits {
+            rows: 50_000,
+            bytes: 64 << 20,
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let compacted = started.elapsed();
+
+    let stored = store.read_history(doc.id, Some(i64::MIN)).await.unwrap();
+    let history = stored.history.as_ref().unwrap();
+    let serving = stored.snapshot.as_ref().map_or(0, Vec::len);
+    let base = history.base.as_ref().map_or(0, Vec::len);
+    let attribution = history.attribution.as_ref().map_or(0, Vec::len);
+    let all = store.read_history(doc.id, None).await.unwrap();
+    let links: usize = all
+        .history
+        .as_ref()
+        .unwrap()
+        .links
+        .iter()
+        .map(|(_, _, l)| l.len())
+        .sum();
+    let no_gc = client
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default())
+        .len();
+    let (final_doc, _) = tandem_crdt::DocState::load(stored.snapshot.as_deref(), []).unwrap();
+    let final_len = final_doc.encode_state().len();
+    assert_eq!(
+        final_doc.to_json()["text"],
+        trace["endContent"],
+        "the serving snapshot holds the trace's end"
+    );
+    let history_total = base + links + attribution;
+
+    let middle = store
+        .get_version(doc.id, versions[versions.len() / 2].id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut reads = Vec::new();
+    let mut rendered = None;
+    for _ in 0..5 {
+        let started = Instant::now();
+        rendered = Some(tandem::history::render(&store, &middle).await.unwrap());
+        reads.push(started.elapsed());
+    }
+    let rendered = rendered.unwrap();
+    let expected_middle = {
+        let m = yrs::Doc::new();
+        let t = m.get_or_insert_text("text");
+        let mut txn = m.transact_mut();
+        for t2 in &txns[..versions.len() / 2 * 1000 + 1000] {
+            for patch in t2["patches"].as_array().unwrap() {
+                let at = u32::try_from(patch[0].as_u64().unwrap()).unwrap();
+                let delete = u32::try_from(patch[1].as_u64().unwrap()).unwrap();
+                if delete > 0 {
+                    t.remove_range(&mut txn, at, delete);
+                }
+                let insert = patch[2].as_str().unwrap();
+                if !insert.is_empty() {
+                    t.insert(&mut txn, at, insert);
+                }
+            }
+        }
+        drop(txn);
+        let s = t.get_string(&m.transact());
+        s
+    };
+    assert_eq!(
+        rendered.to_json()["text"],
+        expected_middle.as_str(),
+        "the middle version is exact"
+    );
+    let current = bytes::Bytes::from(final_doc.encode_state());
+    let started = Instant::now();
+    let restore = tandem::history::restoring_update(current, rendered)
+        .await
+        .unwrap()
+        .unwrap();
+    let restore_time = started.elapsed();
+
+    println!(
+        "automerge-paper: {} transactions, {} versions (one per 1,000)",
+        txns.len(),
+        versions.len()
+    );
+    println!("appended in {replayed:?}; compacted (with history) in {compacted:?}");
+    println!("final document (gc): {final_len} bytes; the trace's no-GC encoding: {no_gc} bytes");
+    println!(
+        "stored: serving snapshot {serving} + history base {base} + version links {links} + attribution {attribution} bytes"
+    );
+    println!(
+        "history (base + links + attribution) = {history_total} bytes = {:.2}x the no-GC encoding; serving + history = {:.2}x the final document",
+        history_total as f64 / no_gc as f64,
+        (serving + history_total) as f64 / final_len as f64
+    );
+    println!("read the middle version: {reads:?}");
+    println!(
+        "restore update to the middle version: {restore_time:?}, {} bytes",
+        restore.len()
+    );
+    store.close().await;
+}

@@ -39,16 +39,17 @@ function referencePaths () {
 }
 
 /**
- * @param {{ tandemBin: string, tandemEnv: Record<string,string>, referenceBin?: string }} opts
+ * @param {{ tandemBin: string, tandemEnv: Record<string,string>, referenceBin?: string, referenceEnv?: Record<string,string> }} opts
  * With `referenceBin`, the "reference" column is that Tandem binary (same settings as
- * `tandemBin`): a before/after comparison of two builds in one run.
+ * `tandemBin`, plus `referenceEnv`): a before/after comparison of two builds, or of one build
+ * with two settings (e.g. TANDEM_HISTORY=false), in one run.
  */
-export function makeTargets ({ tandemBin, tandemEnv = {}, referenceBin }) {
+export function makeTargets ({ tandemBin, tandemEnv = {}, referenceBin, referenceEnv = {} }) {
   const baseEnv = { PATH: process.env.PATH || '/usr/bin:/bin', HOME: process.env.HOME || '/tmp', LANG: 'C.UTF-8' }
   const targets = makeTandemAndReference({ tandemBin, tandemEnv, baseEnv })
   if (referenceBin) {
     const tandem = targets[0]
-    const baseline = makeTandemAndReference({ tandemBin: referenceBin, tandemEnv, baseEnv })[0]
+    const baseline = makeTandemAndReference({ tandemBin: referenceBin, tandemEnv: { ...tandemEnv, ...referenceEnv }, baseEnv })[0]
     targets[1] = { ...baseline, name: 'reference', start: () => baseline.start.call(baseline, 'reference') }
     targets[0] = tandem
   }
