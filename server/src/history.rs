@@ -19,6 +19,19 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HistorySettings;
 use crate::store::{DocId, DocLog, Store, StoreError, VersionId, VersionRow};
 
+/// History reads, diffs and restores at once across the server: each costs
+/// CPU and memory in proportion to the document's whole history, so
+/// callers beyond this wait their turn instead of taking every core.
+static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs `work` on a blocking thread once a `HEAVY` permit is free.
+async fn heavy<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
+) -> Result<T, HistoryError> {
+    let _permit = HEAVY.acquire().await;
+    tokio::task::spawn_blocking(work).await?
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error(transparent)]
@@ -103,7 +116,7 @@ pub async fn render(
         .read_history(version.doc_id, Some(version.upto))
         .await?;
     let version = version.clone();
-    tokio::task::spawn_blocking(move || {
+    heavy(move || {
         if version.snapshot.is_none() && version.upto < snapshot_upto(&log) {
             return Err(HistoryError::Lost);
         }
@@ -124,7 +137,7 @@ pub async fn render(
         let (state, _) = DocState::load(None, [update.as_slice()])?;
         Ok(state)
     })
-    .await?
+    .await
 }
 
 /// What changed from `from` to `to` (the current state with `None`).
@@ -135,7 +148,7 @@ pub async fn diff(
     to: Option<VersionRow>,
 ) -> Result<Value, HistoryError> {
     let mut log = store.read_history(doc_id, None).await?;
-    tokio::task::spawn_blocking(move || {
+    heavy(move || {
         let upto = snapshot_upto(&log);
         let lost = |v: &VersionRow| v.snapshot.is_none() && v.upto < upto;
         if lost(&from) || to.as_ref().is_some_and(lost) {
@@ -174,7 +187,7 @@ pub async fn diff(
         let from_snapshot = from_snapshot.ok_or(HistoryError::Lost)?;
         Ok(doc.diff(&from_snapshot, to_snapshot.as_deref(), &attribution)?)
     })
-    .await?
+    .await
 }
 
 /// The update that turns the document whose full state is `current` into
@@ -183,11 +196,11 @@ pub async fn restoring_update(
     current: bytes::Bytes,
     target: DocState,
 ) -> Result<Option<Vec<u8>>, HistoryError> {
-    tokio::task::spawn_blocking(move || {
+    heavy(move || {
         let target = target.encode_state();
         Ok(restore_update(&current, &target)?)
     })
-    .await?
+    .await
 }
 
 /// Thins and expires automatic versions, then reclaims what only expired

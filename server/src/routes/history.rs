@@ -298,7 +298,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/docs/{id}/versions/{version}", tag = "history",
     params(("id" = String, Path, description = "document name"), ("version" = String, Path)),
-    responses((status = 200, body = Version), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 200, body = Version), (status = 400), (status = 401), (status = 403), (status = 404)))]
 pub async fn get(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -339,7 +339,7 @@ pub async fn rename(
 
 #[utoipa::path(delete, path = "/api/docs/{id}/versions/{version}", tag = "history",
     params(("id" = String, Path, description = "document name"), ("version" = String, Path)),
-    responses((status = 204), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404)))]
 pub async fn delete(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -364,7 +364,7 @@ pub async fn delete(
 
 #[utoipa::path(post, path = "/api/docs/{id}/versions/{version}/restore", tag = "history",
     params(("id" = String, Path, description = "document name"), ("version" = String, Path)),
-    responses((status = 201, body = Version, description = "the document's content is the version's, through a new update that is durable and was relayed live; this is the `restore` version made after it"), (status = 401), (status = 403), (status = 404), (status = 409), (status = 503)))]
+    responses((status = 201, body = Version, description = "the document's content is the version's, through a new update that is durable and was relayed live; this is the `restore` version made after it"), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 503)))]
 pub async fn restore(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -457,7 +457,7 @@ pub async fn restore(
 
 #[utoipa::path(get, path = "/api/docs/{id}/diff", tag = "history",
     params(("id" = String, Path, description = "document name"), DiffQuery),
-    responses((status = 200, description = "for each root: its type, its JSON before and after, and for Text roots the spans inserted, deleted and unchanged with the `sub` that wrote (or deleted) them", body = Object), (status = 401), (status = 403), (status = 404), (status = 409)))]
+    responses((status = 200, description = "for each root: its type, its JSON before and after, and for Text roots the spans inserted, deleted and unchanged with the `sub` that wrote (or deleted) them", body = Object), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 503)))]
 pub async fn diff(
     state: web::Data<AppState>,
     req: HttpRequest,
