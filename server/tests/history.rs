@@ -470,6 +470,22 @@ async fn unknown_versions_are_404() {
     assert_eq!(status, 204);
     let (status, _) = get(&app, &format!("/api/docs/known/versions/{v}")).await;
     assert_eq!(status, 404);
+    // Deleting the document deletes its history: a document made again
+    // under the name starts with none, and the old ids are unknown.
+    let keep = named(&app, "known", "kept until the document goes").await;
+    drop(ada);
+    let (status, _) = api(&app, reqwest::Method::DELETE, "/api/docs/known", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = post(&app, "/api/docs", json!({"id": "known"})).await;
+    assert_eq!(status, 201);
+    let (status, list) = get(&app, "/api/docs/known/versions").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"], json!([]));
+    let (status, _) = get(&app, &format!("/api/docs/known/versions/{keep}")).await;
+    assert_eq!(status, 404);
+    let (rows, _) =
+        common::query_pair(&app.db_url, "SELECT COUNT(*), COUNT(*) FROM doc_versions").await;
+    assert_eq!(rows, 0, "no version row is left behind");
     // Without the key or a token: 401.
     let res = http()
         .get(app.http("/api/docs/known/versions"))
