@@ -42,6 +42,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(editor::page)),
     )
     .service(
+        web::resource("/admin")
+            .wrap(Compress::default())
+            .route(web::get().to(editor::page)),
+    )
+    .service(
         web::resource("/d/{doc:.*}")
             .wrap(Compress::default())
             .route(web::get().to(editor::page)),
