@@ -220,6 +220,7 @@ export class Receiver {
     const spec = typeof behaviour === 'number' ? { status: behaviour } : behaviour
     const headers = { 'content-type': 'text/plain' }
     if (spec.location) headers.location = spec.location
+    Object.assign(headers, spec.headers ?? {})
     res.writeHead(spec.status, headers)
     res.end(spec.body ?? `${this.name}: ${spec.status} for ${record.id}`)
   }

@@ -654,6 +654,41 @@ webhookTest('a 302 is a failed attempt: logged with status 302, retried, never f
 
 // ---- 7. disabling ----------------------------------------------------------------------------------
 
+webhookTest('an endpoint answering 410 Gone is disabled at once, with the reason, and its other messages wait', {
+  env: { TANDEM_WEBHOOK_RETRY_SCHEDULE: '300ms,300ms,300ms' }
+}, async (ctx) => {
+  const rx = await ctx.receiver('gone')
+  rx.setDefault(410)
+  const ep = await ctx.createEndpoint(rx)
+  const msg = await ctx.sendTest(ep.id)
+  const d = await ctx.waitDelivery(ep.id, msg, (x) => x.status === 'failed', { what: `${msg} failed` })
+  assert.deepEqual(d.attempts.map((a) => a.status_code), [410], 'one attempt: 410 is not retried')
+  const after = await ctx.getEndpoint(ep.id)
+  assert.equal(after.enabled, false)
+  assert.match(after.disabled_reason ?? '', /410/, `disabled_reason: ${JSON.stringify(after)}`)
+  await sleep(1_000)
+  assert.equal(rx.requests.length, 1, 'nothing more was sent to it')
+})
+
+webhookTest('429 and 503 with Retry-After are retried no sooner than asked, and no later than the schedule\'s longest wait', {
+  env: { TANDEM_WEBHOOK_RETRY_SCHEDULE: '200ms,200ms,4s' }
+}, async (ctx) => {
+  const rx = await ctx.receiver('busy')
+  rx.respond({ status: 429, headers: { 'retry-after': '2' } },
+    { status: 503, headers: { 'retry-after': new Date(Date.now() + 60_000).toUTCString() } }, 200)
+  const ep = await ctx.createEndpoint(rx)
+  const msg = await ctx.sendTest(ep.id)
+  const d = await ctx.waitDelivery(ep.id, msg, (x) => x.status === 'delivered', { timeoutMs: 15_000, what: `${msg} delivered` })
+  assert.deepEqual(d.attempts.map((a) => a.status_code), [429, 503, 200])
+  const at = rx.requests.map((r) => r.receivedAt)
+  assert.deepEqual(rx.requests.map((r) => r.id), [msg, msg, msg], 'the same webhook-id every time')
+  // 429 asked for 2 s where the schedule says 200 ms.
+  assert.ok(at[1] - at[0] >= 1_900, `the retry after 429 came ${at[1] - at[0]} ms later`)
+  // 503 asked for a minute: held to the schedule's longest wait (4 s ±20 %).
+  assert.ok(at[2] - at[1] >= 3_000 && at[2] - at[1] <= 6_000, `the retry after 503 came ${at[2] - at[1]} ms later`)
+})
+
+
 webhookTest('an endpoint whose message failed every attempt is disabled, gets nothing, and PATCH enabled:true revives it', {
   env: { TANDEM_WEBHOOK_RETRY_SCHEDULE: '300ms,300ms' }
 }, async (ctx) => {

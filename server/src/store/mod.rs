@@ -378,6 +378,11 @@ pub enum Outcome {
     GaveUp {
         disable_reason: String,
     },
+    /// The endpoint answered 410 Gone: the message has failed and the
+    /// endpoint is disabled at once, with this reason.
+    Gone {
+        disable_reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -176,21 +176,27 @@ impl Dispatcher {
         let result = self.send(endpoint, &message, attempted_at).await;
         let elapsed = started.elapsed();
         let latency_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
-        let (status_code, error) = match result {
-            Ok(status) if (200..300).contains(&status) => (Some(status), None),
-            Ok(status) => (
-                Some(status),
-                Some(format!("the endpoint answered {status}")),
+        let (status_code, retry_after, error) = match result {
+            Ok(answer) if (200..300).contains(&answer.status) => (Some(answer.status), None, None),
+            Ok(answer) => (
+                Some(answer.status),
+                answer.retry_after,
+                Some(format!("the endpoint answered {}", answer.status)),
             ),
-            Err(e) => (None, Some(e)),
+            Err(e) => (None, None, Some(e)),
         };
         crate::metrics::webhook_attempt(error.is_none(), elapsed.as_secs_f64());
         let schedule = &self.hooks.settings.retry_schedule.0;
         let made = message.attempts.saturating_add(1);
         let outcome = if error.is_none() {
             Outcome::Delivered
+        } else if status_code == Some(410) {
+            // Standard Webhooks: 410 Gone means the receiver wants no more.
+            Outcome::Gone {
+                disable_reason: format!("the endpoint answered 410 Gone to message {}", message.id),
+            }
         } else if let Some(wait) = schedule.get(made as usize - 1) {
-            Outcome::RetryIn(jittered(*wait))
+            Outcome::RetryIn(retry_wait(*wait, retry_after, schedule))
         } else {
             Outcome::GaveUp {
                 disable_reason: format!(
@@ -220,7 +226,7 @@ impl Dispatcher {
         };
         match self.hooks.store.record_attempt(&record).await {
             Ok(true) => {
-                tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled: every attempt of a message failed");
+                tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled: it answered 410 Gone, or every attempt of a message failed");
                 if let Err(e) = self.hooks.refresh().await {
                     tracing::warn!(error = %e, "reloading webhook endpoints failed");
                 }
@@ -233,13 +239,13 @@ impl Dispatcher {
         }
     }
 
-    /// Sends one message; the HTTP status, or why there was none.
+    /// Sends one message; the endpoint's answer, or why there was none.
     async fn send(
         &self,
         endpoint: &EndpointRow,
         message: &DueMessage,
         now_ms: i64,
-    ) -> Result<u16, String> {
+    ) -> Result<Answer, String> {
         let url = reqwest::Url::parse(&endpoint.url).map_err(|e| format!("invalid URL: {e}"))?;
         if !self.hooks.settings.allow_private {
             // Literal addresses are connected to without resolving.
@@ -270,8 +276,52 @@ impl Dispatcher {
             .send()
             .await
             .map_err(describe)?;
-        Ok(response.status().as_u16())
+        let status = response.status().as_u16();
+        // Only where the status asks to come back later (Standard Webhooks).
+        let retry_after = if status == 429 || status == 503 {
+            response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+        } else {
+            None
+        };
+        Ok(Answer {
+            status,
+            retry_after,
+        })
     }
+}
+
+/// What an endpoint answered.
+struct Answer {
+    status: u16,
+    /// Its `Retry-After`, on a 429 or 503.
+    retry_after: Option<Duration>,
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date; `None` if it is neither.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The wait before the next attempt: the schedule's (with jitter), or
+/// longer where the endpoint asked, but never longer than the schedule's
+/// longest wait (a receiver cannot park a message for ever). Milliseconds.
+fn retry_wait(scheduled: Duration, asked: Option<Duration>, schedule: &[Duration]) -> i64 {
+    let jittered = jittered(scheduled);
+    let Some(asked) = asked else {
+        return jittered;
+    };
+    let longest = schedule.iter().max().copied().unwrap_or(scheduled);
+    let asked = i64::try_from(asked.min(longest).as_millis()).unwrap_or(i64::MAX);
+    jittered.max(asked)
 }
 
 /// A request error with its causes, which say what went wrong (the SSRF
@@ -291,6 +341,56 @@ fn describe(e: reqwest::Error) -> String {
         source = cause.source();
     }
     text.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date_and_is_held_to_the_schedule() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date past is now"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        let schedule = [Duration::from_secs(5), Duration::from_secs(60)];
+        // Asked for longer than the schedule: waits what it asked...
+        assert_eq!(
+            retry_wait(
+                Duration::from_secs(5),
+                Some(Duration::from_secs(30)),
+                &schedule
+            ),
+            30_000
+        );
+        // ...but never past the schedule's longest wait.
+        assert_eq!(
+            retry_wait(
+                Duration::from_secs(5),
+                Some(Duration::from_secs(3600)),
+                &schedule
+            ),
+            60_000
+        );
+        // Asked for less: the schedule's wait (±20 %).
+        let w = retry_wait(
+            Duration::from_secs(5),
+            Some(Duration::from_secs(1)),
+            &schedule,
+        );
+        assert!((4_000..=6_000).contains(&w), "{w}");
+    }
 }
 
 /// `wait` ±20 %, in milliseconds.

@@ -909,7 +909,7 @@ impl Store for PgStore {
         let (status, retry_in) = match a.outcome {
             Outcome::Delivered => ("delivered", None),
             Outcome::RetryIn(ms) => ("pending", Some(ms)),
-            Outcome::GaveUp { .. } => ("failed", None),
+            Outcome::GaveUp { .. } | Outcome::Gone { .. } => ("failed", None),
         };
         // Only while the message holds this attempt's lease: not once
         // another sender leased it after this lease ran out, nor once it
@@ -964,6 +964,21 @@ impl Store for PgStore {
                 .bind(disable_reason)
                 .bind(a.attempted_at)
                 .bind(&a.message_id)
+                .execute(&mut *tx)
+                .await?;
+                disabled = done.rows_affected() > 0;
+                if disabled {
+                    bump_config(&mut tx).await?;
+                }
+            }
+            Outcome::Gone { disable_reason } => {
+                let done = sqlx::query(
+                    "UPDATE webhook_endpoints SET enabled = FALSE, disabled_reason = $2, updated_at = $3
+                     WHERE id = $1 AND enabled",
+                )
+                .bind(&a.endpoint_id)
+                .bind(disable_reason)
+                .bind(a.attempted_at)
                 .execute(&mut *tx)
                 .await?;
                 disabled = done.rows_affected() > 0;

@@ -878,7 +878,7 @@ impl Store for SqliteStore {
         let (status, next_retry_at) = match a.outcome {
             Outcome::Delivered => ("delivered", None),
             Outcome::RetryIn(ms) => ("pending", Some(now.saturating_add(ms))),
-            Outcome::GaveUp { .. } => ("failed", None),
+            Outcome::GaveUp { .. } | Outcome::Gone { .. } => ("failed", None),
         };
         // Only while the message holds this attempt's lease: not once
         // another sender leased it after this lease ran out, nor once it
@@ -931,6 +931,21 @@ impl Store for SqliteStore {
                 .bind(disable_reason)
                 .bind(a.attempted_at)
                 .bind(&a.message_id)
+                .execute(&mut *tx)
+                .await?;
+                disabled = done.rows_affected() > 0;
+                if disabled {
+                    bump_config(&mut tx).await?;
+                }
+            }
+            Outcome::Gone { disable_reason } => {
+                let done = sqlx::query(
+                    "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = $2, updated_at = $3
+                     WHERE id = $1 AND enabled = 1",
+                )
+                .bind(&a.endpoint_id)
+                .bind(disable_reason)
+                .bind(a.attempted_at)
                 .execute(&mut *tx)
                 .await?;
                 disabled = done.rows_affected() > 0;
