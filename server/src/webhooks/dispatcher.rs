@@ -343,6 +343,13 @@ fn describe(e: reqwest::Error) -> String {
     text.chars().take(MAX_ERROR_CHARS).collect()
 }
 
+/// `wait` ±20 %, in milliseconds.
+fn jittered(wait: Duration) -> i64 {
+    let ms = wait.as_millis() as f64;
+    let factor = rand::rng().random_range(0.8..=1.2);
+    (ms * factor) as i64
+}
+
 #[cfg(test)]
 mod retry_after_tests {
     use super::*;
@@ -391,11 +398,4 @@ mod retry_after_tests {
         );
         assert!((4_000..=6_000).contains(&w), "{w}");
     }
-}
-
-/// `wait` ±20 %, in milliseconds.
-fn jittered(wait: Duration) -> i64 {
-    let ms = wait.as_millis() as f64;
-    let factor = rand::rng().random_range(0.8..=1.2);
-    (ms * factor) as i64
 }
