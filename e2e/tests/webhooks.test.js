@@ -654,6 +654,46 @@ webhookTest('a 302 is a failed attempt: logged with status 302, retried, never f
 
 // ---- 7. disabling ----------------------------------------------------------------------------------
 
+webhookTest('recover queues failed messages again with their webhook-ids; on a disabled endpoint they wait for PATCH enabled, which can recover in the same call', {
+  env: { TANDEM_WEBHOOK_RETRY_SCHEDULE: '300ms,300ms' }
+}, async (ctx) => {
+  const rx = await ctx.receiver('recovering')
+  rx.setDefault(500)
+  const ep = await ctx.createEndpoint(rx)
+  const first = await ctx.sendTest(ep.id)
+  await ctx.waitDelivery(ep.id, first, (x) => x.status === 'failed', { what: `${first} failed` })
+  await waitUntil(async () => (await ctx.getEndpoint(ep.id)).enabled === false, { timeoutMs: 3_000, intervalMs: 100, what: 'the endpoint to be disabled' })
+  rx.setDefault(200)
+  const since = new Date(Date.now() - 60_000).toISOString()
+  // Recovered while disabled: queued, not sent.
+  const r = await ctx.call('POST', `/api/webhooks/${ep.id}/recover`, 202, { since })
+  assert.deepEqual(r, { messages: 1 })
+  await sleep(1_000)
+  const sent = rx.requests.length
+  assert.deepEqual(rx.requests.map((x) => x.answer), [500, 500, 500], 'nothing sent while disabled')
+  await ctx.call('PATCH', `/api/webhooks/${ep.id}`, 200, { enabled: true })
+  const again = await rx.waitFor((x) => x.id === first && x.answer === 200, { what: `${first} delivered after recovery` })
+  assert.equal(again.type, 'webhook.test')
+  await ctx.waitDelivery(ep.id, first, (x) => x.status === 'delivered', { what: `${first} delivered` })
+  assert.equal(rx.requests.length, sent + 1)
+
+  // A window that holds nothing recovers nothing; bad times are 400.
+  assert.deepEqual(await ctx.call('POST', `/api/webhooks/${ep.id}/recover`, 202, { since, until: since }), { messages: 0 })
+  await ctx.callError('POST', `/api/webhooks/${ep.id}/recover`, 400, 'invalid_time', { since: 'yesterday' })
+  await ctx.callError('POST', '/api/webhooks/ep_nope/recover', 404, 'not_found', { since })
+
+  // Disabled again; PATCH {enabled: true, replay_since} re-enables and recovers at once.
+  rx.setDefault(500)
+  const second = await ctx.sendTest(ep.id)
+  await ctx.waitDelivery(ep.id, second, (x) => x.status === 'failed', { what: `${second} failed` })
+  await waitUntil(async () => (await ctx.getEndpoint(ep.id)).enabled === false, { timeoutMs: 3_000, intervalMs: 100, what: 'the endpoint to be disabled again' })
+  rx.setDefault(200)
+  const revived = await ctx.call('PATCH', `/api/webhooks/${ep.id}`, 200, { enabled: true, replay_since: since })
+  assert.equal(revived.enabled, true)
+  await rx.waitFor((x) => x.id === second && x.answer === 200, { what: `${second} delivered after PATCH with replay_since` })
+  assert.equal(rx.requests.filter((x) => x.id === first && x.answer === 200).length, 1, 'the message delivered before was not sent again')
+})
+
 webhookTest('an endpoint answering 410 Gone is disabled at once, with the reason, and its other messages wait', {
   env: { TANDEM_WEBHOOK_RETRY_SCHEDULE: '300ms,300ms,300ms' }
 }, async (ctx) => {

@@ -121,6 +121,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(guarded(web::post().to(webhooks::test))),
             )
             .service(
+                resource("/webhooks/{id}/recover", "POST")
+                    .route(guarded(web::post().to(webhooks::recover))),
+            )
+            .service(
                 resource("/webhooks/{id}/deliveries", "GET")
                     .route(web::get().to(webhooks::deliveries)),
             )

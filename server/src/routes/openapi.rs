@@ -24,6 +24,7 @@ use super::{docs, health, history, tokens, webhooks, ws};
         tokens::mint, ws::connect,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
         webhooks::rotate_secret, webhooks::test, webhooks::deliveries, webhooks::retry,
+        webhooks::recover,
         health::healthz, health::readyz, health::metrics, document,
     ),
     components(schemas(
@@ -32,7 +33,7 @@ use super::{docs, health, history, tokens, webhooks, ws};
         tokens::TokenRequest, tokens::TokenResponse, crate::auth::Perm, ErrorBody, ErrorDetail,
         webhooks::Endpoint, webhooks::EndpointList, webhooks::CreateEndpoint,
         webhooks::UpdateEndpoint, webhooks::DeliveryRef, webhooks::Attempt, webhooks::Delivery,
-        webhooks::DeliveryList, webhooks::EventType,
+        webhooks::DeliveryList, webhooks::EventType, webhooks::Recover, webhooks::Recovered,
     )),
     modifiers(&ApiKey, &Conventions),
     security(("api_key" = [])),

@@ -68,6 +68,8 @@ pub enum EventType {
     DocumentUpdated,
     #[schema(rename = "document.deleted")]
     DocumentDeleted,
+    #[schema(rename = "document.restored")]
+    DocumentRestored,
     #[schema(rename = "client.connected")]
     ClientConnected,
     #[schema(rename = "client.disconnected")]
@@ -112,6 +114,9 @@ pub struct UpdateEndpoint {
     pub events: Option<Vec<String>>,
     /// `true` re-enables a disabled endpoint and clears its reason.
     pub enabled: Option<bool>,
+    /// With `enabled: true`: also recover (as `POST …/recover`) what failed
+    /// since this time (RFC 3339).
+    pub replay_since: Option<String>,
     /// At most 1024 characters.
     #[schema(max_length = 1024)]
     pub description: Option<String>,
@@ -354,6 +359,16 @@ pub async fn update(
     body: web::Json<UpdateEndpoint>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let replay_since = match (&body.replay_since, body.enabled) {
+        (None, _) => None,
+        (Some(t), Some(true)) => Some(parse_time("replay_since", t)?),
+        (Some(_), _) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "replay_since goes with enabled: true",
+            ))
+        }
+    };
     let patch = EndpointPatch {
         url: body
             .url
@@ -374,8 +389,69 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no webhook endpoint {:?}", id.as_str())))?;
     refresh(&state).await?;
+    if let Some(since) = replay_since {
+        let now = now_ms();
+        let n = state
+            .store
+            .recover_messages(&row.id, since, now + 1, now, RECOVER_LIMIT)
+            .await?;
+        state.webhooks.messages_written();
+        tracing::info!(endpoint = %row.id, messages = n, "webhook messages recovered on re-enabling");
+    }
     tracing::info!(endpoint = %row.id, enabled = row.enabled, "webhook endpoint changed");
     Ok(HttpResponse::Ok().json(view(row, false)))
+}
+
+/// Messages one recover call queues again at most.
+const RECOVER_LIMIT: u32 = 10_000;
+
+#[derive(Deserialize, ToSchema)]
+pub struct Recover {
+    /// RFC 3339: messages created at or after this.
+    pub since: String,
+    /// RFC 3339: and before this (default: now).
+    pub until: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Recovered {
+    /// How many messages were queued again (at most 10,000 per call; call
+    /// again with a later `since` for more).
+    pub messages: u64,
+}
+
+fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
+    crate::time::parse_rfc3339(value).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_time",
+            format!("{field}: not an RFC 3339 time in UTC (like 2026-01-31T12:00:00Z)"),
+        )
+    })
+}
+
+#[utoipa::path(post, path = "/api/webhooks/{id}/recover", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id")),
+    request_body = Recover,
+    responses((status = 202, body = Recovered, description = "the endpoint's failed messages created in the window are queued again with their webhook-ids; on a disabled endpoint they wait until it is enabled"), (status = 400), (status = 401), (status = 404)))]
+pub async fn recover(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<Recover>,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = found(&state, &id).await?;
+    let now = now_ms();
+    let since = parse_time("since", &body.since)?;
+    let until = match &body.until {
+        Some(u) => parse_time("until", u)?,
+        None => now + 1,
+    };
+    let messages = state
+        .store
+        .recover_messages(&endpoint.id, since, until, now, RECOVER_LIMIT)
+        .await?;
+    state.webhooks.messages_written();
+    tracing::info!(endpoint = %endpoint.id, messages, "webhook messages recovered");
+    Ok(HttpResponse::Accepted().json(Recovered { messages }))
 }
 
 #[utoipa::path(delete, path = "/api/webhooks/{id}", tag = "webhooks",

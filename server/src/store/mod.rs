@@ -784,6 +784,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Messages waiting for delivery (pending), across endpoints.
+    /// Queues again, as new (a fresh retry schedule, the same ids), up to
+    /// `limit` messages to the endpoint that failed, created in
+    /// `[since, until)`, oldest first; returns how many. On a disabled
+    /// endpoint they wait until it is enabled.
+    async fn recover_messages(
+        &self,
+        endpoint_id: &str,
+        since: i64,
+        until: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
     async fn outbox_depth(&self) -> Result<i64, StoreError>;
 
     /// Documents with unreported changes: `(doc_id, first_change_at, last_change_at)`.

@@ -1033,6 +1033,31 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn recover_messages(
+        &self,
+        endpoint_id: &str,
+        since: i64,
+        until: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE webhook_messages SET status = 'pending', next_attempt_at = $4, attempts = 0,
+               first_attempt_at = NULL, lease_token = NULL
+             WHERE id IN (SELECT id FROM webhook_messages
+               WHERE endpoint_id = $1 AND status = 'failed' AND created_at >= $2 AND created_at < $3
+               ORDER BY created_at LIMIT $5)",
+        )
+        .bind(endpoint_id)
+        .bind(since)
+        .bind(until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn outbox_depth(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM webhook_messages WHERE status = 'pending'")
