@@ -694,6 +694,27 @@ webhookTest('recover queues failed messages again with their webhook-ids; on a d
   assert.equal(rx.requests.filter((x) => x.id === first && x.answer === 200).length, 1, 'the message delivered before was not sent again')
 })
 
+webhookTest('content over TANDEM_WEBHOOK_MAX_CONTENT_BYTES is left out and the body says content_omitted', {
+  env: { TANDEM_WEBHOOK_MAX_CONTENT_BYTES: '2000' }
+}, async (ctx) => {
+  const rx = await ctx.receiver('content')
+  await ctx.createEndpoint(rx, { events: ['document.updated'], include_content: true })
+  const small = uniqueDoc('small')
+  const big = uniqueDoc('big')
+  for (const doc of [small, big]) await ctx.createDoc(doc)
+  const a = await ctx.connect(small)
+  a.text.insert(0, 'short')
+  const b = await ctx.connect(big)
+  b.text.insert(0, 'x'.repeat(5000))
+  const s = await rx.waitFor((r) => r.type === 'document.updated' && r.data.doc === small, { what: 'the small document reported' })
+  const l = await rx.waitFor((r) => r.type === 'document.updated' && r.data.doc === big, { what: 'the big document reported' })
+  assert.equal(s.data.content?.text, 'short')
+  assert.equal(s.data.content_omitted, undefined)
+  assert.equal(l.data.content, undefined, 'no content over the cap')
+  assert.equal(l.data.content_omitted, true)
+  assert.equal(l.data.updates, 1)
+})
+
 webhookTest('an endpoint answering 410 Gone is disabled at once, with the reason, and its other messages wait', {
   env: { TANDEM_WEBHOOK_RETRY_SCHEDULE: '300ms,300ms,300ms' }
 }, async (ctx) => {

@@ -380,6 +380,11 @@ pub struct WebhookSettings {
     #[arg(global = true, long = "webhook-allow-private", env = "TANDEM_WEBHOOK_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private: bool,
 
+    /// `include_content` content larger than this (bytes of its JSON) is
+    /// left out of `document.updated`, which says `"content_omitted": true`.
+    #[arg(global = true, long = "webhook-max-content-bytes", env = "TANDEM_WEBHOOK_MAX_CONTENT_BYTES", default_value_t = 256 * 1024)]
+    pub max_content_bytes: usize,
+
     /// Deliveries in flight to one endpoint at once.
     #[arg(
         global = true,

@@ -117,8 +117,19 @@ pub fn client(e: &ClientEvent<'_>, now: i64) -> NewEvent {
     )
 }
 
+/// The content of a `document.updated` for endpoints that asked for it.
+#[derive(Clone, Copy)]
+pub enum Content<'a> {
+    /// Not rendered: no endpoint wants it.
+    None,
+    Some(&'a Value),
+    /// Rendered but larger than `TANDEM_WEBHOOK_MAX_CONTENT_BYTES`: the
+    /// receiver fetches it from the API.
+    Omitted,
+}
+
 /// `document.updated`; `content` goes only to endpoints that asked for it.
-pub fn document_updated(changes: &DocChanges, content: Option<&Value>, now: i64) -> NewEvent {
+pub fn document_updated(changes: &DocChanges, content: Content<'_>, now: i64) -> NewEvent {
     let mut data = json!({
         "doc": changes.name,
         "updates": changes.updates,
@@ -129,10 +140,17 @@ pub fn document_updated(changes: &DocChanges, content: Option<&Value>, now: i64)
         "version": changes.version.map(|v| v.to_string()),
     });
     let payload = envelope(DOCUMENT_UPDATED, now, data.clone());
-    let payload_with_content = content.map(|c| {
-        data["content"] = c.clone();
-        envelope(DOCUMENT_UPDATED, now, data)
-    });
+    let payload_with_content = match content {
+        Content::None => None,
+        Content::Some(c) => {
+            data["content"] = c.clone();
+            Some(envelope(DOCUMENT_UPDATED, now, data))
+        }
+        Content::Omitted => {
+            data["content_omitted"] = Value::Bool(true);
+            Some(envelope(DOCUMENT_UPDATED, now, data))
+        }
+    };
     NewEvent {
         event_type: DOCUMENT_UPDATED,
         payload,
@@ -170,7 +188,7 @@ mod tests {
             first_change_at: 1000,
             last_change_at: 2000,
         };
-        let e = document_updated(&changes, Some(&json!({"text": "hi"})), 3000);
+        let e = document_updated(&changes, Content::Some(&json!({"text": "hi"})), 3000);
         let plain: Value = serde_json::from_str(&e.payload).unwrap();
         let full: Value = serde_json::from_str(e.payload_with_content.as_deref().unwrap()).unwrap();
         assert!(plain["data"].get("content").is_none());

@@ -143,8 +143,14 @@ async fn report(
         };
         let expected = Some(expect).filter(|_| content.is_some() && round < RENDER_ROUNDS);
         let now = now_ms();
+        let max = hooks.settings.max_content_bytes;
+        let content_arg = match &content {
+            None => events::Content::None,
+            Some((_, size)) if *size > max => events::Content::Omitted,
+            Some((value, _)) => events::Content::Some(value),
+        };
         let build = |changes: &crate::store::DocChanges| {
-            events::document_updated(changes, content.as_ref(), now)
+            events::document_updated(changes, content_arg, now)
         };
         match hooks
             .store
@@ -162,13 +168,19 @@ async fn report(
     Ok(())
 }
 
+/// The document's JSON and the size of its serialization.
 async fn render(
     hooks: &Webhooks,
     doc: DocId,
-) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Option<(serde_json::Value, usize)>, Box<dyn std::error::Error + Send + Sync>> {
     let (state, _, _) = crate::room::load::load_stored(hooks.store.as_ref(), doc).await?;
-    let value = tokio::task::spawn_blocking(move || state.to_json()).await?;
-    Ok(Some(value))
+    let rendered = tokio::task::spawn_blocking(move || {
+        let value = state.to_json();
+        let size = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
+        (value, size)
+    })
+    .await?;
+    Ok(Some(rendered))
 }
 
 fn millis(d: Duration) -> i64 {
