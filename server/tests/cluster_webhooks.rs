@@ -122,6 +122,7 @@ fn settings(debounce: Duration) -> tandem::config::WebhookSettings {
         max_wait: Duration::from_secs(30),
         allow_private: true,
         concurrency: 1,
+        max_content_bytes: 256 * 1024,
     }
 }
 

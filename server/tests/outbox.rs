@@ -300,7 +300,7 @@ async fn document_changes_are_written_with_the_updates_and_reported_once() {
     let seen = std::sync::Mutex::new(None);
     let build = |c: &tandem::store::DocChanges| {
         *seen.lock().unwrap() = Some(c.clone());
-        events::document_updated(c, None, 5)
+        events::document_updated(c, events::Content::None, 5)
     };
     // Not due yet: the last change is younger than the debounce.
     let later = Debounce {
