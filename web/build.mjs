@@ -1,8 +1,12 @@
 // Builds the browser editor into dist/ (or the folder given with --outdir):
 //
-//   dist/index.html                 the single page, served for / and /d/{doc}
-//   dist/assets/main-<HASH>.js      the bundle (content-hashed, cached forever)
+//   dist/index.html                 the single page, served for /, /d/{doc} and /admin
+//   dist/assets/main-<HASH>.js      the entry: routes by path (content-hashed, cached forever)
 //   dist/assets/main-<HASH>.css
+//   dist/assets/{home,editor,admin}-<HASH>.js, chunk-<HASH>.js
+//                                   each page's code, loaded by the entry with
+//                                   import(), and the code they share: the
+//                                   delivery console never loads the editor
 //   dist/favicon.svg
 //
 // The server embeds dist/ (rust-embed), so dist/ is committed; `npm run check`
@@ -25,6 +29,7 @@ export async function build (outdir) {
     absWorkingDir: here,
     entryPoints: ['src/main.js'],
     bundle: true,
+    splitting: true,
     minify: true,
     format: 'esm',
     target: ['es2020', 'chrome100', 'firefox100', 'safari15'],

@@ -99,10 +99,12 @@ async function waitState (page, state, timeout = 10_000) {
   await page.locator(`.status-pill[data-state="${state}"]`).waitFor({ timeout })
 }
 
-/** The editor's text, without the remote carets' name labels. */
+/** The editor's text, without the remote carets' name labels ('' until the editor's chunk has loaded and mounted). */
 function docText (page) {
   return page.evaluate(() => {
-    const clone = document.querySelector('.ProseMirror').cloneNode(true)
+    const editor = document.querySelector('.ProseMirror')
+    if (!editor) return ''
+    const clone = editor.cloneNode(true)
     for (const el of clone.querySelectorAll('.collaboration-carets__caret, .collaboration-carets__label')) el.remove()
     return clone.innerText.replace(/\u00a0/g, ' ').replace(/\n+/g, '\n').trim()
   })

@@ -14,8 +14,9 @@ import { mountHistory } from './history.js'
 import { icons } from './icons.js'
 import { PALETTE, cleanName, isColor, loadUser, saveUser } from './identity.js'
 import { decodeToken, isExpired } from './token.js'
+import { DOC_NAME } from './doc-name.js'
 
-export const DOC_NAME = /^[A-Za-z0-9\-_.~:@]{1,255}$/
+export { DOC_NAME }
 
 /** Final closes (SPEC §2): the provider does not reconnect, the page says why. */
 const FINAL = {

@@ -4,7 +4,7 @@
 
 import { h, logo, setChildren } from './dom.js'
 import { icons } from './icons.js'
-import { DOC_NAME } from './editor.js'
+import { DOC_NAME } from './doc-name.js'
 
 const PAGE_SIZE = 50
 
