@@ -33,6 +33,8 @@ const FAST = {
 const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/
 const SECRET = /^whsec_[A-Za-z0-9+/]+={0,2}$/
 const EVENT_TYPES = ['document.created', 'document.updated', 'document.deleted', 'client.connected', 'client.disconnected', 'webhook.test']
+/** Events the tests here trigger only on purpose (history's and the endpoints' own). */
+const OTHER_TYPES = ['document.restored', 'webhook.endpoint_disabled']
 
 const isTime = (s) => typeof s === 'string' && RFC3339.test(s) && !Number.isNaN(Date.parse(s))
 const assertTime = (s, what) => assert.ok(isTime(s), `${what}: ${JSON.stringify(s)} is not an RFC 3339 time`)
@@ -252,7 +254,7 @@ function checkEndpoint (ep, { withSecret = false } = {}) {
 function checkDelivery (d) {
   const what = `delivery ${JSON.stringify(d).slice(0, 600)}`
   assert.match(d?.id ?? '', /^msg_/, `${what}: id`)
-  assert.ok(EVENT_TYPES.includes(d.event_type), `${what}: event_type`)
+  assert.ok([...EVENT_TYPES, ...OTHER_TYPES].includes(d.event_type), `${what}: event_type`)
   assert.ok(['pending', 'delivered', 'failed'].includes(d.status), `${what}: status`)
   assertTime(d.created_at, `${what}: created_at`)
   assert.ok(d.next_attempt_at === null || isTime(d.next_attempt_at), `${what}: next_attempt_at`)
@@ -719,8 +721,10 @@ webhookTest('an endpoint answering 410 Gone is disabled at once, with the reason
   env: { TANDEM_WEBHOOK_RETRY_SCHEDULE: '300ms,300ms,300ms' }
 }, async (ctx) => {
   const rx = await ctx.receiver('gone')
+  const watcher = await ctx.receiver('watcher')
   rx.setDefault(410)
   const ep = await ctx.createEndpoint(rx)
+  await ctx.createEndpoint(watcher, { events: ['webhook.endpoint_disabled'] })
   const msg = await ctx.sendTest(ep.id)
   const d = await ctx.waitDelivery(ep.id, msg, (x) => x.status === 'failed', { what: `${msg} failed` })
   assert.deepEqual(d.attempts.map((a) => a.status_code), [410], 'one attempt: 410 is not retried')
@@ -729,6 +733,33 @@ webhookTest('an endpoint answering 410 Gone is disabled at once, with the reason
   assert.match(after.disabled_reason ?? '', /410/, `disabled_reason: ${JSON.stringify(after)}`)
   await sleep(1_000)
   assert.equal(rx.requests.length, 1, 'nothing more was sent to it')
+  // The other endpoints that want it hear of it.
+  const told = await watcher.waitFor((r) => r.type === 'webhook.endpoint_disabled', { what: 'webhook.endpoint_disabled' })
+  assert.equal(told.data.endpoint, ep.id)
+  assert.equal(told.data.reason, after.disabled_reason)
+  assert.equal(watcher.requests.length, 1)
+})
+
+webhookTest('the delivery log keeps delivered and failed messages for TANDEM_WEBHOOK_LOG_RETENTION; /metrics shows each endpoint\'s oldest pending message', {
+  env: { TANDEM_WEBHOOK_LOG_RETENTION: '3s', TANDEM_WEBHOOK_RETRY_SCHEDULE: '30s' }
+}, async (ctx) => {
+  const ok = await ctx.receiver('ok')
+  const down = await ctx.receiver('down')
+  down.setDefault(500)
+  const epOk = await ctx.createEndpoint(ok)
+  const epDown = await ctx.createEndpoint(down)
+  const delivered = await ctx.sendTest(epOk.id)
+  await ctx.waitDelivery(epOk.id, delivered, (x) => x.status === 'delivered')
+  const pending = await ctx.sendTest(epDown.id)
+  await ctx.waitDelivery(epDown.id, pending, (x) => x.attempts.length === 1)
+  await sleep(1_500)
+  const metrics = await (await fetch(`${ctx.server.httpUrl}/metrics`)).text()
+  const lag = (id) => Number(metrics.match(new RegExp(`tandem_webhook_oldest_pending_seconds\\{endpoint="${id}"\\} ([0-9.e+-]+)`))?.[1])
+  assert.ok(lag(epDown.id) >= 1, `the failing endpoint's lag: ${lag(epDown.id)}`)
+  assert.equal(lag(epOk.id), 0, 'nothing pending for the healthy endpoint')
+  // Past the retention the delivered message is gone; the pending one stays.
+  await waitUntil(async () => (await ctx.allDeliveries(epOk.id)).length === 0, { timeoutMs: 10_000, intervalMs: 200, what: 'the delivered message to be deleted' })
+  assert.deepEqual((await ctx.allDeliveries(epDown.id)).map((d) => d.id), [pending], 'pending messages are kept')
 })
 
 webhookTest('429 and 503 with Retry-After are retried no sooner than asked, and no later than the schedule\'s longest wait', {

@@ -178,6 +178,10 @@ impl App {
             outbox::run_debouncer(Arc::clone(&webhooks), shutdown.clone()),
             &core_handle,
         );
+        tracker.spawn_on(
+            outbox::run_log_sweeper(Arc::clone(&webhooks), shutdown.clone()),
+            &core_handle,
+        );
         // Endpoint changes made through other nodes sharing the database.
         tracker.spawn_on(
             Arc::clone(&webhooks).watch_config(shutdown.clone()),

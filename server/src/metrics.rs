@@ -88,6 +88,16 @@ pub fn set_webhook_outbox(pending: i64) {
     metrics::gauge!("tandem_webhook_outbox_pending").set(pending as f64);
 }
 
+/// Per endpoint, how long its oldest undelivered message has waited (read
+/// at scrape time; 0 when nothing is pending).
+pub fn set_webhook_oldest_pending(endpoints: &[(String, Option<i64>)], now_ms: i64) {
+    for (endpoint, oldest) in endpoints {
+        let age = oldest.map_or(0.0, |at| (now_ms.saturating_sub(at)).max(0) as f64 / 1000.0);
+        metrics::gauge!("tandem_webhook_oldest_pending_seconds", "endpoint" => endpoint.clone())
+            .set(age);
+    }
+}
+
 /// What the persister holds, read at scrape time.
 pub struct PersistGauges {
     pub backlog_updates: usize,

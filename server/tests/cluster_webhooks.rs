@@ -123,6 +123,7 @@ fn settings(debounce: Duration) -> tandem::config::WebhookSettings {
         allow_private: true,
         concurrency: 1,
         max_content_bytes: 256 * 1024,
+        log_retention: Duration::from_secs(86_400),
     }
 }
 
@@ -219,6 +220,7 @@ async fn a_sender_whose_lease_was_taken_over_records_nothing() {
     assert_eq!(second.id, first.id);
     assert_ne!(second.lease_token, first.lease_token);
     let record = |m: &tandem::store::DueMessage, outcome| tandem::store::AttemptRecord {
+        disabled_event: None,
         message_id: m.id.clone(),
         lease_token: m.lease_token.clone(),
         endpoint_id: "ep".into(),

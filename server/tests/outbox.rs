@@ -183,6 +183,7 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
     let leased = store.lease_due(60_000, 10, 10, &[]).await.unwrap();
     let (m1, m2) = (&leased[0], &leased[1]);
     let record = |m: &tandem::store::DueMessage, at: i64, outcome: Outcome| AttemptRecord {
+        disabled_event: None,
         message_id: m.id.clone(),
         lease_token: m.lease_token.clone(),
         endpoint_id: "ep".into(),

@@ -226,6 +226,7 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
 
     let m = &again[0];
     let record = |outcome| AttemptRecord {
+        disabled_event: None,
         message_id: m.id.clone(),
         lease_token: m.lease_token.clone(),
         endpoint_id: m.endpoint_id.clone(),
@@ -248,6 +249,7 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
     assert_eq!(retried.len(), 2);
     let m = retried.iter().find(|r| r.id == m.id).unwrap();
     let record = |outcome| AttemptRecord {
+        disabled_event: None,
         message_id: m.id.clone(),
         lease_token: m.lease_token.clone(),
         endpoint_id: m.endpoint_id.clone(),

@@ -47,6 +47,12 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         Ok(pending) => crate::metrics::set_webhook_outbox(pending),
         Err(e) => tracing::warn!(error = %e, "counting the webhook outbox failed"),
     }
+    match state.store.oldest_pending().await {
+        Ok(endpoints) => {
+            crate::metrics::set_webhook_oldest_pending(&endpoints, crate::store::now_ms())
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the webhook endpoints' lag failed"),
+    }
     let body = state
         .metrics
         .as_ref()

@@ -76,6 +76,8 @@ pub enum EventType {
     ClientDisconnected,
     #[schema(rename = "webhook.test")]
     WebhookTest,
+    #[schema(rename = "webhook.endpoint_disabled")]
+    WebhookEndpointDisabled,
     #[schema(rename = "*")]
     All,
 }

@@ -397,6 +397,9 @@ pub struct AttemptRecord {
     pub latency_ms: i64,
     pub error: Option<String>,
     pub outcome: Outcome,
+    /// Written, in the same transaction, if this attempt disables the
+    /// endpoint (`webhook.endpoint_disabled` for the other endpoints).
+    pub disabled_event: Option<NewEvent>,
 }
 
 /// One message in an endpoint's delivery log, with its attempts.
@@ -798,6 +801,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 
     async fn outbox_depth(&self) -> Result<i64, StoreError>;
+
+    /// Each endpoint with the creation time of its oldest pending message
+    /// (`None` when nothing is pending).
+    async fn oldest_pending(&self) -> Result<Vec<(String, Option<i64>)>, StoreError>;
+
+    /// Deletes up to `limit` delivered or failed messages (with their
+    /// attempts) created before `before`; returns how many.
+    async fn delete_old_messages(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
 
     /// Documents with unreported changes: `(doc_id, first_change_at, last_change_at)`.
     async fn pending_changes(&self) -> Result<Vec<(DocId, i64, i64)>, StoreError>;

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{signer, ssrf, Webhooks};
+use super::{events, signer, ssrf, Webhooks};
 use crate::store::{now_ms, AttemptRecord, DueMessage, EndpointRow, Outcome};
 
 /// How often the outbox is polled, while some endpoint is enabled, when
@@ -214,7 +214,20 @@ impl Dispatcher {
                 tracing::info!(endpoint = %endpoint.id, message = %message.id, attempt = made, error = error.as_deref().unwrap_or(""), "webhook attempt failed")
             }
         }
+        let disabled_event = match &outcome {
+            Outcome::GaveUp { disable_reason } | Outcome::Gone { disable_reason }
+                if self.hooks.wants(events::WEBHOOK_ENDPOINT_DISABLED) =>
+            {
+                Some(events::endpoint_disabled(
+                    &endpoint.id,
+                    disable_reason,
+                    now_ms(),
+                ))
+            }
+            _ => None,
+        };
         let record = AttemptRecord {
+            disabled_event,
             message_id: message.id.clone(),
             lease_token: message.lease_token.clone(),
             endpoint_id: endpoint.id.clone(),

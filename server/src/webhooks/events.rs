@@ -14,9 +14,10 @@ pub const CLIENT_CONNECTED: &str = "client.connected";
 pub const CLIENT_DISCONNECTED: &str = "client.disconnected";
 pub const DOCUMENT_RESTORED: &str = "document.restored";
 pub const WEBHOOK_TEST: &str = "webhook.test";
+pub const WEBHOOK_ENDPOINT_DISABLED: &str = "webhook.endpoint_disabled";
 
 /// Every event type an endpoint may subscribe to (or `*` for all).
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     DOCUMENT_CREATED,
     DOCUMENT_UPDATED,
     DOCUMENT_DELETED,
@@ -24,6 +25,7 @@ pub const ALL: [&str; 7] = [
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
     WEBHOOK_TEST,
+    WEBHOOK_ENDPOINT_DISABLED,
 ];
 
 /// Where a document was created from.
@@ -156,6 +158,16 @@ pub fn document_updated(changes: &DocChanges, content: Content<'_>, now: i64) ->
         payload,
         payload_with_content,
     }
+}
+
+/// An endpoint was disabled by the server (every attempt of a message
+/// failed, or it answered 410); sent to the other endpoints that want it.
+pub fn endpoint_disabled(endpoint_id: &str, reason: &str, now: i64) -> NewEvent {
+    event(
+        WEBHOOK_ENDPOINT_DISABLED,
+        now,
+        json!({ "endpoint": endpoint_id, "reason": reason, "disabled_at": rfc3339(now) }),
+    )
 }
 
 pub fn test(endpoint_id: &str, now: i64) -> NewEvent {

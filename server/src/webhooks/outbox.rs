@@ -186,3 +186,39 @@ async fn render(
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+/// Messages deleted per round of the delivery log's retention: rounds stay
+/// short transactions however much has expired.
+const SWEEP_BATCH: u32 = 1000;
+
+/// Deletes delivered and failed messages older than
+/// `TANDEM_WEBHOOK_LOG_RETENTION`, in bounded batches, until shutdown.
+pub async fn run_log_sweeper(hooks: Arc<Webhooks>, shutdown: CancellationToken) {
+    let retention = millis(hooks.settings.log_retention);
+    let every =
+        (hooks.settings.log_retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        loop {
+            let before = now_ms().saturating_sub(retention);
+            match hooks.store.delete_old_messages(before, SWEEP_BATCH).await {
+                Ok(n) if n == u64::from(SWEEP_BATCH) && !shutdown.is_cancelled() => {
+                    tokio::task::yield_now().await;
+                }
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(messages = n, "expired webhook deliveries deleted");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "deleting expired webhook deliveries failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}

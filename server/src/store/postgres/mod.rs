@@ -969,6 +969,9 @@ impl Store for PgStore {
                 disabled = done.rows_affected() > 0;
                 if disabled {
                     bump_config(&mut tx).await?;
+                    if let Some(event) = &a.disabled_event {
+                        fan_out(&mut tx, event, a.attempted_at).await?;
+                    }
                 }
             }
             Outcome::Gone { disable_reason } => {
@@ -984,6 +987,9 @@ impl Store for PgStore {
                 disabled = done.rows_affected() > 0;
                 if disabled {
                     bump_config(&mut tx).await?;
+                    if let Some(event) = &a.disabled_event {
+                        fan_out(&mut tx, event, a.attempted_at).await?;
+                    }
                 }
             }
             Outcome::RetryIn(_) => {}
@@ -1085,6 +1091,29 @@ impl Store for PgStore {
         .bind(since)
         .bind(until)
         .bind(now)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn oldest_pending(&self) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT e.id, MIN(m.created_at) FROM webhook_endpoints e
+             LEFT JOIN webhook_messages m ON m.endpoint_id = e.id AND m.status = 'pending'
+             GROUP BY e.id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn delete_old_messages(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM webhook_messages WHERE id IN (SELECT id FROM webhook_messages
+               WHERE status IN ('delivered', 'failed') AND created_at < $1
+               ORDER BY created_at LIMIT $2)",
+        )
+        .bind(before)
         .bind(i64::from(limit))
         .execute(&self.pool)
         .await?;

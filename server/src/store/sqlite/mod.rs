@@ -936,6 +936,9 @@ impl Store for SqliteStore {
                 disabled = done.rows_affected() > 0;
                 if disabled {
                     bump_config(&mut tx).await?;
+                    if let Some(event) = &a.disabled_event {
+                        fan_out(&mut tx, event, now).await?;
+                    }
                 }
             }
             Outcome::Gone { disable_reason } => {
@@ -951,6 +954,9 @@ impl Store for SqliteStore {
                 disabled = done.rows_affected() > 0;
                 if disabled {
                     bump_config(&mut tx).await?;
+                    if let Some(event) = &a.disabled_event {
+                        fan_out(&mut tx, event, now).await?;
+                    }
                 }
             }
             Outcome::RetryIn(_) => {}
@@ -1052,6 +1058,29 @@ impl Store for SqliteStore {
         .bind(since)
         .bind(until)
         .bind(now)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn oldest_pending(&self) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT e.id, MIN(m.created_at) FROM webhook_endpoints e
+             LEFT JOIN webhook_messages m ON m.endpoint_id = e.id AND m.status = 'pending'
+             GROUP BY e.id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn delete_old_messages(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM webhook_messages WHERE id IN (SELECT id FROM webhook_messages
+               WHERE status IN ('delivered', 'failed') AND created_at < $1
+               ORDER BY created_at LIMIT $2)",
+        )
+        .bind(before)
         .bind(i64::from(limit))
         .execute(&self.pool)
         .await?;
