@@ -7,6 +7,7 @@
 //
 //   node tools/durable-rate.mjs [--updates 50000] [--backends sqlite,postgres]
 //
+// TANDEM_HISTORY is passed on (history on by default; `false` to compare).
 // Needs TANDEM_BIN; PostgreSQL needs TANDEM_TEST_POSTGRES_URL (a fresh database per run)
 // and psql, and is skipped, saying so, without it.
 
@@ -44,7 +45,7 @@ function start (dbUrl, dir) {
   return new Promise((resolve, reject) => {
     const child = spawn(BIN, [], {
       cwd: dir,
-      env: { PATH: process.env.PATH, TANDEM_BIND: '127.0.0.1:0', TANDEM_DATABASE_URL: dbUrl, TANDEM_MAX_MESSAGES_PER_SECOND: '0', TANDEM_LOG_FORMAT: 'json', RUST_LOG: 'warn,tandem=info' },
+      env: { PATH: process.env.PATH, TANDEM_BIND: '127.0.0.1:0', TANDEM_DATABASE_URL: dbUrl, TANDEM_MAX_MESSAGES_PER_SECOND: '0', TANDEM_LOG_FORMAT: 'json', RUST_LOG: 'warn,tandem=info', ...(process.env.TANDEM_HISTORY ? { TANDEM_HISTORY: process.env.TANDEM_HISTORY } : {}) },
       stdio: ['ignore', 'pipe', 'pipe']
     })
     children.add(child)
