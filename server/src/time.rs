@@ -8,10 +8,29 @@ pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// RFC 3339 in UTC (`…Z`, as `rfc3339` writes and as browsers'
-/// `toISOString` does) as unix milliseconds; `None` if it is not one.
+/// An RFC 3339 time (any offset; years 0 to 9999) as unix milliseconds,
+/// saturating; `None` if it is not one.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339_weak(s).ok()?;
-    let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
-    i64::try_from(ms).ok()
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    Some(i64::try_from(ms).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_with_any_offset_are_read() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_rfc3339("1970-01-01T01:00:01+01:00"), Some(1000));
+        assert_eq!(parse_rfc3339("1970-01-01t00:00:00.5z"), Some(500));
+        assert_eq!(
+            parse_rfc3339("0001-01-01T00:00:00Z"),
+            Some(-62_135_596_800_000)
+        );
+        assert_eq!(parse_rfc3339(""), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339(&rfc3339(1_234_567)), Some(1_234_567));
+    }
 }

@@ -302,6 +302,11 @@ pub async fn read_update(
     query: web::Query<UpdateQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let name = parse_name(&id)?;
+    if query.version.is_some() {
+        // A versioned read takes a client token too: who is asking is
+        // checked before anything else is.
+        super::history::caller(&state, &req, &name, crate::auth::Perm::Read)?;
+    }
     let state_vector = match &query.sv {
         Some(sv) => Some(parse_state_vector(sv)?),
         None => None,

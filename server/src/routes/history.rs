@@ -23,7 +23,6 @@ use crate::time::rfc3339;
 use crate::webhooks::events;
 
 use super::docs::{existing, parse_name, read_body};
-use super::{decode_cursor, encode_cursor};
 
 /// How long a restore or a named version waits for storage.
 const DURABLE_WAIT: Duration = Duration::from_secs(30);
@@ -76,17 +75,24 @@ pub struct VersionList {
 #[derive(Deserialize, IntoParams)]
 pub struct VersionQuery {
     /// Only versions of this kind: `auto`, `named` or `restore`.
+    #[param(pattern = "^(auto|named|restore)$")]
     pub kind: Option<String>,
     /// Page size, 1–1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct VersionName {
-    /// 1–200 characters.
+    /// 1–200 characters, none of them a control character.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]{1,200}$"
+    )]
     pub name: String,
 }
 
@@ -170,7 +176,7 @@ pub async fn version_of(
 fn read_name(body: &[u8]) -> Result<String, ApiError> {
     let req: VersionName = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let name = req.name.trim().to_string();
+    let name = req.name;
     if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "invalid_version_name",
@@ -203,7 +209,7 @@ async fn make_version(
 }
 
 #[utoipa::path(get, path = "/api/docs/{id}/versions", tag = "history",
-    params(("id" = String, Path, description = "document name"), VersionQuery),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$"), VersionQuery),
     responses((status = 200, body = VersionList), (status = 400), (status = 401), (status = 403), (status = 404)))]
 pub async fn list(
     state: web::Data<AppState>,
@@ -233,12 +239,10 @@ pub async fn list(
             ))
         }
     };
+    // The cursor is the last id of the previous page: versions are listed
+    // by id, newest first.
     let before = match &query.cursor {
-        Some(c) => Some(
-            decode_cursor(c)?
-                .parse::<i64>()
-                .map_err(|_| super::bad_cursor())?,
-        ),
+        Some(c) => Some(c.parse::<i64>().map_err(|_| super::bad_cursor())?),
         None => None,
     };
     let rows = state
@@ -258,14 +262,12 @@ pub async fn list(
         .take(limit as usize)
         .map(Version::from)
         .collect();
-    let next_cursor = more
-        .then(|| items.last().map(|v| encode_cursor(&v.id)))
-        .flatten();
+    let next_cursor = more.then(|| items.last().map(|v| v.id.clone())).flatten();
     Ok(HttpResponse::Ok().json(VersionList { items, next_cursor }))
 }
 
 #[utoipa::path(post, path = "/api/docs/{id}/versions", tag = "history",
-    params(("id" = String, Path, description = "document name")),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$")),
     request_body = VersionName,
     responses((status = 201, body = Version, description = "a named version of the current state, durable"), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 503)))]
 pub async fn create(
@@ -297,7 +299,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/docs/{id}/versions/{version}", tag = "history",
-    params(("id" = String, Path, description = "document name"), ("version" = String, Path)),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$"), ("version" = String, Path)),
     responses((status = 200, body = Version), (status = 400), (status = 401), (status = 403), (status = 404)))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -313,7 +315,7 @@ pub async fn get(
 }
 
 #[utoipa::path(patch, path = "/api/docs/{id}/versions/{version}", tag = "history",
-    params(("id" = String, Path, description = "document name"), ("version" = String, Path)),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$"), ("version" = String, Path)),
     request_body = VersionName,
     responses((status = 200, body = Version, description = "renamed; an automatic version becomes named"), (status = 400), (status = 401), (status = 403), (status = 404)))]
 pub async fn rename(
@@ -338,7 +340,7 @@ pub async fn rename(
 }
 
 #[utoipa::path(delete, path = "/api/docs/{id}/versions/{version}", tag = "history",
-    params(("id" = String, Path, description = "document name"), ("version" = String, Path)),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$"), ("version" = String, Path)),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404)))]
 pub async fn delete(
     state: web::Data<AppState>,
@@ -363,7 +365,7 @@ pub async fn delete(
 }
 
 #[utoipa::path(post, path = "/api/docs/{id}/versions/{version}/restore", tag = "history",
-    params(("id" = String, Path, description = "document name"), ("version" = String, Path)),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$"), ("version" = String, Path)),
     responses((status = 201, body = Version, description = "the document's content is the version's, through a new update that is durable and was relayed live; this is the `restore` version made after it"), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 503)))]
 pub async fn restore(
     state: web::Data<AppState>,
@@ -456,7 +458,7 @@ pub async fn restore(
 }
 
 #[utoipa::path(get, path = "/api/docs/{id}/diff", tag = "history",
-    params(("id" = String, Path, description = "document name"), DiffQuery),
+    params(("id" = String, Path, description = "document name: 1-255 of A-Z a-z 0-9 - _ . ~ : @", pattern = r"^[A-Za-z0-9._~:@-]{1,255}$"), DiffQuery),
     responses((status = 200, description = "for each root: its type, its JSON before and after, and for Text roots the spans inserted, deleted and unchanged with the `sub` that wrote (or deleted) them", body = Object), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 503)))]
 pub async fn diff(
     state: web::Data<AppState>,

@@ -118,6 +118,7 @@ pub struct UpdateEndpoint {
     pub enabled: Option<bool>,
     /// With `enabled: true`: also recover (as `POST …/recover`) what failed
     /// since this time (RFC 3339).
+    #[schema(format = DateTime)]
     pub replay_since: Option<String>,
     /// At most 1024 characters.
     #[schema(max_length = 1024)]
@@ -410,8 +411,10 @@ const RECOVER_LIMIT: u32 = 10_000;
 #[derive(Deserialize, ToSchema)]
 pub struct Recover {
     /// RFC 3339: messages created at or after this.
+    #[schema(format = DateTime)]
     pub since: String,
     /// RFC 3339: and before this (default: now).
+    #[schema(format = DateTime)]
     pub until: Option<String>,
 }
 
@@ -426,7 +429,7 @@ fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
     crate::time::parse_rfc3339(value).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_time",
-            format!("{field}: not an RFC 3339 time in UTC (like 2026-01-31T12:00:00Z)"),
+            format!("{field}: not an RFC 3339 time (like 2026-01-31T12:00:00Z)"),
         )
     })
 }
