@@ -24,12 +24,16 @@ use crate::store::{DocId, DocLog, Store, StoreError, VersionId, VersionRow};
 /// callers beyond this wait their turn instead of taking every core.
 static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
-/// Runs `work` on a blocking thread once a `HEAVY` permit is free.
-async fn heavy<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
+/// Reads with `read` and then runs `work` on what it read on a blocking
+/// thread, all under a `HEAVY` permit: the read holds the history in memory
+/// too, so waiting callers hold nothing.
+async fn heavy<L: Send + 'static, T: Send + 'static>(
+    read: impl std::future::Future<Output = Result<L, StoreError>>,
+    work: impl FnOnce(L) -> Result<T, HistoryError> + Send + 'static,
 ) -> Result<T, HistoryError> {
     let _permit = HEAVY.acquire().await;
-    tokio::task::spawn_blocking(work).await?
+    let read = read.await?;
+    tokio::task::spawn_blocking(move || work(read)).await?
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,11 +116,9 @@ pub async fn render(
     store: &Arc<dyn Store>,
     version: &VersionRow,
 ) -> Result<DocState, HistoryError> {
-    let mut log = store
-        .read_history(version.doc_id, Some(version.upto))
-        .await?;
     let version = version.clone();
-    heavy(move || {
+    let read = store.read_history(version.doc_id, Some(version.upto));
+    heavy(read, move |mut log| {
         if version.snapshot.is_none() && version.upto < snapshot_upto(&log) {
             return Err(HistoryError::Lost);
         }
@@ -147,8 +149,7 @@ pub async fn diff(
     from: VersionRow,
     to: Option<VersionRow>,
 ) -> Result<Value, HistoryError> {
-    let mut log = store.read_history(doc_id, None).await?;
-    heavy(move || {
+    heavy(store.read_history(doc_id, None), move |mut log| {
         let upto = snapshot_upto(&log);
         let lost = |v: &VersionRow| v.snapshot.is_none() && v.upto < upto;
         if lost(&from) || to.as_ref().is_some_and(lost) {
@@ -196,7 +197,7 @@ pub async fn restoring_update(
     current: bytes::Bytes,
     target: DocState,
 ) -> Result<Option<Vec<u8>>, HistoryError> {
-    heavy(move || {
+    heavy(async { Ok(()) }, move |()| {
         let target = target.encode_state();
         Ok(restore_update(&current, &target)?)
     })
@@ -224,7 +225,7 @@ pub async fn run_retention(
     }
 }
 
-/// Versions looked at per round of retention.
+/// Versions looked at per page of retention (at least 2).
 const RETENTION_BATCH: u32 = 10_000;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -235,21 +236,47 @@ pub async fn retain(
     retention: Duration,
     now: i64,
 ) -> Result<(), HistoryError> {
+    retain_in_pages(store, retention, now, RETENTION_BATCH).await
+}
+
+/// `retain`, looking at `batch` versions at a time (at least 2).
+pub async fn retain_in_pages(
+    store: &Arc<dyn Store>,
+    retention: Duration,
+    now: i64,
+    batch: u32,
+) -> Result<(), HistoryError> {
+    let batch = batch.max(2);
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let keep_all = retention_ms.min(DAY_MS);
-    let candidates = store
-        .auto_versions_before(now.saturating_sub(keep_all), RETENTION_BATCH)
-        .await?;
-    let expired = thin(now, retention_ms, &candidates);
-    if expired.is_empty() {
-        return Ok(());
+    // A page at a time, after the last one's (document, version): the
+    // versions thinning keeps would otherwise fill every page for ever.
+    let mut after = (0, 0);
+    let mut docs: Vec<DocId> = Vec::new();
+    loop {
+        let page = store
+            .auto_versions_before(now.saturating_sub(keep_all), after, batch)
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        let expired = thin(now, retention_ms, &page);
+        if !expired.is_empty() {
+            store.delete_versions(&expired, &merge_links).await?;
+            docs.extend(
+                page.iter()
+                    .filter(|(_, id, _)| expired.contains(id))
+                    .map(|(doc, _, _)| *doc),
+            );
+        }
+        if page.len() < batch as usize {
+            break;
+        }
+        // `thin` keeps a page's last version (no newer neighbour in sight):
+        // the next page starts with it, beside its neighbour.
+        let (doc, id, _) = page[page.len() - 2];
+        after = (doc, id);
     }
-    store.delete_versions(&expired, &merge_links).await?;
-    let mut docs: Vec<DocId> = candidates
-        .iter()
-        .filter(|(_, id, _)| expired.contains(id))
-        .map(|(doc, _, _)| *doc)
-        .collect();
     docs.sort_unstable();
     docs.dedup();
     for doc in docs {

@@ -660,6 +660,49 @@ async fn document_updated_carries_its_window_version_and_a_restore_announces_its
     assert_eq!(found["data"]["restored_from"], v1.as_str());
 }
 
+/// Thinning looks at old automatic versions a page at a time, and the
+/// versions it keeps do not stop it: with pages of 4, ten kept versions
+/// come before the three that must go.
+#[actix_web::test]
+async fn retention_pages_past_the_versions_it_keeps() {
+    use tandem::store::{NewVersion, VersionFilter, VersionKind};
+    let (_dir, store) = common::test_store().await;
+    let doc = store.create("thinned", 1, None).await.unwrap().unwrap();
+    let hour = 3_600_000;
+    let now = 100 * 24 * hour;
+    let two_days_ago = now - 48 * hour;
+    let auto = NewVersion {
+        kind: VersionKind::Auto,
+        name: None,
+        created_by: None,
+        restored_from: None,
+    };
+    // One an hour (kept), then four in one hour (the newest kept).
+    let mut times: Vec<i64> = (0..10).map(|h| two_days_ago + h * hour).collect();
+    times.extend((0..4).map(|m| two_days_ago + 20 * hour + m * 60_000));
+    for at in times {
+        store.create_version(doc.id, &auto, at, None).await.unwrap();
+    }
+    let left = |store: Arc<dyn Store>| async move {
+        let filter = VersionFilter {
+            kind: None,
+            before: None,
+            limit: 100,
+        };
+        store.list_versions(doc.id, filter).await.unwrap().len()
+    };
+    assert_eq!(left(Arc::clone(&store)).await, 14);
+    tandem::history::retain_in_pages(&store, Duration::from_secs(30 * 86_400), now, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        left(Arc::clone(&store)).await,
+        11,
+        "three of the four in one hour went"
+    );
+    store.close().await;
+}
+
 /// History's cost on a real editing trace, through the store and the
 /// compactor as the server runs them: `automerge-paper` replayed as one
 /// logged update per transaction, a named version every 1,000, then folded.

@@ -680,11 +680,13 @@ pub trait Store: Send + Sync + 'static {
         merge: MergeLinks<'_>,
     ) -> Result<bool, StoreError>;
 
-    /// Automatic versions made before `before` (unix ms), oldest first, as
+    /// Automatic versions made before `before` (unix ms), by document and
+    /// then oldest first, from after `(document, version)` `after`, as
     /// `(document, version, created_at)`: what retention looks at.
     async fn auto_versions_before(
         &self,
         before: i64,
+        after: (DocId, VersionId),
         limit: u32,
     ) -> Result<Vec<(DocId, VersionId, i64)>, StoreError>;
 

@@ -410,14 +410,18 @@ pub(super) async fn delete_version(
 pub(super) async fn auto_versions_before(
     pool: &SqlitePool,
     before: i64,
+    after: (DocId, VersionId),
     limit: u32,
 ) -> Result<Vec<(DocId, VersionId, i64)>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT doc_id, id, created_at FROM doc_versions
-         WHERE kind = 'auto' AND created_at < $1 ORDER BY doc_id, id LIMIT $2",
+         WHERE kind = 'auto' AND created_at < $1 AND (doc_id, id) > ($3, $4)
+         ORDER BY doc_id, id LIMIT $2",
     )
     .bind(before)
     .bind(i64::from(limit))
+    .bind(after.0)
+    .bind(after.1)
     .fetch_all(pool)
     .await?)
 }

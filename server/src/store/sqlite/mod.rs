@@ -485,9 +485,10 @@ impl Store for SqliteStore {
     async fn auto_versions_before(
         &self,
         before: i64,
+        after: (DocId, VersionId),
         limit: u32,
     ) -> Result<Vec<(DocId, VersionId, i64)>, StoreError> {
-        history::auto_versions_before(&self.pool, before, limit).await
+        history::auto_versions_before(&self.pool, before, after, limit).await
     }
 
     async fn oldest_version(&self, doc_id: DocId) -> Result<Option<VersionRow>, StoreError> {
