@@ -19,6 +19,7 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import { Webhook, WebhookVerificationError } from 'standardwebhooks'
+import * as Y from 'yjs'
 import { Harness, canonicalJson, uniqueDoc, waitConverged } from '../lib/harness.js'
 import { Receiver, verifiesWith } from '../lib/receiver.js'
 import { sleep, waitUntil } from '../lib/wait.js'
@@ -255,7 +256,9 @@ function checkDelivery (d) {
   const what = `delivery ${JSON.stringify(d).slice(0, 600)}`
   assert.match(d?.id ?? '', /^msg_/, `${what}: id`)
   assert.ok([...EVENT_TYPES, ...OTHER_TYPES].includes(d.event_type), `${what}: event_type`)
-  assert.ok(['pending', 'delivered', 'failed'].includes(d.status), `${what}: status`)
+  assert.ok(['pending', 'delivered', 'failed', 'held', 'collapsed'].includes(d.status), `${what}: status`)
+  assert.ok(d.status === 'collapsed' ? /^msg_/.test(d.collapsed_into) : d.collapsed_into === null, `${what}: collapsed_into`)
+  assert.ok(isInt(d.attempts_total) && d.attempts_total >= d.attempts.length, `${what}: attempts_total`)
   assertTime(d.created_at, `${what}: created_at`)
   assert.ok(d.next_attempt_at === null || isTime(d.next_attempt_at), `${what}: next_attempt_at`)
   assert.equal(d.payload?.type, d.event_type, `${what}: payload.type`)
@@ -738,6 +741,221 @@ webhookTest('an endpoint answering 410 Gone is disabled at once, with the reason
   assert.equal(told.data.endpoint, ep.id)
   assert.equal(told.data.reason, after.disabled_reason)
   assert.equal(watcher.requests.length, 1)
+})
+
+webhookTest('doc_prefix limits an endpoint to those documents; events about no document still come; "" removes it', {}, async (ctx) => {
+  const rx = await ctx.receiver('team-a')
+  const all = await ctx.receiver('all')
+  const tag = randomBytes(4).toString('hex')
+  const created = await ctx.call('POST', '/api/webhooks', 201, { url: rx.url, events: ['*'], doc_prefix: 'team-a:' })
+  rx.addSecret(created.secret)
+  assert.equal(created.doc_prefix, 'team-a:')
+  assert.equal((await ctx.getEndpoint(created.id)).doc_prefix, 'team-a:')
+  await ctx.createEndpoint(all, { events: ['document.created'] })
+  const a = `team-a:${tag}`
+  const b = `team-b:${tag}`
+  const near = `team-a${tag}` // shares all but the colon
+  for (const doc of [a, b, near]) await ctx.createDoc(doc)
+  await all.waitUntil(() => [a, b, near].every((doc) => all.ofType('document.created', doc).length === 1), { what: 'every creation' })
+  const test = await ctx.sendTest(created.id)
+  await rx.waitFor((r) => r.id === test, { what: 'the test event (about no document)' })
+  await sleep(300)
+  assert.deepEqual(rx.requests.filter((r) => r.type === 'document.created').map((r) => r.data.doc), [a])
+
+  // Changed to another prefix, then removed.
+  const moved = await ctx.call('PATCH', `/api/webhooks/${created.id}`, 200, { doc_prefix: 'team-b:' })
+  assert.equal(moved.doc_prefix, 'team-b:')
+  await ctx.createDoc(`${b}-2`)
+  await ctx.createDoc(`${a}-2`)
+  await rx.waitFor((r) => r.data?.doc === `${b}-2`, { what: 'a team-b document after the change' })
+  const cleared = await ctx.call('PATCH', `/api/webhooks/${created.id}`, 200, { doc_prefix: '' })
+  assert.equal(cleared.doc_prefix, null)
+  await ctx.createDoc(`other-${tag}`)
+  await rx.waitFor((r) => r.data?.doc === `other-${tag}`, { what: 'any document once the prefix is removed' })
+  assert.equal(rx.requests.filter((r) => r.data?.doc === `${a}-2`).length, 0, 'nothing for team-a while limited to team-b')
+
+  for (const bad of ['team a', 'ü', 'x'.repeat(256)]) {
+    await ctx.callError('POST', '/api/webhooks', 400, 'invalid_doc_prefix', { url: rx.url, events: ['*'], doc_prefix: bad })
+    await ctx.callError('PATCH', `/api/webhooks/${created.id}`, 400, 'invalid_doc_prefix', { doc_prefix: bad })
+  }
+  assert.equal((await ctx.getEndpoint(created.id)).doc_prefix, null, 'a refused change changed nothing')
+})
+
+/** Edits `doc` in `windows` bursts, each its own document.updated window, alternating users; returns the updates sent. */
+async function editInWindows (ctx, doc, windows, { perWindow = 3, gapMs = 600 } = {}) {
+  const users = ['alice', 'bob']
+  let updates = 0
+  for (let w = 0; w < windows; w++) {
+    const c = await ctx.connect(doc, { sub: users[w % 2] })
+    for (let i = 0; i < perWindow; i++) {
+      c.text.insert(c.text.length, `${w}.${i} `)
+      updates++
+    }
+    await waitUntil(async () => (await ctx.docJson(doc)).text?.length === c.text.length, { what: `window ${w} stored` })
+    ctx.disconnect(c)
+    await sleep(gapMs)
+  }
+  return updates
+}
+
+webhookTest('while an endpoint is disabled its events are held; its document.updated collapse into one per document; PATCH enabled with replay_since sends them', {
+  apiKey: true,
+  env: { TANDEM_WEBHOOK_DEBOUNCE: '150ms', TANDEM_WEBHOOK_MAX_WAIT: '400ms' }
+}, async (ctx) => {
+  const rx = await ctx.receiver('held')
+  const live = await ctx.receiver('live')
+  const ep = await ctx.createEndpoint(rx, { events: ['*'], include_content: true })
+  await ctx.createEndpoint(live, { events: ['document.updated'] })
+  const since = new Date(Date.now() - 1_000).toISOString()
+  await ctx.call('PATCH', `/api/webhooks/${ep.id}`, 200, { enabled: false })
+  const doc = uniqueDoc('held')
+  await ctx.createDoc(doc)
+  const updates = await editInWindows(ctx, doc, 4)
+  // The live endpoint saw several windows; the disabled one nothing.
+  await live.waitUntil(() => sum(live.ofType('document.updated', doc).map((r) => r.data.updates)) === updates, { what: 'every update reported live' })
+  const windows = live.ofType('document.updated', doc).length
+  assert.ok(windows >= 3, `the edits made ${windows} windows`)
+  assert.equal(rx.requests.length, 0, 'nothing sent to the disabled endpoint')
+
+  // Held in the delivery log: one document.updated standing for every window.
+  const log = await ctx.allDeliveries(ep.id)
+  assert.ok(log.every((d) => d.status === 'held' && d.attempts.length === 0 && d.next_attempt_at === null), `held: ${JSON.stringify(log.map((d) => [d.event_type, d.status]))}`)
+  const held = log.filter((d) => d.event_type === 'document.updated')
+  assert.equal(held.length, 1, 'one held document.updated for the document')
+  assert.equal(held[0].payload.data.updates, updates)
+  assert.equal(held[0].payload.data.collapsed, windows)
+  assert.deepEqual(held[0].payload.data.users, ['alice', 'bob'])
+  assert.equal(log.filter((d) => d.event_type === 'document.created').length, 1)
+  assert.equal(log.filter((d) => d.event_type === 'client.connected').length, 4)
+
+  // Re-enabled with replay_since: everything held goes out, with its webhook-id.
+  await ctx.call('PATCH', `/api/webhooks/${ep.id}`, 200, { enabled: true, replay_since: since })
+  await rx.waitUntil(() => rx.requests.length === log.length, { what: 'every held message' })
+  await sleep(500)
+  assert.equal(rx.requests.length, log.length, 'each held message once')
+  assert.deepEqual(rx.requests.map((r) => r.id).sort(), log.map((d) => d.id).sort())
+  const [one] = rx.ofType('document.updated', doc)
+  assert.equal(one.id, held[0].id)
+  assert.equal(one.data.updates, updates)
+  assert.equal(one.data.collapsed, windows)
+  assert.equal(one.data.content.text, (await ctx.docJson(doc)).text, 'the newest content')
+  assert.equal(one.data.first_change_at, live.ofType('document.updated', doc)[0].data.first_change_at)
+  assert.equal(one.data.last_change_at, live.ofType('document.updated', doc).at(-1).data.last_change_at)
+})
+
+webhookTest('a backlogged endpoint: later windows of one document collapse into one message while the first waits for its retry; /metrics shows its success ratio', {
+  apiKey: true,
+  env: { TANDEM_WEBHOOK_DEBOUNCE: '150ms', TANDEM_WEBHOOK_MAX_WAIT: '400ms', TANDEM_WEBHOOK_RETRY_SCHEDULE: '10s,10s' }
+}, async (ctx) => {
+  const rx = await ctx.receiver('backlogged')
+  rx.setDefault(500)
+  const ep = await ctx.createEndpoint(rx, { events: ['document.updated'] })
+  const doc = uniqueDoc('backlog')
+  await ctx.createDoc(doc)
+  const updates = await editInWindows(ctx, doc, 4, { gapMs: 500 })
+  const first = rx.ofType('document.updated', doc)
+  assert.equal(first.length, 1, 'one attempt so far: the first window, answered 500')
+  rx.setDefault(200)
+  const delivered = await rx.waitFor((r) => r.answer === 200, { timeoutMs: 20_000, what: 'the retry' })
+  assert.notEqual(delivered.id, first[0].id, 'the merged message has an id of its own (the first may have reached the receiver)')
+  assert.equal(delivered.data.updates, updates, 'every window\'s updates in one message')
+  assert.ok(delivered.data.collapsed >= 3, `collapsed: ${delivered.data.collapsed}`)
+  await sleep(500)
+  assert.equal(rx.requests.length, 2, `requests: ${rx.describe()}`)
+  const log = await ctx.allDeliveries(ep.id)
+  const old = log.find((d) => d.id === first[0].id)
+  assert.equal(old.status, 'collapsed')
+  assert.equal(old.collapsed_into, delivered.id)
+  assert.deepEqual(old.attempts.map((a) => a.status_code), [500])
+  await ctx.waitDelivery(ep.id, delivered.id, (d) => d.status === 'delivered')
+  const metrics = await (await fetch(`${ctx.server.httpUrl}/metrics`)).text()
+  const ratio = Number(metrics.match(new RegExp(`tandem_webhook_success_ratio\\{endpoint="${ep.id}"\\} ([0-9.e+-]+)`))?.[1])
+  assert.equal(ratio, 0.5, 'one failed attempt, one delivered')
+  assert.match(metrics, new RegExp(`tandem_webhook_attempts_total\\{endpoint="${ep.id}",outcome="failed"\\} 1`))
+})
+
+webhookTest('the delivery log pages by bytes as well as by count: max_bytes ends a page early and next_cursor goes on', {}, async (ctx) => {
+  const rx = await ctx.receiver('paged')
+  const ep = await ctx.createEndpoint(rx, { events: ['document.updated'], include_content: true })
+  const docs = []
+  for (let i = 0; i < 6; i++) {
+    const doc = uniqueDoc('paged')
+    docs.push(doc)
+    await ctx.createDoc(doc)
+    const c = await ctx.connect(doc)
+    c.text.insert(0, `${i}`.repeat(3_000))
+  }
+  await rx.waitUntil(() => docs.every((doc) => rx.ofType('document.updated', doc).length > 0), { what: 'every document reported' })
+  const whole = await ctx.allDeliveries(ep.id)
+  assert.equal(whole.length, 6)
+  const ids = []
+  let cursor = null
+  let pages = 0
+  do {
+    const query = { max_bytes: '4096' }
+    if (cursor) query.cursor = cursor
+    const page = await ctx.deliveries(ep.id, query)
+    pages++
+    assert.ok(page.items.length >= 1)
+    if (page.items.length > 1) {
+      const bytes = sum(page.items.map((d) => JSON.stringify(d.payload).length))
+      assert.ok(bytes <= 4096, `a page of ${page.items.length} holds ${bytes} bytes of bodies`)
+    }
+    ids.push(...page.items.map((d) => d.id))
+    cursor = page.next_cursor
+  } while (cursor && pages < 20)
+  assert.ok(pages >= 5, `6 bodies of 3 KB in pages of 4 KiB: ${pages} pages`)
+  assert.deepEqual(ids, whole.map((d) => d.id), 'every message once, in order')
+  for (const bad of ['1023', '8388609', 'lots']) {
+    const res = await ctx.api('GET', `/api/webhooks/${ep.id}/deliveries?max_bytes=${bad}`)
+    assert.equal(res.status, 400, `max_bytes=${bad}: ${JSON.stringify(res.body)}`)
+  }
+})
+
+webhookTest('a document.updated never carries content older than the changes it counts, however fast the document changes', {
+  env: { TANDEM_WEBHOOK_DEBOUNCE: '50ms', TANDEM_WEBHOOK_MAX_WAIT: '100ms', TANDEM_WEBHOOK_MAX_CONTENT_BYTES: '4000000' }
+}, async (ctx) => {
+  const rx = await ctx.receiver('content')
+  await ctx.createEndpoint(rx, { events: ['document.updated'], include_content: true })
+  const doc = uniqueDoc('racing')
+  await ctx.createDoc(doc)
+  // A large document renders slowly; each update through the API is
+  // counted the moment it is durable, so they keep landing mid-render.
+  const src = new Y.Doc()
+  const base = src.getMap('base')
+  for (let i = 0; i < 200; i++) base.set(`k${i}`, 'p'.repeat(2_000))
+  const post = async (update) => {
+    const res = await fetch(`${ctx.server.httpUrl}/api/docs/${doc}/update`, {
+      method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: update
+    })
+    assert.equal(res.status, 200, await res.text())
+  }
+  await post(Y.encodeStateAsUpdate(src))
+  const counts = src.getMap('counts')
+  let sent = 1
+  const until = Date.now() + 6_000
+  const writers = [0, 1, 2].map(async (w) => {
+    while (Date.now() < until) {
+      const sv = Y.encodeStateVector(src)
+      counts.set(`w${w}-${sent}`, sent)
+      sent++
+      await post(Y.encodeStateAsUpdate(src, sv))
+    }
+  })
+  await Promise.all(writers)
+  await rx.waitUntil(() => sum(rx.ofType('document.updated', doc).map((r) => r.data.updates)) === sent, { timeoutMs: 15_000, what: 'every update reported' })
+  let counted = 0
+  let checked = 0
+  let omitted = 0
+  for (const r of rx.ofType('document.updated', doc).filter((x) => x.answer === 200)) {
+    counted += r.data.updates
+    if (r.data.content_omitted) { omitted++; continue }
+    const held = 1 + Object.keys(r.data.content.counts ?? {}).length
+    assert.ok(held >= counted, `a report counting ${counted} updates carries content with only ${held}`)
+    checked++
+  }
+  assert.ok(checked >= 3, `reports with content: ${checked} (omitted: ${omitted})`)
+  console.log(`# ${rx.ofType('document.updated', doc).length} reports, ${checked} with content, ${omitted} content_omitted, ${sent} updates`)
 })
 
 webhookTest('the delivery log keeps delivered and failed messages for TANDEM_WEBHOOK_LOG_RETENTION; /metrics shows each endpoint\'s oldest pending message', {

@@ -1,7 +1,7 @@
 //! The bodies of Tandem's fuzz targets, one function per target.
 //!
 //! Each `fuzz_targets/*.rs` is one line that calls a function here, and
-//! `server/tests/fuzz_corpus.rs` loads this same file (`#[path]`) and replays
+//! `server/tests/it/fuzz_corpus.rs` loads this same file (`#[path]`) and replays
 //! every committed corpus through it on stable `cargo test`: the harness has
 //! one source of truth. So this file uses only crates that the `tandem`
 //! package itself depends on, and neither `unwrap` nor `expect`.

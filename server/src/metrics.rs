@@ -76,11 +76,16 @@ impl Default for Metrics {
     }
 }
 
-/// Counts one webhook attempt (`delivered` or `failed`) and its duration.
-pub fn webhook_attempt(delivered: bool, seconds: f64) {
+/// Counts one webhook attempt to `endpoint` (`delivered` or `failed`) and
+/// its duration, and sets the endpoint's success ratio over its recent
+/// attempts from this node.
+pub fn webhook_attempt(endpoint: &str, delivered: bool, seconds: f64, success_ratio: f64) {
     let outcome = if delivered { "delivered" } else { "failed" };
-    metrics::counter!("tandem_webhook_attempts_total", "outcome" => outcome).increment(1);
+    metrics::counter!("tandem_webhook_attempts_total", "endpoint" => endpoint.to_owned(), "outcome" => outcome)
+        .increment(1);
     metrics::histogram!("tandem_webhook_attempt_seconds").record(seconds);
+    metrics::gauge!("tandem_webhook_success_ratio", "endpoint" => endpoint.to_owned())
+        .set(success_ratio);
 }
 
 /// Messages in the webhook outbox not yet delivered (read at scrape time).

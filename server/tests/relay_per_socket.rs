@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::spawn_app;

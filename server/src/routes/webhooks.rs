@@ -6,9 +6,10 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::doc_name::DocName;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{now_ms, DeliveryRow, EndpointPatch, EndpointRow};
+use crate::store::{now_ms, DeliveryLimits, DeliveryRow, EndpointPatch, EndpointRow};
 use crate::time::rfc3339;
 use crate::webhooks::events;
 
@@ -19,6 +20,10 @@ use crate::webhooks::{signer, ssrf};
 const ROTATION_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
+/// The delivery log's page size in bytes (`max_bytes`): its default and range.
+const DEFAULT_PAGE_BYTES: u32 = 1 << 20;
+const MIN_PAGE_BYTES: u32 = 1 << 10;
+const MAX_PAGE_BYTES: u32 = 8 << 20;
 /// In bytes; the document says characters, and the URL pattern it gives
 /// allows no multi-byte ones, so the two agree.
 pub const MAX_URL_LEN: usize = 2048;
@@ -50,6 +55,8 @@ pub struct Endpoint {
     /// Until when the previous secret also signs (RFC 3339), after a rotation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_secret_expires_at: Option<String>,
+    /// Only documents whose names start with this; null: every document.
+    pub doc_prefix: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -101,6 +108,10 @@ pub struct CreateEndpoint {
     pub description: Option<String>,
     #[serde(default)]
     pub include_content: bool,
+    /// Only documents whose names start with this (events about no
+    /// document still come); `""` or absent: every document.
+    #[schema(max_length = 255, pattern = r"^[A-Za-z0-9._~:@-]*$")]
+    pub doc_prefix: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -124,6 +135,9 @@ pub struct UpdateEndpoint {
     #[schema(max_length = 1024)]
     pub description: Option<String>,
     pub include_content: Option<bool>,
+    /// As for creating one; `""` removes the filter.
+    #[schema(max_length = 255, pattern = r"^[A-Za-z0-9._~:@-]*$")]
+    pub doc_prefix: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -150,8 +164,13 @@ pub struct Delivery {
     /// The message id: the `webhook-id` header, the same on every attempt.
     pub id: String,
     pub event_type: String,
-    /// `pending`, `delivered` or `failed`.
+    /// `pending`, `delivered`, `failed`, `held` (written while the
+    /// endpoint was disabled: `recover` sends it) or `collapsed` (merged
+    /// into the newer `document.updated` that `collapsed_into` names, sent
+    /// in its place).
     pub status: String,
+    /// For a `collapsed` message: the message sent in its place.
+    pub collapsed_into: Option<String>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339, while pending.
@@ -159,8 +178,10 @@ pub struct Delivery {
     /// The JSON body sent.
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
-    /// Oldest first.
+    /// The newest 50 attempts, oldest first.
     pub attempts: Vec<Attempt>,
+    /// Every attempt made, shown or not.
+    pub attempts_total: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -171,12 +192,17 @@ pub struct DeliveryList {
 
 #[derive(Deserialize, IntoParams)]
 pub struct DeliveryQuery {
-    /// `pending`, `delivered` or `failed`.
-    #[param(pattern = "^(pending|delivered|failed)$")]
+    /// `pending`, `delivered`, `failed`, `held` or `collapsed`.
+    #[param(pattern = "^(pending|delivered|failed|held|collapsed)$")]
     pub status: Option<String>,
-    /// 1–200 (default 50).
+    /// Messages per page, 1–200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
+    /// Bytes of bodies and attempts per page, 1,024–8,388,608 (default
+    /// 1,048,576): a page ends before the message that would pass it (the
+    /// first is always shown), and `next_cursor` goes on from there.
+    #[param(minimum = 1024, maximum = 8388608)]
+    pub max_bytes: Option<u32>,
     pub cursor: Option<String>,
 }
 
@@ -196,6 +222,7 @@ fn view(e: EndpointRow, show_secret: bool) -> Endpoint {
         disabled_reason: e.disabled_reason,
         created_at: rfc3339(e.created_at),
         updated_at: rfc3339(e.updated_at),
+        doc_prefix: e.doc_prefix,
     }
 }
 
@@ -205,6 +232,7 @@ fn delivery(d: DeliveryRow) -> Delivery {
         id: d.id,
         event_type: d.event_type,
         status: d.status,
+        collapsed_into: d.collapsed_into,
         created_at: rfc3339(d.created_at),
         next_attempt_at: d.next_attempt_at.map(rfc3339),
         attempts: d
@@ -218,6 +246,7 @@ fn delivery(d: DeliveryRow) -> Delivery {
                 next_retry_at: a.next_retry_at.map(rfc3339),
             })
             .collect(),
+        attempts_total: d.attempts_total,
     }
 }
 
@@ -280,6 +309,20 @@ fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
+/// A prefix of document names (SPEC §2's alphabet); empty means none.
+fn check_doc_prefix(p: Option<String>) -> Result<Option<String>, ApiError> {
+    match p {
+        None => Ok(None),
+        Some(p) if p.is_empty() => Ok(None),
+        Some(p) => DocName::parse(&p).map(|_| Some(p)).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_doc_prefix",
+                "doc_prefix is at most 255 characters of A-Z a-z 0-9 - _ . ~ : @",
+            )
+        }),
+    }
+}
+
 fn check_description(d: Option<String>) -> Result<Option<String>, ApiError> {
     match d {
         Some(d) if d.chars().count() > MAX_DESCRIPTION_LEN => Err(ApiError::bad_request(
@@ -316,6 +359,7 @@ pub async fn create(
         events: check_events(&body.events)?,
         description: check_description(body.description)?,
         include_content: body.include_content,
+        doc_prefix: check_doc_prefix(body.doc_prefix)?,
         enabled: true,
         disabled_reason: None,
         secret: signer::new_secret(),
@@ -385,6 +429,10 @@ pub async fn update(
             .map(|d| check_description(Some(d)))
             .transpose()?,
         include_content: body.include_content,
+        doc_prefix: body
+            .doc_prefix
+            .map(|p| check_doc_prefix(Some(p)))
+            .transpose()?,
     };
     let row = state
         .store
@@ -555,24 +603,42 @@ pub async fn deliveries(
     }
     let status = match query.status.as_deref() {
         None => None,
-        Some(s @ ("pending" | "delivered" | "failed")) => Some(s),
+        Some(s @ ("pending" | "delivered" | "failed" | "held" | "collapsed")) => Some(s),
         Some(other) => {
             return Err(ApiError::bad_request(
                 "invalid_status",
-                format!("status {other:?} is not one of pending, delivered, failed"),
+                format!(
+                    "status {other:?} is not one of pending, delivered, failed, held, collapsed"
+                ),
             ))
         }
     };
+    let max_bytes = query.max_bytes.unwrap_or(DEFAULT_PAGE_BYTES);
+    if !(MIN_PAGE_BYTES..=MAX_PAGE_BYTES).contains(&max_bytes) {
+        return Err(ApiError::bad_request(
+            "invalid_max_bytes",
+            format!("max_bytes must be {MIN_PAGE_BYTES}-{MAX_PAGE_BYTES}"),
+        ));
+    }
     let before = query.cursor.as_deref().map(log_position).transpose()?;
     let endpoint = found(&state, &id).await?;
     let page = state
         .store
-        .list_deliveries(&endpoint.id, status, before, limit)
+        .list_deliveries(
+            &endpoint.id,
+            status,
+            before,
+            DeliveryLimits {
+                count: limit,
+                bytes: max_bytes as usize,
+            },
+        )
         .await?;
-    let next_cursor = (page.len() == limit as usize)
-        .then(|| page.last().map(|d| log_cursor(d.created_at, d.seq)))
+    let next_cursor = page
+        .more
+        .then(|| page.items.last().map(|d| log_cursor(d.created_at, d.seq)))
         .flatten();
-    let items = page.into_iter().map(delivery).collect();
+    let items = page.items.into_iter().map(delivery).collect();
     Ok(HttpResponse::Ok().json(DeliveryList { items, next_cursor }))
 }
 

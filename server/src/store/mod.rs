@@ -307,6 +307,9 @@ pub struct PendingUpdate {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_type: &'static str,
+    /// The document it is about, if any: endpoints' `doc_prefix` filters
+    /// on it, and undelivered `document.updated` collapse by it.
+    pub doc: Option<String>,
     /// The JSON body endpoints receive.
     pub payload: String,
     /// The body for endpoints that asked for the document's content.
@@ -329,6 +332,8 @@ pub struct EndpointRow {
     pub previous_secret_expires_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Only documents whose names start with this (SPEC §5); `None`: all.
+    pub doc_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for EndpointRow {
@@ -350,6 +355,8 @@ pub struct EndpointPatch {
     pub enabled: Option<bool>,
     pub description: Option<Option<String>>,
     pub include_content: Option<bool>,
+    /// `Some(None)` removes the filter.
+    pub doc_prefix: Option<Option<String>>,
 }
 
 /// A message leased for an attempt.
@@ -413,8 +420,79 @@ pub struct DeliveryRow {
     pub next_attempt_at: Option<i64>,
     /// Position in the log, for the cursor.
     pub seq: i64,
+    /// The newest `MAX_ATTEMPTS_SHOWN` attempts, oldest first.
     pub attempts: Vec<AttemptRow>,
+    /// All attempts made, shown or not.
+    pub attempts_total: i64,
+    /// For a `collapsed` message: the one sent in its place.
+    pub collapsed_into: Option<String>,
 }
+
+/// An undelivered `document.updated` a newer one merges into (SPEC §5),
+/// as the stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CollapseTarget {
+    pub endpoint_id: String,
+    pub include_content: bool,
+    pub id: String,
+    pub payload: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    pub first_attempt_at: Option<i64>,
+    /// Some attempt sent it (its id may have reached the receiver).
+    pub attempted: bool,
+}
+
+/// A page of the delivery log.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryPage {
+    pub items: Vec<DeliveryRow>,
+    /// Whether older messages follow.
+    pub more: bool,
+}
+
+/// Attempts shown per message in the delivery log: retries by hand can
+/// add any number, and a page must stay bounded.
+pub const MAX_ATTEMPTS_SHOWN: i64 = 50;
+
+/// How much one page of the delivery log may hold: at most `count`
+/// messages, and no more once their bodies and attempts pass `bytes`
+/// (a first message is always shown, whatever its size: bodies are
+/// bounded by `TANDEM_WEBHOOK_MAX_CONTENT_BYTES`).
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryLimits {
+    pub count: u32,
+    pub bytes: usize,
+}
+
+/// Counts a page of the delivery log against its `DeliveryLimits`.
+pub(crate) struct DeliveryBudget {
+    bytes_left: usize,
+    taken: usize,
+}
+
+impl DeliveryBudget {
+    pub(crate) fn new(limits: DeliveryLimits) -> Self {
+        Self {
+            bytes_left: limits.bytes,
+            taken: 0,
+        }
+    }
+
+    /// Whether a message this large (body and attempts) still fits.
+    pub(crate) fn admit(&mut self, bytes: usize) -> bool {
+        if self.taken > 0 && bytes > self.bytes_left {
+            return false;
+        }
+        self.bytes_left = self.bytes_left.saturating_sub(bytes);
+        self.taken += 1;
+        true
+    }
+}
+
+/// What an attempt adds to a page, beside its error text: its other
+/// fields as JSON, generously.
+pub(crate) const ATTEMPT_BYTES: usize = 160;
 
 #[derive(Debug, Clone)]
 pub struct AttemptRow {
@@ -777,8 +855,8 @@ pub trait Store: Send + Sync + 'static {
         endpoint_id: &str,
         status: Option<&str>,
         before: Option<(i64, i64)>,
-        limit: u32,
-    ) -> Result<Vec<DeliveryRow>, StoreError>;
+        limits: DeliveryLimits,
+    ) -> Result<DeliveryPage, StoreError>;
 
     /// Makes a message due now. Returns false when the endpoint has no such message.
     async fn retry_message(
@@ -788,9 +866,9 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<bool, StoreError>;
 
-    /// Messages waiting for delivery (pending), across endpoints.
     /// Queues again, as new (a fresh retry schedule, the same ids), up to
-    /// `limit` messages to the endpoint that failed, created in
+    /// `limit` messages to the endpoint that failed or were held (written
+    /// while it was disabled), created in
     /// `[since, until)`, oldest first; returns how many. On a disabled
     /// endpoint they wait until it is enabled.
     async fn recover_messages(
@@ -802,14 +880,16 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<u64, StoreError>;
 
+    /// Messages waiting for delivery (pending), across endpoints.
     async fn outbox_depth(&self) -> Result<i64, StoreError>;
 
-    /// Each endpoint with the creation time of its oldest pending message
-    /// (`None` when nothing is pending).
+    /// Each endpoint with the creation time of its oldest undelivered
+    /// message, pending or held (`None` when there is none).
     async fn oldest_pending(&self) -> Result<Vec<(String, Option<i64>)>, StoreError>;
 
-    /// Deletes up to `limit` delivered or failed messages (with their
-    /// attempts) created before `before`; returns how many.
+    /// Deletes up to `limit` messages that are not pending (delivered,
+    /// failed, held, collapsed; with their attempts) created before
+    /// `before`; returns how many.
     async fn delete_old_messages(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
 
     /// Documents with unreported changes: `(doc_id, first_change_at, last_change_at)`.

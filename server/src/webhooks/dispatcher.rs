@@ -8,7 +8,7 @@
 //! its lease ran out and another sender leased the message again records
 //! nothing over the newer attempt.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,13 @@ pub struct Dispatcher {
     in_flight: Mutex<HashMap<String, u32>>,
     /// The slots: `TANDEM_WEBHOOK_CONCURRENCY` attempts at once per endpoint.
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per endpoint, whether each of its latest attempts from this node
+    /// succeeded (newest last): its success ratio.
+    recent: Mutex<HashMap<String, VecDeque<bool>>>,
 }
+
+/// Attempts the success ratio is taken over.
+const RATIO_WINDOW: usize = 100;
 
 impl Dispatcher {
     pub fn new(hooks: Arc<Webhooks>) -> Result<Arc<Self>, DeliveryError> {
@@ -63,11 +69,25 @@ impl Dispatcher {
             hooks,
             in_flight: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
         }))
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes an attempt's outcome; returns the endpoint's success ratio
+    /// over its last `RATIO_WINDOW` attempts.
+    fn success_ratio(&self, endpoint: &str, delivered: bool) -> f64 {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let window = recent.entry(endpoint.to_string()).or_default();
+        if window.len() == RATIO_WINDOW {
+            window.pop_front();
+        }
+        window.push_back(delivered);
+        let delivered = window.iter().filter(|d| **d).count();
+        delivered as f64 / window.len() as f64
     }
 
     fn slots(&self, endpoint: &str) -> Arc<Semaphore> {
@@ -185,7 +205,13 @@ impl Dispatcher {
             ),
             Err(e) => (None, None, Some(e)),
         };
-        crate::metrics::webhook_attempt(error.is_none(), elapsed.as_secs_f64());
+        let ratio = self.success_ratio(&endpoint.id, error.is_none());
+        crate::metrics::webhook_attempt(
+            &endpoint.id,
+            error.is_none(),
+            elapsed.as_secs_f64(),
+            ratio,
+        );
         let schedule = &self.hooks.settings.retry_schedule.0;
         let made = message.attempts.saturating_add(1);
         let outcome = if error.is_none() {

@@ -39,9 +39,12 @@ fn envelope(event_type: &'static str, now: i64, data: Value) -> String {
     json!({ "type": event_type, "timestamp": rfc3339(now), "data": data }).to_string()
 }
 
-fn event(event_type: &'static str, now: i64, data: Value) -> NewEvent {
+/// An event; `doc` names the document it is about, if any (endpoints'
+/// `doc_prefix` filters on it).
+fn event(event_type: &'static str, doc: Option<&str>, now: i64, data: Value) -> NewEvent {
     NewEvent {
         event_type,
+        doc: doc.map(str::to_owned),
         payload: envelope(event_type, now, data),
         payload_with_content: None,
     }
@@ -54,6 +57,7 @@ pub fn document_created(doc: &str, created_at: i64, source: Source) -> NewEvent 
     };
     event(
         DOCUMENT_CREATED,
+        Some(doc),
         created_at,
         json!({ "doc": doc, "created_at": rfc3339(created_at), "source": source }),
     )
@@ -62,6 +66,7 @@ pub fn document_created(doc: &str, created_at: i64, source: Source) -> NewEvent 
 pub fn document_deleted(doc: &str, now: i64) -> NewEvent {
     event(
         DOCUMENT_DELETED,
+        Some(doc),
         now,
         json!({ "doc": doc, "deleted_at": rfc3339(now) }),
     )
@@ -78,6 +83,7 @@ pub fn document_restored(
 ) -> NewEvent {
     event(
         DOCUMENT_RESTORED,
+        Some(doc),
         now,
         json!({
             "doc": doc,
@@ -108,6 +114,7 @@ pub fn client(e: &ClientEvent<'_>, now: i64) -> NewEvent {
     };
     event(
         event_type,
+        Some(e.doc),
         now,
         json!({
             "doc": e.doc,
@@ -155,9 +162,69 @@ pub fn document_updated(changes: &DocChanges, content: Content<'_>, now: i64) ->
     };
     NewEvent {
         event_type: DOCUMENT_UPDATED,
+        doc: Some(changes.name.clone()),
         payload,
         payload_with_content,
     }
+}
+
+/// One `document.updated` body standing for two undelivered ones of the
+/// same endpoint and document (SPEC §5: they collapse while the endpoint is
+/// backlogged or disabled): the counts summed, the users merged, the window
+/// from the older's first change to the newer's last, and everything else
+/// (content, version, timestamp) the newer's. `collapsed` says how many
+/// reports it stands for. `None` if either is not such a body (a stored row
+/// this server did not write): then nothing is merged.
+pub fn merge_updated(older: &str, newer: &str) -> Option<String> {
+    let older: Value = serde_json::from_str(older).ok()?;
+    let mut newer: Value = serde_json::from_str(newer).ok()?;
+    if older["type"] != DOCUMENT_UPDATED || newer["type"] != DOCUMENT_UPDATED {
+        return None;
+    }
+    let old = older.get("data")?.as_object()?;
+    let new = newer.get_mut("data")?.as_object_mut()?;
+    if old.get("doc")? != new.get("doc")? {
+        return None;
+    }
+    let sum = |key: &str| -> Option<Value> {
+        let total = old
+            .get(key)?
+            .as_i64()?
+            .checked_add(new.get(key)?.as_i64()?)?;
+        Some(Value::from(total))
+    };
+    let updates = sum("updates")?;
+    let bytes = sum("bytes")?;
+    let reports = |data: &serde_json::Map<String, Value>| {
+        data.get("collapsed").and_then(Value::as_i64).unwrap_or(1)
+    };
+    let collapsed = reports(old).saturating_add(reports(new));
+    let mut users: Vec<&str> = old
+        .get("users")?
+        .as_array()?
+        .iter()
+        .chain(new.get("users")?.as_array()?.iter())
+        .map(|u| u.as_str())
+        .collect::<Option<_>>()?;
+    users.sort_unstable();
+    users.dedup();
+    let users = Value::from(users);
+    let first_change_at = old.get("first_change_at")?.clone();
+    // A report without a version keeps the older one's: it still names
+    // the newest version the changes are in.
+    let version = match new.get("version") {
+        Some(Value::String(_)) => None,
+        _ => old.get("version").cloned(),
+    };
+    new.insert("updates".into(), updates);
+    new.insert("bytes".into(), bytes);
+    new.insert("users".into(), users);
+    new.insert("first_change_at".into(), first_change_at);
+    new.insert("collapsed".into(), Value::from(collapsed));
+    if let Some(version) = version {
+        new.insert("version".into(), version);
+    }
+    Some(newer.to_string())
 }
 
 /// An endpoint was disabled by the server (every attempt of a message
@@ -165,13 +232,14 @@ pub fn document_updated(changes: &DocChanges, content: Content<'_>, now: i64) ->
 pub fn endpoint_disabled(endpoint_id: &str, reason: &str, now: i64) -> NewEvent {
     event(
         WEBHOOK_ENDPOINT_DISABLED,
+        None,
         now,
         json!({ "endpoint": endpoint_id, "reason": reason, "disabled_at": rfc3339(now) }),
     )
 }
 
 pub fn test(endpoint_id: &str, now: i64) -> NewEvent {
-    event(WEBHOOK_TEST, now, json!({ "endpoint": endpoint_id }))
+    event(WEBHOOK_TEST, None, now, json!({ "endpoint": endpoint_id }))
 }
 
 #[cfg(test)]
@@ -206,5 +274,63 @@ mod tests {
         assert!(plain["data"].get("content").is_none());
         assert_eq!(full["data"]["content"]["text"], "hi");
         assert_eq!(full["data"]["users"], json!(["alice"]));
+    }
+
+    fn updated(
+        updates: i64,
+        users: &[&str],
+        first: i64,
+        last: i64,
+        version: Option<i64>,
+    ) -> String {
+        let changes = DocChanges {
+            version,
+            doc_id: 1,
+            name: "d".into(),
+            updates,
+            bytes: updates * 10,
+            users: users.iter().map(|u| u.to_string()).collect(),
+            first_change_at: first,
+            last_change_at: last,
+        };
+        let content = json!({ "text": format!("after {last}") });
+        let e = document_updated(&changes, Content::Some(&content), last + 1);
+        e.payload_with_content.unwrap()
+    }
+
+    #[test]
+    fn collapsing_sums_counts_merges_users_and_keeps_the_newest_content() {
+        let a = updated(3, &["bob", "alice"], 1000, 2000, Some(7));
+        let b = updated(2, &["carol", "alice"], 3000, 4000, None);
+        let ab: Value = serde_json::from_str(&merge_updated(&a, &b).unwrap()).unwrap();
+        let data = &ab["data"];
+        assert_eq!(data["updates"], 5);
+        assert_eq!(data["bytes"], 50);
+        assert_eq!(data["users"], json!(["alice", "bob", "carol"]));
+        assert_eq!(data["first_change_at"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(data["last_change_at"], "1970-01-01T00:00:04.000Z");
+        assert_eq!(data["content"]["text"], "after 4000");
+        assert_eq!(data["version"], "7");
+        assert_eq!(data["collapsed"], 2);
+        assert_eq!(ab["timestamp"], "1970-01-01T00:00:04.001Z");
+        // Merging a third counts every report.
+        let c = updated(1, &[], 5000, 6000, Some(9));
+        let abc: Value =
+            serde_json::from_str(&merge_updated(&ab.to_string(), &c).unwrap()).unwrap();
+        assert_eq!(abc["data"]["updates"], 6);
+        assert_eq!(abc["data"]["collapsed"], 3);
+        assert_eq!(abc["data"]["version"], "9");
+    }
+
+    #[test]
+    fn only_two_updated_bodies_of_one_document_merge() {
+        let a = updated(3, &["bob"], 1000, 2000, None);
+        let created = document_created("d", 0, Source::Api).payload;
+        assert!(merge_updated(&created, &a).is_none());
+        assert!(merge_updated(&a, "not json").is_none());
+        let other = a.replace("\"doc\":\"d\"", "\"doc\":\"e\"");
+        assert!(merge_updated(&a, &other).is_none());
+        let overflow = a.replace("\"updates\":3", &format!("\"updates\":{}", i64::MAX));
+        assert!(merge_updated(&overflow, &a).is_none());
     }
 }

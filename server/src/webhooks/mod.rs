@@ -53,7 +53,9 @@ pub struct Webhooks {
 /// node's deliveries within this, plus a reload (SPEC §7: within 1 s).
 const CONFIG_POLL: Duration = Duration::from_millis(250);
 
-/// What the enabled endpoints listen to, so that work nobody wants is skipped.
+/// What the endpoints listen to, so that work nobody wants is skipped.
+/// Disabled endpoints count: what they would have been sent is held for
+/// them (`recover` sends it).
 #[derive(Debug, Default)]
 struct Subscriptions {
     /// The endpoints' change counter (`Store::webhook_config_version`) read
@@ -106,18 +108,12 @@ impl Webhooks {
             version: self.store.webhook_config_version().await?,
             ..Subscriptions::default()
         };
-        for e in self
-            .store
-            .list_endpoints()
-            .await?
-            .iter()
-            .filter(|e| e.enabled)
-        {
+        for e in self.store.list_endpoints().await?.iter() {
             let wants_updates = e
                 .events
                 .iter()
                 .any(|t| t == "*" || t == events::DOCUMENT_UPDATED);
-            subs.any = true;
+            subs.any |= e.enabled;
             subs.updated_with_content |= wants_updates && e.include_content;
             subs.all |= e.events.iter().any(|t| t == "*");
             subs.types.extend(e.events.iter().cloned());
@@ -175,7 +171,8 @@ impl Webhooks {
             .version
     }
 
-    /// Whether some enabled endpoint listens to `event_type`.
+    /// Whether some endpoint listens to `event_type` (a disabled one has it
+    /// held).
     pub fn wants(&self, event_type: &str) -> bool {
         let subs = self.subscriptions.read().unwrap_or_else(|p| p.into_inner());
         subs.all || subs.types.contains(event_type)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{events, lock, Webhooks};
-use crate::store::{now_ms, Debounce, DocId, PendingReport, Report};
+use crate::store::{now_ms, ChangesStamp, Debounce, DocId, PendingReport, Report};
 
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -58,8 +58,10 @@ const REPORT_IDLE: Duration = Duration::from_secs(3600);
 /// Documents looked at per round.
 const REPORT_BATCH: u32 = 256;
 /// Times a report's content is rendered again because changes came in while
-/// it was rendered; then it goes out with the last rendering, so that a
-/// document that never stops changing is still reported.
+/// it was rendered; then it goes out without its content (saying
+/// `content_omitted`, as an oversized one does), so that a document that
+/// never stops changing is still reported and no content is older than the
+/// changes its report counts.
 const RENDER_ROUNDS: usize = 3;
 
 /// Reports document changes as `document.updated` events. Every node runs
@@ -141,7 +143,8 @@ async fn report(
         } else {
             None
         };
-        let expected = Some(expect).filter(|_| content.is_some() && round < RENDER_ROUNDS);
+        let last_round = round == RENDER_ROUNDS;
+        let expected = Some(expect).filter(|_| content.is_some() && !last_round);
         let now = now_ms();
         let max = hooks.settings.max_content_bytes;
         let content_arg = match &content {
@@ -150,7 +153,17 @@ async fn report(
             Some((value, _)) => events::Content::Some(value),
         };
         let build = |changes: &crate::store::DocChanges| {
-            events::document_updated(changes, content_arg, now)
+            // The last round reports whatever is there; content rendered
+            // before changes it did not see must not stand for them.
+            let stamp = ChangesStamp {
+                first_change_at: changes.first_change_at,
+                updates: changes.updates,
+            };
+            let content = match content_arg {
+                events::Content::Some(_) if stamp != expect => events::Content::Omitted,
+                other => other,
+            };
+            events::document_updated(changes, content, now)
         };
         match hooks
             .store

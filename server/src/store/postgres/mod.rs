@@ -40,12 +40,14 @@ use sqlx::Row;
 
 pub use self::log_writer::PgLogWriter;
 use super::{
-    now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce,
-    DeliveryRow, DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow,
-    FoundDoc, HistoryFold, LogPage, LogWriter, MergeLinks, NewEvent, NewVersion, Outcome,
-    PageLimits, PendingReport, Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter,
-    VersionId, VersionKind, VersionRow,
+    now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, CollapseTarget,
+    Debounce, DeliveryBudget, DeliveryLimits, DeliveryPage, DeliveryRow, DocChanges, DocId, DocLog,
+    DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, HistoryFold, LogPage, LogWriter,
+    MergeLinks, NewEvent, NewVersion, Outcome, PageLimits, PendingReport, Quarantined, Report,
+    Store, StoreError, VersionEvent, VersionFilter, VersionId, VersionKind, VersionRow,
+    ATTEMPT_BYTES, MAX_ATTEMPTS_SHOWN,
 };
+use crate::webhooks::events;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -224,7 +226,8 @@ fn meta(row: &sqlx::postgres::PgRow) -> Result<DocMeta, StoreError> {
 }
 
 const ENDPOINT_COLUMNS: &str = "id, url, events::text, description, include_content, enabled, \
-    disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at";
+    disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at, \
+    doc_prefix";
 
 fn endpoint(row: &sqlx::postgres::PgRow) -> Result<EndpointRow, StoreError> {
     let events: String = row.try_get(2)?;
@@ -242,6 +245,7 @@ fn endpoint(row: &sqlx::postgres::PgRow) -> Result<EndpointRow, StoreError> {
         previous_secret_expires_at: row.try_get(9)?,
         created_at: row.try_get(10)?,
         updated_at: row.try_get(11)?,
+        doc_prefix: row.try_get(12)?,
     })
 }
 
@@ -258,28 +262,151 @@ async fn bump_config(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(
     Ok(())
 }
 
-/// Writes one message per enabled endpoint subscribed to the event's type.
+/// Writes one message per endpoint subscribed to the event's type whose
+/// `doc_prefix` the event's document matches (events about no document go
+/// to every subscriber): pending for an enabled endpoint, held for a
+/// disabled one (`recover` queues it), except `skip`. A `document.updated`
+/// for an endpoint that has one for the same document still undelivered
+/// is merged into it instead (see `collapse_updated`). As in
+/// `store/sqlite`, where the reasons are given.
 async fn fan_out(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     event: &NewEvent,
     now: i64,
+    skip: Option<&str>,
 ) -> Result<(), StoreError> {
+    if event.event_type == events::DOCUMENT_UPDATED {
+        collapse_updated(tx, event, now, skip).await?;
+    }
     // Due at once by the database's clock, which senders compare with.
     sqlx::query(&format!(
         "INSERT INTO webhook_messages
-           (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
+           (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at, doc)
          SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), e.id, $1,
            CASE WHEN e.include_content AND $3::text IS NOT NULL THEN $3 ELSE $2 END,
-           'pending', {DB_NOW_MS}, $4
+           CASE WHEN e.enabled THEN 'pending' ELSE 'held' END,
+           CASE WHEN e.enabled THEN {DB_NOW_MS} END, $4, $5
          FROM webhook_endpoints e
-         WHERE e.enabled AND e.events ?| ARRAY[$1::text, '*']"
+         WHERE {} AND e.id IS DISTINCT FROM $6
+           AND NOT EXISTS (SELECT 1 FROM webhook_messages m
+             WHERE m.endpoint_id = e.id AND m.doc = $5 AND {})",
+        subscribed("$1", "$5"),
+        collapsible("$1"),
     ))
     .bind(event.event_type)
     .bind(&event.payload)
     .bind(&event.payload_with_content)
     .bind(now)
+    .bind(&event.doc)
+    .bind(skip)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Endpoint `e` wants event type `ty` about document `doc` (placeholders).
+fn subscribed(ty: &str, doc: &str) -> String {
+    format!(
+        "e.events ?| ARRAY[{ty}::text, '*'] AND (e.doc_prefix IS NULL OR {doc}::text IS NULL
+           OR starts_with({doc}::text, e.doc_prefix))"
+    )
+}
+
+/// Message `m` is an undelivered `document.updated`, not being attempted,
+/// that one of type `ty` may merge into.
+fn collapsible(ty: &str) -> String {
+    format!(
+        "{ty}::text = 'document.updated' AND m.event_type = 'document.updated'
+           AND m.status IN ('pending', 'held') AND m.lease_token IS NULL"
+    )
+}
+
+/// As `store/sqlite`'s `collapse_updated`. The messages merged into are
+/// locked first: a sender on another node that leased one meanwhile has
+/// made it not collapsible (checked again once the lock is had), and one
+/// it has not leased it cannot lease until this commits.
+async fn collapse_updated(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    event: &NewEvent,
+    now: i64,
+    skip: Option<&str>,
+) -> Result<(), StoreError> {
+    let targets: Vec<CollapseTarget> = sqlx::query_as(&format!(
+        "SELECT e.id AS endpoint_id, e.include_content, m.id, m.payload, m.attempts,
+               m.next_attempt_at, m.first_attempt_at,
+               EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.message_id = m.id) AS attempted
+             FROM webhook_endpoints e JOIN webhook_messages m ON m.endpoint_id = e.id
+             WHERE {} AND e.id IS DISTINCT FROM $3 AND m.doc = $2 AND {}
+             ORDER BY e.id, m.created_at DESC, m.seq DESC
+             FOR UPDATE OF m",
+        subscribed("$1", "$2"),
+        collapsible("$1"),
+    ))
+    .bind(event.event_type)
+    .bind(&event.doc)
+    .bind(skip)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut last_endpoint: Option<String> = None;
+    for target in targets {
+        let CollapseTarget {
+            endpoint_id: endpoint,
+            include_content: with_content,
+            id,
+            payload: older,
+            attempts,
+            next_attempt_at: next_at,
+            first_attempt_at: first_at,
+            attempted,
+        } = target;
+        if last_endpoint.as_deref() == Some(endpoint.as_str()) {
+            continue;
+        }
+        last_endpoint = Some(endpoint.clone());
+        let newer = match &event.payload_with_content {
+            Some(full) if with_content => full,
+            _ => &event.payload,
+        };
+        let Some(merged) = events::merge_updated(&older, newer) else {
+            sqlx::query("UPDATE webhook_messages SET doc = NULL WHERE id = $1")
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+            continue;
+        };
+        if !attempted {
+            sqlx::query("UPDATE webhook_messages SET payload = $2 WHERE id = $1")
+                .bind(&id)
+                .bind(&merged)
+                .execute(&mut **tx)
+                .await?;
+            continue;
+        }
+        let new_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(
+            "INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, status,
+               attempts, next_attempt_at, first_attempt_at, created_at, doc)
+             SELECT $2, endpoint_id, event_type, $3, status, $4, $5, $6, $7, doc
+             FROM webhook_messages WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(&new_id)
+        .bind(&merged)
+        .bind(attempts)
+        .bind(next_at)
+        .bind(first_at)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_messages SET status = 'collapsed', collapsed_into = $2,
+               next_attempt_at = NULL WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(&new_id)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -336,7 +463,7 @@ impl Store for PgStore {
             return Ok(None);
         };
         if let Some(event) = created {
-            fan_out(&mut tx, event, now).await?;
+            fan_out(&mut tx, event, now, None).await?;
         }
         tx.commit().await?;
         Ok(Some(DocMeta {
@@ -388,7 +515,7 @@ impl Store for PgStore {
             .await?;
         let existed = done.rows_affected() > 0;
         if let (true, Some(event)) = (existed, deleted) {
-            fan_out(&mut tx, event, now_ms()).await?;
+            fan_out(&mut tx, event, now_ms(), None).await?;
         }
         tx.commit().await?;
         Ok(existed)
@@ -506,7 +633,7 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let made = history::create_version(&mut tx, doc_id, version, now).await?;
         if let (Some(row), Some(announce)) = (&made, announce) {
-            fan_out(&mut tx, &announce(row), now).await?;
+            fan_out(&mut tx, &announce(row), now, None).await?;
         }
         tx.commit().await?;
         Ok(made)
@@ -677,7 +804,7 @@ impl Store for PgStore {
         }
         let mut tx = self.pool.begin().await?;
         for event in events {
-            fan_out(&mut tx, event, now).await?;
+            fan_out(&mut tx, event, now, None).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -717,8 +844,9 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, url, events, description, include_content, enabled,
-               disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at)
-             VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+               disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at,
+               doc_prefix)
+             VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&e.id)
         .bind(&e.url)
@@ -732,6 +860,7 @@ impl Store for PgStore {
         .bind(e.previous_secret_expires_at)
         .bind(e.created_at)
         .bind(e.updated_at)
+        .bind(&e.doc_prefix)
         .execute(&mut *tx)
         .await?;
         bump_config(&mut tx).await?;
@@ -786,6 +915,9 @@ impl Store for PgStore {
         if let Some(include_content) = patch.include_content {
             e.include_content = include_content;
         }
+        if let Some(doc_prefix) = &patch.doc_prefix {
+            e.doc_prefix = doc_prefix.clone();
+        }
         if let Some(enabled) = patch.enabled {
             if enabled {
                 e.disabled_reason = None;
@@ -797,7 +929,8 @@ impl Store for PgStore {
         e.updated_at = now;
         sqlx::query(
             "UPDATE webhook_endpoints SET url = $2, events = $3::jsonb, description = $4,
-               include_content = $5, enabled = $6, disabled_reason = $7, updated_at = $8
+               include_content = $5, enabled = $6, disabled_reason = $7, updated_at = $8,
+               doc_prefix = $9
              WHERE id = $1",
         )
         .bind(id)
@@ -808,6 +941,7 @@ impl Store for PgStore {
         .bind(e.enabled)
         .bind(&e.disabled_reason)
         .bind(now)
+        .bind(&e.doc_prefix)
         .execute(&mut *tx)
         .await?;
         bump_config(&mut tx).await?;
@@ -971,7 +1105,7 @@ impl Store for PgStore {
                 if disabled {
                     bump_config(&mut tx).await?;
                     if let Some(event) = &a.disabled_event {
-                        fan_out(&mut tx, event, a.attempted_at).await?;
+                        fan_out(&mut tx, event, a.attempted_at, Some(&a.endpoint_id)).await?;
                     }
                 }
             }
@@ -989,7 +1123,7 @@ impl Store for PgStore {
                 if disabled {
                     bump_config(&mut tx).await?;
                     if let Some(event) = &a.disabled_event {
-                        fan_out(&mut tx, event, a.attempted_at).await?;
+                        fan_out(&mut tx, event, a.attempted_at, Some(&a.endpoint_id)).await?;
                     }
                 }
             }
@@ -1004,30 +1138,69 @@ impl Store for PgStore {
         endpoint_id: &str,
         status: Option<&str>,
         before: Option<(i64, i64)>,
-        limit: u32,
-    ) -> Result<Vec<DeliveryRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, id, event_type, status, payload, created_at, next_attempt_at
-             FROM webhook_messages
-             WHERE endpoint_id = $1 AND ($2::text IS NULL OR status = $2)
-               AND ($3::bigint IS NULL OR created_at < $3 OR (created_at = $3 AND seq < $4))
-             ORDER BY created_at DESC, seq DESC LIMIT $5",
-        )
-        .bind(endpoint_id)
-        .bind(status)
-        .bind(before.map(|(at, _)| at))
-        .bind(before.map(|(_, seq)| seq))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: String = r.try_get(1)?;
-            let attempts = sqlx::query(
+        limits: DeliveryLimits,
+    ) -> Result<DeliveryPage, StoreError> {
+        // Sizes first, bodies only for what fits (as in `store/sqlite`).
+        let rows: Vec<(i64, String, String, String, i64, Option<i64>, Option<String>, i32, i64, i64)> =
+            sqlx::query_as(
+                "SELECT m.seq, m.id, m.event_type, m.status, m.created_at, m.next_attempt_at,
+                   m.collapsed_into, octet_length(m.payload),
+                   (SELECT COUNT(*) FROM webhook_attempts a WHERE a.message_id = m.id),
+                   (SELECT COALESCE(SUM(octet_length(a.error)), 0)::bigint FROM
+                      (SELECT error FROM webhook_attempts WHERE message_id = m.id
+                       ORDER BY id DESC LIMIT $6) a)
+                 FROM webhook_messages m
+                 WHERE m.endpoint_id = $1 AND ($2::text IS NULL OR m.status = $2)
+                   AND ($3::bigint IS NULL OR m.created_at < $3 OR (m.created_at = $3 AND m.seq < $4))
+                 ORDER BY m.created_at DESC, m.seq DESC LIMIT $5",
+            )
+            .bind(endpoint_id)
+            .bind(status)
+            .bind(before.map(|(at, _)| at))
+            .bind(before.map(|(_, seq)| seq))
+            .bind(i64::from(limits.count).saturating_add(1))
+            .bind(MAX_ATTEMPTS_SHOWN)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut page = DeliveryPage::default();
+        let mut budget = DeliveryBudget::new(limits);
+        for (
+            seq,
+            id,
+            event_type,
+            status,
+            created_at,
+            next_attempt_at,
+            collapsed_into,
+            size,
+            attempts_total,
+            errors,
+        ) in rows
+        {
+            let shown = attempts_total.min(MAX_ATTEMPTS_SHOWN);
+            let bytes = usize::try_from(i64::from(size).saturating_add(errors))
+                .unwrap_or(usize::MAX)
+                .saturating_add(
+                    usize::try_from(shown)
+                        .unwrap_or(0)
+                        .saturating_mul(ATTEMPT_BYTES),
+                );
+            if page.items.len() == limits.count as usize || !budget.admit(bytes) {
+                page.more = true;
+                break;
+            }
+            let payload: String =
+                sqlx::query_scalar("SELECT payload FROM webhook_messages WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .unwrap_or_default();
+            let mut attempts = sqlx::query(
                 "SELECT attempted_at, status_code, latency_ms, error, next_retry_at
-                 FROM webhook_attempts WHERE message_id = $1 ORDER BY id",
+                 FROM webhook_attempts WHERE message_id = $1 ORDER BY id DESC LIMIT $2",
             )
             .bind(&id)
+            .bind(MAX_ATTEMPTS_SHOWN)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -1041,18 +1214,21 @@ impl Store for PgStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-            out.push(DeliveryRow {
-                seq: r.try_get(0)?,
+            attempts.reverse();
+            page.items.push(DeliveryRow {
+                seq,
                 id,
-                event_type: r.try_get(2)?,
-                status: r.try_get(3)?,
-                payload: r.try_get(4)?,
-                created_at: r.try_get(5)?,
-                next_attempt_at: r.try_get(6)?,
+                event_type,
+                status,
+                payload,
+                created_at,
+                next_attempt_at,
                 attempts,
+                attempts_total,
+                collapsed_into,
             });
         }
-        Ok(out)
+        Ok(page)
     }
 
     async fn retry_message(
@@ -1085,7 +1261,8 @@ impl Store for PgStore {
             "UPDATE webhook_messages SET status = 'pending', next_attempt_at = $4, attempts = 0,
                first_attempt_at = NULL, lease_token = NULL
              WHERE id IN (SELECT id FROM webhook_messages
-               WHERE endpoint_id = $1 AND status = 'failed' AND created_at >= $2 AND created_at < $3
+               WHERE endpoint_id = $1 AND status IN ('failed', 'held')
+                 AND created_at >= $2 AND created_at < $3
                ORDER BY created_at LIMIT $5)",
         )
         .bind(endpoint_id)
@@ -1101,7 +1278,7 @@ impl Store for PgStore {
     async fn oldest_pending(&self) -> Result<Vec<(String, Option<i64>)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT e.id, MIN(m.created_at) FROM webhook_endpoints e
-             LEFT JOIN webhook_messages m ON m.endpoint_id = e.id AND m.status = 'pending'
+             LEFT JOIN webhook_messages m ON m.endpoint_id = e.id AND m.status IN ('pending', 'held')
              GROUP BY e.id",
         )
         .fetch_all(&self.pool)
@@ -1111,7 +1288,7 @@ impl Store for PgStore {
     async fn delete_old_messages(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "DELETE FROM webhook_messages WHERE id IN (SELECT id FROM webhook_messages
-               WHERE status IN ('delivered', 'failed') AND created_at < $1
+               WHERE status IN ('delivered', 'failed', 'held', 'collapsed') AND created_at < $1
                ORDER BY created_at LIMIT $2)",
         )
         .bind(before)
@@ -1249,7 +1426,7 @@ impl Store for PgStore {
                 last_change_at: row.try_get(4)?,
                 version,
             };
-            fan_out(&mut tx, &event(&changes), now).await?;
+            fan_out(&mut tx, &event(&changes), now, None).await?;
             sqlx::query("UPDATE doc_changes SET updates = 0, bytes = 0 WHERE doc_id = $1")
                 .bind(doc_id)
                 .execute(&mut *tx)

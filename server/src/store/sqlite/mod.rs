@@ -20,12 +20,14 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use self::log_writer::SqliteLogWriter;
 use super::{
-    now_ms, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, Debounce, DeliveryRow,
-    DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc,
-    HistoryFold, LogPage, LogWriter, MergeLinks, NewEvent, NewVersion, Outcome, PageLimits,
-    PendingReport, Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter, VersionId,
-    VersionKind, VersionRow,
+    now_ms, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, CollapseTarget, Debounce,
+    DeliveryBudget, DeliveryLimits, DeliveryPage, DeliveryRow, DocChanges, DocId, DocLog, DocMeta,
+    DueMessage, EndpointPatch, EndpointRow, FoundDoc, HistoryFold, LogPage, LogWriter, MergeLinks,
+    NewEvent, NewVersion, Outcome, PageLimits, PendingReport, Quarantined, Report, Store,
+    StoreError, VersionEvent, VersionFilter, VersionId, VersionKind, VersionRow, ATTEMPT_BYTES,
+    MAX_ATTEMPTS_SHOWN,
 };
+use crate::webhooks::events;
 
 /// A time no change falls due at.
 const NEVER: i64 = i64::MAX / 2;
@@ -227,7 +229,8 @@ fn meta(row: &sqlx::sqlite::SqliteRow) -> Result<DocMeta, StoreError> {
 }
 
 const ENDPOINT_COLUMNS: &str = "id, url, events, description, include_content, enabled, \
-    disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at";
+    disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at, \
+    doc_prefix";
 
 fn endpoint(row: &sqlx::sqlite::SqliteRow) -> Result<EndpointRow, StoreError> {
     let events: String = row.try_get(2)?;
@@ -245,6 +248,7 @@ fn endpoint(row: &sqlx::sqlite::SqliteRow) -> Result<EndpointRow, StoreError> {
         previous_secret_expires_at: row.try_get(9)?,
         created_at: row.try_get(10)?,
         updated_at: row.try_get(11)?,
+        doc_prefix: row.try_get(12)?,
     })
 }
 
@@ -261,28 +265,147 @@ async fn bump_config(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(),
     Ok(())
 }
 
-/// Writes one message per enabled endpoint subscribed to the event's type.
+/// Writes one message per endpoint subscribed to the event's type whose
+/// `doc_prefix` the event's document matches (events about no document go
+/// to every subscriber): pending for an enabled endpoint, held for a
+/// disabled one (`recover` queues it), except `skip`. A `document.updated`
+/// for an endpoint that has one for the same document still undelivered
+/// is merged into it instead (see `collapse_updated`).
 async fn fan_out(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     event: &NewEvent,
     now: i64,
+    skip: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    if event.event_type == events::DOCUMENT_UPDATED {
+        collapse_updated(tx, event, now, skip).await?;
+    }
+    sqlx::query(&format!(
         "INSERT INTO webhook_messages
-           (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at)
+           (id, endpoint_id, event_type, payload, status, next_attempt_at, created_at, doc)
          SELECT 'msg_' || lower(hex(randomblob(16))), e.id, $1,
            CASE WHEN e.include_content AND $3 IS NOT NULL THEN $3 ELSE $2 END,
-           'pending', $4, $4
+           CASE WHEN e.enabled THEN 'pending' ELSE 'held' END,
+           CASE WHEN e.enabled THEN $4 END, $4, $5
          FROM webhook_endpoints e
-         WHERE e.enabled = 1
-           AND EXISTS (SELECT 1 FROM json_each(e.events) j WHERE j.value IN ($1, '*'))",
-    )
+         WHERE {SUBSCRIBED} AND e.id IS NOT $6
+           AND NOT EXISTS (SELECT 1 FROM webhook_messages m
+             WHERE m.endpoint_id = e.id AND m.doc = $5 AND {COLLAPSIBLE})"
+    ))
     .bind(event.event_type)
     .bind(&event.payload)
     .bind(&event.payload_with_content)
     .bind(now)
+    .bind(&event.doc)
+    .bind(skip)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Endpoint `e` wants event type `$1` about document `$5`.
+const SUBSCRIBED: &str = "EXISTS (SELECT 1 FROM json_each(e.events) j WHERE j.value IN ($1, '*'))
+    AND (e.doc_prefix IS NULL OR $5 IS NULL
+         OR substr($5, 1, length(e.doc_prefix)) = e.doc_prefix)";
+
+/// Message `m` of event type `$1` is an undelivered `document.updated` that a
+/// newer one may merge into: not being attempted right now (no lease).
+const COLLAPSIBLE: &str = "$1 = 'document.updated' AND m.event_type = 'document.updated'
+    AND m.status IN ('pending', 'held') AND m.lease_token IS NULL";
+
+/// Merges a `document.updated` into each subscribed endpoint's undelivered
+/// one for the same document (SPEC §5: one message per document while an
+/// endpoint is backlogged or disabled; when it is healthy the last one was
+/// delivered and there is nothing to merge into). One that no attempt has
+/// sent yet takes the merged body under its own id; one that was attempted
+/// (its id may have reached the receiver) becomes `collapsed` and a new
+/// message with the merged body takes its place in the queue and in the
+/// retry schedule.
+async fn collapse_updated(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    event: &NewEvent,
+    now: i64,
+    skip: Option<&str>,
+) -> Result<(), StoreError> {
+    let targets: Vec<CollapseTarget> = sqlx::query_as(&format!(
+        "SELECT e.id AS endpoint_id, e.include_content, m.id, m.payload, m.attempts,
+               m.next_attempt_at, m.first_attempt_at,
+               EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.message_id = m.id) AS attempted
+             FROM webhook_endpoints e JOIN webhook_messages m ON m.endpoint_id = e.id
+             WHERE {SUBSCRIBED} AND e.id IS NOT $6 AND m.doc = $5 AND {COLLAPSIBLE}
+             ORDER BY e.id, m.created_at DESC, m.rowid DESC"
+    ))
+    .bind(event.event_type)
+    .bind(&event.payload)
+    .bind(&event.payload_with_content)
+    .bind(now)
+    .bind(&event.doc)
+    .bind(skip)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut last_endpoint: Option<String> = None;
+    for target in targets {
+        let CollapseTarget {
+            endpoint_id: endpoint,
+            include_content: with_content,
+            id,
+            payload: older,
+            attempts,
+            next_attempt_at: next_at,
+            first_attempt_at: first_at,
+            attempted,
+        } = target;
+        // The newest undelivered message of each endpoint (normally its only one).
+        if last_endpoint.as_deref() == Some(endpoint.as_str()) {
+            continue;
+        }
+        last_endpoint = Some(endpoint.clone());
+        let newer = match &event.payload_with_content {
+            Some(full) if with_content => full,
+            _ => &event.payload,
+        };
+        let Some(merged) = events::merge_updated(&older, newer) else {
+            // Not a body this server wrote: leave it, and (below) send the
+            // new one beside it.
+            sqlx::query("UPDATE webhook_messages SET doc = NULL WHERE id = $1")
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+            continue;
+        };
+        if !attempted {
+            sqlx::query("UPDATE webhook_messages SET payload = $2 WHERE id = $1")
+                .bind(&id)
+                .bind(&merged)
+                .execute(&mut **tx)
+                .await?;
+            continue;
+        }
+        let new_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(
+            "INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, status,
+               attempts, next_attempt_at, first_attempt_at, created_at, doc)
+             SELECT $2, endpoint_id, event_type, $3, status, $4, $5, $6, $7, doc
+             FROM webhook_messages WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(&new_id)
+        .bind(&merged)
+        .bind(attempts)
+        .bind(next_at)
+        .bind(first_at)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_messages SET status = 'collapsed', collapsed_into = $2,
+               next_attempt_at = NULL WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(&new_id)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -330,7 +453,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         if let Some(event) = created {
-            fan_out(&mut tx, event, now).await?;
+            fan_out(&mut tx, event, now, None).await?;
         }
         tx.commit().await?;
         Ok(Some(DocMeta {
@@ -381,7 +504,7 @@ impl Store for SqliteStore {
             .await?;
         let existed = done.rows_affected() > 0;
         if let (true, Some(event)) = (existed, deleted) {
-            fan_out(&mut tx, event, now_ms()).await?;
+            fan_out(&mut tx, event, now_ms(), None).await?;
         }
         tx.commit().await?;
         Ok(existed)
@@ -442,7 +565,7 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         let made = history::create_version(&mut tx, doc_id, version, now).await?;
         if let (Some(row), Some(announce)) = (&made, announce) {
-            fan_out(&mut tx, &announce(row), now).await?;
+            fan_out(&mut tx, &announce(row), now, None).await?;
         }
         tx.commit().await?;
         Ok(made)
@@ -647,7 +770,7 @@ impl Store for SqliteStore {
         }
         let mut tx = self.pool.begin().await?;
         for event in events {
-            fan_out(&mut tx, event, now).await?;
+            fan_out(&mut tx, event, now, None).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -687,8 +810,9 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, url, events, description, include_content, enabled,
-               disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+               disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at,
+               doc_prefix)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&e.id)
         .bind(&e.url)
@@ -702,6 +826,7 @@ impl Store for SqliteStore {
         .bind(e.previous_secret_expires_at)
         .bind(e.created_at)
         .bind(e.updated_at)
+        .bind(&e.doc_prefix)
         .execute(&mut *tx)
         .await?;
         bump_config(&mut tx).await?;
@@ -756,6 +881,9 @@ impl Store for SqliteStore {
         if let Some(include_content) = patch.include_content {
             e.include_content = include_content;
         }
+        if let Some(doc_prefix) = &patch.doc_prefix {
+            e.doc_prefix = doc_prefix.clone();
+        }
         if let Some(enabled) = patch.enabled {
             if enabled {
                 e.disabled_reason = None;
@@ -767,7 +895,8 @@ impl Store for SqliteStore {
         e.updated_at = now;
         sqlx::query(
             "UPDATE webhook_endpoints SET url = $2, events = $3, description = $4,
-               include_content = $5, enabled = $6, disabled_reason = $7, updated_at = $8
+               include_content = $5, enabled = $6, disabled_reason = $7, updated_at = $8,
+               doc_prefix = $9
              WHERE id = $1",
         )
         .bind(id)
@@ -778,6 +907,7 @@ impl Store for SqliteStore {
         .bind(e.enabled)
         .bind(&e.disabled_reason)
         .bind(now)
+        .bind(&e.doc_prefix)
         .execute(&mut *tx)
         .await?;
         bump_config(&mut tx).await?;
@@ -839,24 +969,28 @@ impl Store for SqliteStore {
         q.push(", lease_token = lower(hex(randomblob(16))), first_attempt_at = COALESCE(first_attempt_at, ");
         q.push_bind(now);
         q.push(
-            ") WHERE id IN (SELECT id FROM (
-               SELECT m.id, m.next_attempt_at,
-                 ROW_NUMBER() OVER (PARTITION BY m.endpoint_id ORDER BY m.next_attempt_at) AS rn
-               FROM webhook_messages m JOIN webhook_endpoints e ON e.id = m.endpoint_id
-               WHERE m.status = 'pending' AND e.enabled = 1 AND m.next_attempt_at <= ",
+            ") WHERE rowid IN (SELECT m.rowid FROM webhook_endpoints e CROSS JOIN webhook_messages m
+               WHERE m.rowid IN (SELECT d.rowid FROM webhook_messages d
+                 WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= ",
         );
         q.push_bind(now);
+        q.push(" ORDER BY d.next_attempt_at LIMIT ");
+        q.push_bind(i64::from(per_endpoint));
+        // Each enabled endpoint's first due messages, read through
+        // `webhook_messages_due_by_endpoint`: a disabled endpoint's backlog
+        // (or a backlogged one's tail) is never scanned. `CROSS JOIN` keeps
+        // the endpoints the outer loop (SQLite's planner would otherwise
+        // scan every message and test each against the subquery).
+        q.push(") AND e.enabled = 1");
         if !busy.is_empty() {
-            q.push(" AND m.endpoint_id NOT IN (");
+            q.push(" AND e.id NOT IN (");
             let mut sep = q.separated(", ");
             for id in busy {
                 sep.push_bind(id);
             }
             q.push(")");
         }
-        q.push(") WHERE rn <= ");
-        q.push_bind(i64::from(per_endpoint));
-        q.push(" ORDER BY next_attempt_at LIMIT ");
+        q.push(" ORDER BY m.next_attempt_at LIMIT ");
         q.push_bind(i64::from(limit));
         q.push(") RETURNING id, endpoint_id, payload, attempts, lease_token");
         let rows = q.build().fetch_all(&self.pool).await?;
@@ -938,7 +1072,7 @@ impl Store for SqliteStore {
                 if disabled {
                     bump_config(&mut tx).await?;
                     if let Some(event) = &a.disabled_event {
-                        fan_out(&mut tx, event, now).await?;
+                        fan_out(&mut tx, event, now, Some(&a.endpoint_id)).await?;
                     }
                 }
             }
@@ -956,7 +1090,7 @@ impl Store for SqliteStore {
                 if disabled {
                     bump_config(&mut tx).await?;
                     if let Some(event) = &a.disabled_event {
-                        fan_out(&mut tx, event, now).await?;
+                        fan_out(&mut tx, event, now, Some(&a.endpoint_id)).await?;
                     }
                 }
             }
@@ -971,30 +1105,80 @@ impl Store for SqliteStore {
         endpoint_id: &str,
         status: Option<&str>,
         before: Option<(i64, i64)>,
-        limit: u32,
-    ) -> Result<Vec<DeliveryRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT rowid, id, event_type, status, payload, created_at, next_attempt_at
-             FROM webhook_messages
-             WHERE endpoint_id = $1 AND ($2 IS NULL OR status = $2)
-               AND ($3 IS NULL OR created_at < $3 OR (created_at = $3 AND rowid < $4))
-             ORDER BY created_at DESC, rowid DESC LIMIT $5",
+        limits: DeliveryLimits,
+    ) -> Result<DeliveryPage, StoreError> {
+        // Sizes first, bodies only for what fits: a page never holds more
+        // than its limits in memory.
+        let rows: Vec<(
+            i64,
+            String,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+        )> = sqlx::query_as(
+            "SELECT m.rowid, m.id, m.event_type, m.status, m.created_at, m.next_attempt_at,
+                   m.collapsed_into, length(CAST(m.payload AS BLOB)),
+                   (SELECT COUNT(*) FROM webhook_attempts a WHERE a.message_id = m.id),
+                   (SELECT COALESCE(SUM(length(CAST(a.error AS BLOB))), 0) FROM
+                      (SELECT error FROM webhook_attempts WHERE message_id = m.id
+                       ORDER BY id DESC LIMIT $6) a)
+                 FROM webhook_messages m
+                 WHERE m.endpoint_id = $1 AND ($2 IS NULL OR m.status = $2)
+                   AND ($3 IS NULL OR m.created_at < $3 OR (m.created_at = $3 AND m.rowid < $4))
+                 ORDER BY m.created_at DESC, m.rowid DESC LIMIT $5",
         )
         .bind(endpoint_id)
         .bind(status)
         .bind(before.map(|(at, _)| at))
         .bind(before.map(|(_, seq)| seq))
-        .bind(i64::from(limit))
+        .bind(i64::from(limits.count).saturating_add(1))
+        .bind(MAX_ATTEMPTS_SHOWN)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: String = r.try_get(1)?;
-            let attempts = sqlx::query(
+        let mut page = DeliveryPage::default();
+        let mut budget = DeliveryBudget::new(limits);
+        for (
+            seq,
+            id,
+            event_type,
+            status,
+            created_at,
+            next_attempt_at,
+            collapsed_into,
+            size,
+            attempts_total,
+            errors,
+        ) in rows
+        {
+            let shown = attempts_total.min(MAX_ATTEMPTS_SHOWN);
+            let bytes = usize::try_from(size.saturating_add(errors))
+                .unwrap_or(usize::MAX)
+                .saturating_add(
+                    usize::try_from(shown)
+                        .unwrap_or(0)
+                        .saturating_mul(ATTEMPT_BYTES),
+                );
+            if page.items.len() == limits.count as usize || !budget.admit(bytes) {
+                page.more = true;
+                break;
+            }
+            let payload: String =
+                sqlx::query_scalar("SELECT payload FROM webhook_messages WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .unwrap_or_default();
+            let mut attempts = sqlx::query(
                 "SELECT attempted_at, status_code, latency_ms, error, next_retry_at
-                 FROM webhook_attempts WHERE message_id = $1 ORDER BY id",
+                 FROM webhook_attempts WHERE message_id = $1 ORDER BY id DESC LIMIT $2",
             )
             .bind(&id)
+            .bind(MAX_ATTEMPTS_SHOWN)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -1008,18 +1192,21 @@ impl Store for SqliteStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-            out.push(DeliveryRow {
-                seq: r.try_get(0)?,
+            attempts.reverse();
+            page.items.push(DeliveryRow {
+                seq,
                 id,
-                event_type: r.try_get(2)?,
-                status: r.try_get(3)?,
-                payload: r.try_get(4)?,
-                created_at: r.try_get(5)?,
-                next_attempt_at: r.try_get(6)?,
+                event_type,
+                status,
+                payload,
+                created_at,
+                next_attempt_at,
                 attempts,
+                attempts_total,
+                collapsed_into,
             });
         }
-        Ok(out)
+        Ok(page)
     }
 
     async fn retry_message(
@@ -1052,7 +1239,8 @@ impl Store for SqliteStore {
             "UPDATE webhook_messages SET status = 'pending', next_attempt_at = $4, attempts = 0,
                first_attempt_at = NULL, lease_token = NULL
              WHERE id IN (SELECT id FROM webhook_messages
-               WHERE endpoint_id = $1 AND status = 'failed' AND created_at >= $2 AND created_at < $3
+               WHERE endpoint_id = $1 AND status IN ('failed', 'held')
+                 AND created_at >= $2 AND created_at < $3
                ORDER BY created_at LIMIT $5)",
         )
         .bind(endpoint_id)
@@ -1068,7 +1256,7 @@ impl Store for SqliteStore {
     async fn oldest_pending(&self) -> Result<Vec<(String, Option<i64>)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT e.id, MIN(m.created_at) FROM webhook_endpoints e
-             LEFT JOIN webhook_messages m ON m.endpoint_id = e.id AND m.status = 'pending'
+             LEFT JOIN webhook_messages m ON m.endpoint_id = e.id AND m.status IN ('pending', 'held')
              GROUP BY e.id",
         )
         .fetch_all(&self.pool)
@@ -1078,7 +1266,7 @@ impl Store for SqliteStore {
     async fn delete_old_messages(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "DELETE FROM webhook_messages WHERE id IN (SELECT id FROM webhook_messages
-               WHERE status IN ('delivered', 'failed') AND created_at < $1
+               WHERE status IN ('delivered', 'failed', 'held', 'collapsed') AND created_at < $1
                ORDER BY created_at LIMIT $2)",
         )
         .bind(before)
@@ -1216,7 +1404,7 @@ impl Store for SqliteStore {
                 last_change_at: row.try_get(4)?,
                 version,
             };
-            fan_out(&mut tx, &event(&changes), now).await?;
+            fan_out(&mut tx, &event(&changes), now, None).await?;
             sqlx::query("UPDATE doc_changes SET updates = 0, bytes = 0 WHERE doc_id = $1")
                 .bind(doc_id)
                 .execute(&mut *tx)

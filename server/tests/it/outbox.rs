@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-mod common;
+use crate::common;
 
 use tandem::store::Track;
 
@@ -42,12 +42,14 @@ fn endpoint(id: &str, events: &[&str], include_content: bool) -> EndpointRow {
         previous_secret_expires_at: None,
         created_at: 1,
         updated_at: 1,
+        doc_prefix: None,
     }
 }
 
 fn event(event_type: &'static str) -> NewEvent {
     NewEvent {
         event_type,
+        doc: None,
         payload: format!(r#"{{"type":"{event_type}"}}"#),
         payload_with_content: Some(format!(r#"{{"type":"{event_type}","content":1}}"#)),
     }
@@ -236,7 +238,19 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
     assert!(!e.enabled);
     assert_eq!(e.disabled_reason.as_deref(), Some("all failed"));
 
-    let log = store.list_deliveries("ep", None, None, 10).await.unwrap();
+    let log = store
+        .list_deliveries(
+            "ep",
+            None,
+            None,
+            tandem::store::DeliveryLimits {
+                count: 10,
+                bytes: usize::MAX,
+            },
+        )
+        .await
+        .unwrap()
+        .items;
     let m3_log = log.iter().find(|d| d.id == m3.id).unwrap();
     assert_eq!(m3_log.status, "failed");
     assert_eq!(m3_log.attempts.len(), 2);
@@ -386,9 +400,18 @@ async fn created_and_deleted_events_share_the_documents_transaction() {
     assert!(store.delete("d", Some(&deleted)).await.unwrap());
     assert!(!store.delete("d", Some(&deleted)).await.unwrap());
     let mut types: Vec<String> = store
-        .list_deliveries("ep", None, None, 10)
+        .list_deliveries(
+            "ep",
+            None,
+            None,
+            tandem::store::DeliveryLimits {
+                count: 10,
+                bytes: usize::MAX,
+            },
+        )
         .await
         .unwrap()
+        .items
         .into_iter()
         .map(|d| d.event_type)
         .collect();

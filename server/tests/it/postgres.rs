@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
-mod common;
+use crate::common;
 
 use tandem::store::Track;
 
@@ -160,6 +160,7 @@ fn endpoint(id: &str, events: &[&str]) -> EndpointRow {
         previous_secret_expires_at: None,
         created_at: 1,
         updated_at: 1,
+        doc_prefix: None,
     }
 }
 
@@ -181,6 +182,7 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
     assert!(got.include_content);
     let event = NewEvent {
         event_type: "document.created",
+        doc: Some("d".into()),
         payload: "{}".into(),
         payload_with_content: Some("{\"content\":1}".into()),
     };
@@ -269,19 +271,49 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
     assert!(!ep.enabled);
     assert_eq!(ep.disabled_reason.as_deref(), Some("failing"));
     let log = store
-        .list_deliveries("ep_a", Some("failed"), None, 10)
+        .list_deliveries(
+            "ep_a",
+            Some("failed"),
+            None,
+            tandem::store::DeliveryLimits {
+                count: 10,
+                bytes: usize::MAX,
+            },
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].attempts.len(), 2);
     assert_eq!(log[0].attempts[0].status_code, Some(500));
     // The cursor pages through the log without repeats.
-    let first = store.list_deliveries("ep_b", None, None, 30).await.unwrap();
+    let first = store
+        .list_deliveries(
+            "ep_b",
+            None,
+            None,
+            tandem::store::DeliveryLimits {
+                count: 30,
+                bytes: usize::MAX,
+            },
+        )
+        .await
+        .unwrap()
+        .items;
     let last = first.last().unwrap();
     let rest = store
-        .list_deliveries("ep_b", None, Some((last.created_at, last.seq)), 30)
+        .list_deliveries(
+            "ep_b",
+            None,
+            Some((last.created_at, last.seq)),
+            tandem::store::DeliveryLimits {
+                count: 30,
+                bytes: usize::MAX,
+            },
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(first.len() + rest.len(), 50);
     assert!(store.retry_message("ep_a", &m.id, 80_000).await.unwrap());
     let rotated = store

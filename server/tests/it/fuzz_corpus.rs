@@ -7,7 +7,7 @@ use std::time::Instant;
 
 // The same file the fuzz targets call: one source of truth.
 #[allow(dead_code)]
-#[path = "../../fuzz/src/lib.rs"]
+#[path = "../../../fuzz/src/lib.rs"]
 mod harness;
 
 #[test]

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
-mod common;
+use crate::common;
 
 use common::*;
 use tandem_crdt::protocol::{self, Incoming};

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed call is the failure
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
