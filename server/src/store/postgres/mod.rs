@@ -1215,6 +1215,8 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
             attempts.reverse();
+            // Attempts recorded since the count was read are shown too.
+            let attempts_total = attempts_total.max(attempts.len() as i64);
             page.items.push(DeliveryRow {
                 seq,
                 id,
