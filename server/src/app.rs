@@ -265,7 +265,12 @@ impl App {
         // service is assembled here with one: WebSocket upgrades go to
         // `ws::take_over`, which answers them through the app and keeps the
         // socket (see routes/ws.rs).
-        let server = Server::build()
+        let builder = Server::build();
+        // Idle keep-alive connections close as soon as a graceful stop
+        // starts (a request in progress finishes first); without this, a
+        // stop waited for every idle client's keep-alive to run out.
+        let stopping = builder.graceful_shutdown_signal();
+        let server = builder
             .workers(workers)
             .disable_signals()
             .shutdown_timeout(settings.rooms.shutdown_timeout.as_secs().max(1))
@@ -285,7 +290,12 @@ impl App {
                 let app = make_app()
                     .into_factory()
                     .map_err(|e: actix_web::Error| e.error_response());
+                let stopping = stopping.clone();
                 HttpService::build()
+                    .graceful_shutdown_signal(move || {
+                        let stopping = stopping.clone();
+                        async move { stopping.notified().await }
+                    })
                     .client_request_timeout(Duration::from_secs(5))
                     .client_disconnect_timeout(Duration::from_secs(1))
                     // Small frames must leave at once: Nagle's algorithm would hold

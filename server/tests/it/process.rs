@@ -294,6 +294,54 @@ fn an_unusable_database_url_stops_the_start_with_a_message() {
     server.child.wait().unwrap();
 }
 
+/// A client holding an idle keep-alive connection (a browser, a load
+/// balancer's health check, Node's `fetch`) does not hold up a SIGTERM: the
+/// idle connection is closed at once and the server exits promptly, not
+/// when the connection's keep-alive runs out.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_does_not_delay_a_stop() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(&sqlite(&dir.path().join("tandem.db")));
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = conn.read(&mut answer).unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    // The connection stays open and idle.
+    let stopped = std::time::Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        if stopped.elapsed() > std::time::Duration::from_secs(20) {
+            server.child.kill().unwrap();
+            panic!("still running 20 s after SIGTERM");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_millis(1500),
+        "a stop with one idle connection took {:?}",
+        stopped.elapsed()
+    );
+    drop(dir);
+}
+
 /// With the disk full, an accepted update cannot be written: a SIGTERM
 /// still stops the server within its deadline (it does not retry forever),
 /// and the exit status says that the final flush failed.
