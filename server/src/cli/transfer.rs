@@ -248,17 +248,16 @@ async fn import_all(
     for (i, entry) in manifest.documents.iter().enumerate() {
         let doc = read_entry(dir, entry)?;
         let name = doc.name.as_str();
-        let replaced = overwrite && store.delete(name, None).await?;
-        let meta = store
-            .create(name, store::now_ms(), None)
+        // One transaction per document: a crash leaves each either as it
+        // was or imported, never deleted and not yet written.
+        let (_, replaced) = store
+            .create_from_state(name, store::now_ms(), &doc.state, overwrite)
             .await?
             .ok_or_else(|| {
                 CliError::Usage(format!(
                     "document {name:?} was created by someone else meanwhile"
                 ))
             })?;
-        // Upto row 0: the new document has no log to fold.
-        store.write_snapshot(meta.id, &doc.state, 0, &[]).await?;
         let verb = if replaced { "replaced" } else { "imported" };
         eprintln!("[{}/{total}] {verb} {name:?}", i + 1);
     }

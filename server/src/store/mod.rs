@@ -597,6 +597,20 @@ pub trait Store: Send + Sync + 'static {
         created: Option<&NewEvent>,
     ) -> Result<FoundDoc, StoreError>;
 
+    /// Creates a document holding `snapshot` (a whole Yjs v1 state) at
+    /// `now`, in one transaction; with `replace`, a document of that name
+    /// is deleted in the same transaction (so a crash leaves either the old
+    /// one or the new one, never neither). `None` when the name is taken
+    /// and `replace` is false; else the document and whether it replaced
+    /// one. For `tandem import`: no event is written.
+    async fn create_from_state(
+        &self,
+        name: &str,
+        now: i64,
+        snapshot: &[u8],
+        replace: bool,
+    ) -> Result<Option<(DocMeta, bool)>, StoreError>;
+
     /// Creates an empty document at `now`, with its `created` event; `None`
     /// when the name is taken.
     async fn create(

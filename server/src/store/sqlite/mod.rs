@@ -434,6 +434,53 @@ impl Store for SqliteStore {
         Ok(FoundDoc { id, created: false })
     }
 
+    async fn create_from_state(
+        &self,
+        name: &str,
+        now: i64,
+        snapshot: &[u8],
+        replace: bool,
+    ) -> Result<Option<(DocMeta, bool)>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        // Foreign keys cascade to the old one's log, snapshot, versions and
+        // unreported changes.
+        let replaced = replace
+            && sqlx::query("DELETE FROM documents WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+        let size = i64::try_from(snapshot.len()).unwrap_or(i64::MAX);
+        let id: Option<DocId> = sqlx::query_scalar(
+            "INSERT INTO documents (name, created_at, updated_at, size_bytes) VALUES ($1, $2, $2, $3)
+             ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(name)
+        .bind(now)
+        .bind(size)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        // Up to row 0: the new document has no log to fold.
+        sqlx::query("INSERT INTO doc_snapshots (doc_id, data, upto_id) VALUES ($1, $2, 0)")
+            .bind(id)
+            .bind(snapshot)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let meta = DocMeta {
+            id,
+            name: name.to_string(),
+            created_at: now,
+            updated_at: now,
+            size_bytes: size,
+        };
+        Ok(Some((meta, replaced)))
+    }
+
     async fn create(
         &self,
         name: &str,
