@@ -285,6 +285,8 @@ class EndpointCard {
     this.reason = h('p', { class: 'endpoint-reason' })
     this.events = h('span', { class: 'endpoint-events' })
     this.lag = h('span', { class: 'endpoint-lag' }, 'Pending: …')
+    this.held = h('span', { class: 'endpoint-held', hidden: true })
+    this.prefix = h('span', { class: 'endpoint-prefix', hidden: true })
     this.idText = h('code', { class: 'endpoint-id' }, id)
     this.description = h('span', { class: 'endpoint-description' })
 
@@ -300,7 +302,7 @@ class EndpointCard {
 
     this.el = h('li', { class: 'endpoint', 'data-endpoint': id },
       h('div', { class: 'endpoint-head' }, this.selectButton, this.state),
-      h('div', { class: 'endpoint-meta' }, this.idText, this.events, this.lag, this.description),
+      h('div', { class: 'endpoint-meta' }, this.idText, this.events, this.prefix, this.lag, this.held, this.description),
       this.reason,
       h('div', { class: 'endpoint-actions' }, this.testButton, this.enableButton, this.recoverButton),
       this.recoverForm,
@@ -316,6 +318,8 @@ class EndpointCard {
     this.reason.textContent = ep.enabled ? '' : (ep.disabled_reason || 'Disabled (no reason given)')
     this.reason.hidden = ep.enabled
     this.events.textContent = `Events: ${(ep.events ?? []).join(', ') || 'none'}`
+    this.prefix.textContent = ep.doc_prefix ? `Documents: ${ep.doc_prefix}…` : ''
+    this.prefix.hidden = !ep.doc_prefix
     this.description.textContent = ep.description ?? ''
     this.description.hidden = !ep.description
     this.enableButton.hidden = ep.enabled
@@ -361,6 +365,17 @@ class EndpointCard {
     this.lag.textContent = oldest
       ? `Lag ${formatAge(Date.now() - Date.parse(oldest))} (${count}${cursor ? '+' : ''} pending)`
       : 'None pending'
+    await this.refreshHeld()
+  }
+
+  /** How many messages were held back while the endpoint was disabled (Recover sends them). */
+  async refreshHeld () {
+    const res = await this.console.call('GET', `/api/webhooks/${encodeURIComponent(this.endpoint.id)}/deliveries?status=held&limit=${MAX_PAGE}`)
+    if (res.status !== 200) return
+    const n = (res.body.items ?? []).length
+    this.held.dataset.held = String(n)
+    this.held.textContent = n ? `${n}${res.body.next_cursor ? '+' : ''} held back (Recover sends them)` : ''
+    this.held.hidden = n === 0
   }
 
   async sendTest () {
