@@ -10,12 +10,12 @@
 // Needs TANDEM_BIN and python3 (its sqlite3 module writes the rows).
 
 import http from 'node:http'
-import { spawn, execFileSync } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { createInterface } from 'node:readline'
+import { BIN, startOnSqlite as start } from '../lib/sqlite-server.mjs'
 import { RawClient, TextAppender, marker, scanMarkers } from '../lib/yclient.mjs'
 import { rssKb } from '../lib/procstats.mjs'
 import { now, sleep, summarize, fmt } from '../lib/stats.mjs'
@@ -26,45 +26,8 @@ const { values: opts } = parseArgs({
     'baseline-ms': { type: 'string', default: '5000' }
   }
 })
-const BIN = process.env.TANDEM_BIN || '/work/cargo-target/release/tandem'
 const N = Number(opts.messages)
 const BASELINE_MS = Number(opts['baseline-ms'])
-
-const children = new Set()
-process.on('exit', () => { for (const c of children) { try { c.kill('SIGKILL') } catch {} } })
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130))
-
-function start (dir) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, [], {
-      cwd: dir,
-      env: {
-        PATH: process.env.PATH,
-        TANDEM_BIND: '127.0.0.1:0',
-        TANDEM_DATABASE_URL: `sqlite://${dir}/tandem.db`,
-        TANDEM_MAX_MESSAGES_PER_SECOND: '0',
-        TANDEM_WEBHOOK_ALLOW_PRIVATE: 'true',
-        TANDEM_LOG_FORMAT: 'json',
-        RUST_LOG: 'warn,tandem=info'
-      },
-      stdio: ['ignore', 'pipe', 'pipe']
-    })
-    children.add(child)
-    child.once('exit', () => children.delete(child))
-    const tail = []
-    const onLine = (line) => {
-      tail.push(line); if (tail.length > 20) tail.shift()
-      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(line)
-      if (m) {
-        const exited = new Promise((res) => child.once('exit', res))
-        resolve({ pid: child.pid, port: Number(m[1]), async stop () { child.kill('SIGTERM'); await exited } })
-      }
-    }
-    createInterface({ input: child.stdout }).on('line', onLine)
-    createInterface({ input: child.stderr }).on('line', onLine)
-    child.once('exit', (code) => reject(new Error(`server exited (${code}):\n${tail.join('\n')}`)))
-  })
-}
 
 /** A receiver that answers 200 at once and counts distinct webhook-ids. */
 async function receiver () {

@@ -443,6 +443,61 @@ pub(crate) struct CollapseTarget {
     pub attempted: bool,
 }
 
+/// What collapsing a new `document.updated` into an endpoint's undelivered
+/// one does to the stored messages (the stores run it in SQL).
+#[derive(Debug)]
+pub(crate) enum CollapseStep {
+    /// No attempt has sent it: it takes the merged body under its own id.
+    Rewrite { id: String, merged: String },
+    /// It was attempted (its id may have reached the receiver): it becomes
+    /// `collapsed`, and a new message `new_id` with the merged body takes
+    /// its place in the queue and in the retry schedule.
+    Replace {
+        id: String,
+        new_id: String,
+        merged: String,
+        attempts: i64,
+        next_attempt_at: Option<i64>,
+        first_attempt_at: Option<i64>,
+    },
+    /// Not a body this server wrote: it is left alone, but no longer counts
+    /// as its document's (its `doc` is cleared), so the new one is sent
+    /// beside it.
+    Detach { id: String },
+}
+
+/// The steps that merge `event` (a `document.updated`) into `targets`, the
+/// undelivered ones of its document, newest first per endpoint: each
+/// endpoint's newest only (normally its only one).
+pub(crate) fn plan_collapse(targets: Vec<CollapseTarget>, event: &NewEvent) -> Vec<CollapseStep> {
+    let mut steps = Vec::new();
+    let mut last_endpoint: Option<String> = None;
+    for t in targets {
+        if last_endpoint.as_deref() == Some(t.endpoint_id.as_str()) {
+            continue;
+        }
+        last_endpoint = Some(t.endpoint_id);
+        let newer = match &event.payload_with_content {
+            Some(full) if t.include_content => full,
+            _ => &event.payload,
+        };
+        let step = match crate::webhooks::events::merge_updated(&t.payload, newer) {
+            None => CollapseStep::Detach { id: t.id },
+            Some(merged) if !t.attempted => CollapseStep::Rewrite { id: t.id, merged },
+            Some(merged) => CollapseStep::Replace {
+                id: t.id,
+                new_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+                merged,
+                attempts: t.attempts,
+                next_attempt_at: t.next_attempt_at,
+                first_attempt_at: t.first_attempt_at,
+            },
+        };
+        steps.push(step);
+    }
+    steps
+}
+
 /// A page of the delivery log.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryPage {

@@ -40,12 +40,12 @@ use sqlx::Row;
 
 pub use self::log_writer::PgLogWriter;
 use super::{
-    now_ms, redact_url, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, CollapseTarget,
-    Debounce, DeliveryBudget, DeliveryLimits, DeliveryPage, DeliveryRow, DocChanges, DocId, DocLog,
-    DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc, HistoryFold, LogPage, LogWriter,
-    MergeLinks, NewEvent, NewVersion, Outcome, PageLimits, PendingReport, Quarantined, Report,
-    Store, StoreError, VersionEvent, VersionFilter, VersionId, VersionKind, VersionRow,
-    ATTEMPT_BYTES, MAX_ATTEMPTS_SHOWN,
+    now_ms, plan_collapse, redact_url, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp,
+    CollapseStep, CollapseTarget, Debounce, DeliveryBudget, DeliveryLimits, DeliveryPage,
+    DeliveryRow, DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow,
+    FoundDoc, HistoryFold, LogPage, LogWriter, MergeLinks, NewEvent, NewVersion, Outcome,
+    PageLimits, PendingReport, Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter,
+    VersionId, VersionKind, VersionRow, ATTEMPT_BYTES, MAX_ATTEMPTS_SHOWN,
 };
 use crate::webhooks::events;
 
@@ -347,65 +347,54 @@ async fn collapse_updated(
     .bind(skip)
     .fetch_all(&mut **tx)
     .await?;
-    let mut last_endpoint: Option<String> = None;
-    for target in targets {
-        let CollapseTarget {
-            endpoint_id: endpoint,
-            include_content: with_content,
-            id,
-            payload: older,
-            attempts,
-            next_attempt_at: next_at,
-            first_attempt_at: first_at,
-            attempted,
-        } = target;
-        if last_endpoint.as_deref() == Some(endpoint.as_str()) {
-            continue;
-        }
-        last_endpoint = Some(endpoint.clone());
-        let newer = match &event.payload_with_content {
-            Some(full) if with_content => full,
-            _ => &event.payload,
-        };
-        let Some(merged) = events::merge_updated(&older, newer) else {
-            sqlx::query("UPDATE webhook_messages SET doc = NULL WHERE id = $1")
+    for step in plan_collapse(targets, event) {
+        match step {
+            CollapseStep::Detach { id } => {
+                sqlx::query("UPDATE webhook_messages SET doc = NULL WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            CollapseStep::Rewrite { id, merged } => {
+                sqlx::query("UPDATE webhook_messages SET payload = $2 WHERE id = $1")
+                    .bind(&id)
+                    .bind(&merged)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            CollapseStep::Replace {
+                id,
+                new_id,
+                merged,
+                attempts,
+                next_attempt_at,
+                first_attempt_at,
+            } => {
+                sqlx::query(
+                    "INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, status,
+                       attempts, next_attempt_at, first_attempt_at, created_at, doc)
+                     SELECT $2, endpoint_id, event_type, $3, status, $4, $5, $6, $7, doc
+                     FROM webhook_messages WHERE id = $1",
+                )
                 .bind(&id)
-                .execute(&mut **tx)
-                .await?;
-            continue;
-        };
-        if !attempted {
-            sqlx::query("UPDATE webhook_messages SET payload = $2 WHERE id = $1")
-                .bind(&id)
+                .bind(&new_id)
                 .bind(&merged)
+                .bind(attempts)
+                .bind(next_attempt_at)
+                .bind(first_attempt_at)
+                .bind(now)
                 .execute(&mut **tx)
                 .await?;
-            continue;
+                sqlx::query(
+                    "UPDATE webhook_messages SET status = 'collapsed', collapsed_into = $2,
+                       next_attempt_at = NULL WHERE id = $1",
+                )
+                .bind(&id)
+                .bind(&new_id)
+                .execute(&mut **tx)
+                .await?;
+            }
         }
-        let new_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(
-            "INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, status,
-               attempts, next_attempt_at, first_attempt_at, created_at, doc)
-             SELECT $2, endpoint_id, event_type, $3, status, $4, $5, $6, $7, doc
-             FROM webhook_messages WHERE id = $1",
-        )
-        .bind(&id)
-        .bind(&new_id)
-        .bind(&merged)
-        .bind(attempts)
-        .bind(next_at)
-        .bind(first_at)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE webhook_messages SET status = 'collapsed', collapsed_into = $2,
-               next_attempt_at = NULL WHERE id = $1",
-        )
-        .bind(&id)
-        .bind(&new_id)
-        .execute(&mut **tx)
-        .await?;
     }
     Ok(())
 }

@@ -20,12 +20,12 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use self::log_writer::SqliteLogWriter;
 use super::{
-    now_ms, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, CollapseTarget, Debounce,
-    DeliveryBudget, DeliveryLimits, DeliveryPage, DeliveryRow, DocChanges, DocId, DocLog, DocMeta,
-    DueMessage, EndpointPatch, EndpointRow, FoundDoc, HistoryFold, LogPage, LogWriter, MergeLinks,
-    NewEvent, NewVersion, Outcome, PageLimits, PendingReport, Quarantined, Report, Store,
-    StoreError, VersionEvent, VersionFilter, VersionId, VersionKind, VersionRow, ATTEMPT_BYTES,
-    MAX_ATTEMPTS_SHOWN,
+    now_ms, plan_collapse, AttemptRecord, AttemptRow, ChangesEvent, ChangesStamp, CollapseStep,
+    CollapseTarget, Debounce, DeliveryBudget, DeliveryLimits, DeliveryPage, DeliveryRow,
+    DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc,
+    HistoryFold, LogPage, LogWriter, MergeLinks, NewEvent, NewVersion, Outcome, PageLimits,
+    PendingReport, Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter, VersionId,
+    VersionKind, VersionRow, ATTEMPT_BYTES, MAX_ATTEMPTS_SHOWN,
 };
 use crate::webhooks::events;
 
@@ -316,11 +316,8 @@ const COLLAPSIBLE: &str = "$1 = 'document.updated' AND m.event_type = 'document.
 /// Merges a `document.updated` into each subscribed endpoint's undelivered
 /// one for the same document (SPEC §5: one message per document while an
 /// endpoint is backlogged or disabled; when it is healthy the last one was
-/// delivered and there is nothing to merge into). One that no attempt has
-/// sent yet takes the merged body under its own id; one that was attempted
-/// (its id may have reached the receiver) becomes `collapsed` and a new
-/// message with the merged body takes its place in the queue and in the
-/// retry schedule.
+/// delivered and there is nothing to merge into), as `plan_collapse`
+/// decides.
 async fn collapse_updated(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     event: &NewEvent,
@@ -343,68 +340,54 @@ async fn collapse_updated(
     .bind(skip)
     .fetch_all(&mut **tx)
     .await?;
-    let mut last_endpoint: Option<String> = None;
-    for target in targets {
-        let CollapseTarget {
-            endpoint_id: endpoint,
-            include_content: with_content,
-            id,
-            payload: older,
-            attempts,
-            next_attempt_at: next_at,
-            first_attempt_at: first_at,
-            attempted,
-        } = target;
-        // The newest undelivered message of each endpoint (normally its only one).
-        if last_endpoint.as_deref() == Some(endpoint.as_str()) {
-            continue;
-        }
-        last_endpoint = Some(endpoint.clone());
-        let newer = match &event.payload_with_content {
-            Some(full) if with_content => full,
-            _ => &event.payload,
-        };
-        let Some(merged) = events::merge_updated(&older, newer) else {
-            // Not a body this server wrote: leave it, and (below) send the
-            // new one beside it.
-            sqlx::query("UPDATE webhook_messages SET doc = NULL WHERE id = $1")
+    for step in plan_collapse(targets, event) {
+        match step {
+            CollapseStep::Detach { id } => {
+                sqlx::query("UPDATE webhook_messages SET doc = NULL WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            CollapseStep::Rewrite { id, merged } => {
+                sqlx::query("UPDATE webhook_messages SET payload = $2 WHERE id = $1")
+                    .bind(&id)
+                    .bind(&merged)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            CollapseStep::Replace {
+                id,
+                new_id,
+                merged,
+                attempts,
+                next_attempt_at,
+                first_attempt_at,
+            } => {
+                sqlx::query(
+                    "INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, status,
+                       attempts, next_attempt_at, first_attempt_at, created_at, doc)
+                     SELECT $2, endpoint_id, event_type, $3, status, $4, $5, $6, $7, doc
+                     FROM webhook_messages WHERE id = $1",
+                )
                 .bind(&id)
-                .execute(&mut **tx)
-                .await?;
-            continue;
-        };
-        if !attempted {
-            sqlx::query("UPDATE webhook_messages SET payload = $2 WHERE id = $1")
-                .bind(&id)
+                .bind(&new_id)
                 .bind(&merged)
+                .bind(attempts)
+                .bind(next_attempt_at)
+                .bind(first_attempt_at)
+                .bind(now)
                 .execute(&mut **tx)
                 .await?;
-            continue;
+                sqlx::query(
+                    "UPDATE webhook_messages SET status = 'collapsed', collapsed_into = $2,
+                       next_attempt_at = NULL WHERE id = $1",
+                )
+                .bind(&id)
+                .bind(&new_id)
+                .execute(&mut **tx)
+                .await?;
+            }
         }
-        let new_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(
-            "INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, status,
-               attempts, next_attempt_at, first_attempt_at, created_at, doc)
-             SELECT $2, endpoint_id, event_type, $3, status, $4, $5, $6, $7, doc
-             FROM webhook_messages WHERE id = $1",
-        )
-        .bind(&id)
-        .bind(&new_id)
-        .bind(&merged)
-        .bind(attempts)
-        .bind(next_at)
-        .bind(first_at)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE webhook_messages SET status = 'collapsed', collapsed_into = $2,
-               next_attempt_at = NULL WHERE id = $1",
-        )
-        .bind(&id)
-        .bind(&new_id)
-        .execute(&mut **tx)
-        .await?;
     }
     Ok(())
 }
