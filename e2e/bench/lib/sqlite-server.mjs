@@ -24,7 +24,9 @@ export function startOnSqlite (dir) {
         TANDEM_MAX_MESSAGES_PER_SECOND: '0',
         TANDEM_WEBHOOK_ALLOW_PRIVATE: 'true',
         TANDEM_LOG_FORMAT: 'json',
-        RUST_LOG: 'warn,tandem=info'
+        RUST_LOG: 'warn,tandem=info',
+        // Extra settings for the server, as JSON (e.g. '{"MALLOC_ARENA_MAX":"2"}').
+        ...JSON.parse(process.env.BENCH_SERVER_ENV || '{}')
       },
       stdio: ['ignore', 'pipe', 'pipe']
     })

@@ -50,7 +50,7 @@ ep, n = sys.argv[2], int(sys.argv[3])
 now = int(time.time() * 1000)
 rows = []
 for i in range(n):
-    at = now - 60000 + i
+    at = now - n - 60000 + i
     body = json.dumps({"type": "webhook.test", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at / 1000)), "data": {"endpoint": ep}})
     rows.append(("msg_" + secrets.token_hex(16), ep, "webhook.test", body, "failed", 8, None, at - 1000, at))
 db.executemany("INSERT INTO webhook_messages (id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, first_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,?)", rows)
@@ -111,11 +111,19 @@ try {
   let peak = rssKb(server.pid)
   const sampler = setInterval(() => { peak = Math.max(peak, rssKb(server.pid)) }, 20)
   const t0 = now()
-  const recovered = await (await fetch(`http://127.0.0.1:${server.port}/api/webhooks/${endpoint}/recover`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ since: new Date(Date.now() - 3_600_000).toISOString() })
-  })).json()
+  // One call queues at most 10,000: call again until nothing is left.
+  const recovered = { messages: 0, calls: 0 }
+  for (;;) {
+    const r = await (await fetch(`http://127.0.0.1:${server.port}/api/webhooks/${endpoint}/recover`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ since: new Date(Date.now() - 3_600_000).toISOString() })
+    })).json()
+    recovered.calls++
+    recovered.messages += r.messages
+    if (process.env.DEBUG_RECOVER) console.log(`recover call ${recovered.calls}: ${JSON.stringify(r)}`)
+    if (!r.messages) break
+  }
   let doneAt = null
   const during = await edit(server.port, {
     until: () => {
@@ -128,7 +136,7 @@ try {
   const rssAfter = rssKb(server.pid)
   await server.stop()
 
-  console.log(`recover: ${N.toLocaleString('en-US')} failed messages, one POST …/recover (answered ${JSON.stringify(recovered)}); binary ${BIN}`)
+  console.log(`recover: ${N.toLocaleString('en-US')} failed messages, ${recovered.calls} POST …/recover (queued ${recovered.messages.toLocaleString('en-US')}); binary ${BIN}`)
   console.log(`delivered: ${rx.ids.size.toLocaleString('en-US')} distinct webhook-ids in ${doneAt === null ? 'more than 120 s' : `${fmt((doneAt - t0) / 1000)} s`}`)
   console.log(`relay latency (ms), one insert every 10 ms    p50      p99      max`)
   console.log(row(`before (${baseline.latencies.length} edits, ${baseline.lost} lost)`, summarize(baseline.latencies)))
