@@ -503,6 +503,40 @@ fn check_redacts_secrets_and_fails_on_a_bad_url() {
     }
 }
 
+/// `tandem migrate` creates the whole schema on a new database and exits;
+/// run again it changes nothing; a server then starts on it.
+#[tokio::test]
+async fn migrate_creates_the_schema_once_and_a_server_starts_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let applied = |db: &Path| -> Vec<(i64, bool)> {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let mut q = conn
+            .prepare("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let out = tandem(&db, &[], &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite"))
+        .unwrap()
+        .count();
+    let first = applied(&db);
+    assert_eq!(first.len(), files, "{first:?}");
+    assert!(first.iter().all(|(_, ok)| *ok), "{first:?}");
+    let out = tandem(&db, &[], &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(applied(&db), first);
+    let server = start(&db, &[]);
+    let ready = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
 #[derive(serde::Serialize)]
 struct Claims<'a> {
     doc: &'a str,
