@@ -39,11 +39,11 @@ pub struct CompactConfig {
     pub history: bool,
 }
 
-/// Rows and bytes folded per step. Rows read whole cost the benchmark's
-/// trace replay (d) 80 MiB of peak memory (about 125,000 rows every 5 s;
-/// 6 MiB with compaction off); in steps of 10,000 rows, 20 to 25 MiB. The
-/// byte bound keeps a step of large rows (each up to the largest message)
-/// to about the same.
+/// Rows and bytes folded per step. A fold that read a long log whole held
+/// every row in memory at once (several times what the document itself
+/// takes, on a fast writer's log); in steps, a fold holds one step's rows.
+/// The byte bound keeps a step of large rows (each up to the largest
+/// message) as small.
 pub const COMPACT_PAGE: PageLimits = PageLimits {
     rows: 10_000,
     bytes: 8 << 20,

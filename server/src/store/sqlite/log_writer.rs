@@ -4,7 +4,7 @@
 //! linked to the same SQLite library as sqlx). Through sqlx, every group
 //! commit was a round trip to the connection's worker thread: two thread
 //! wake-ups and sqlx's statement machinery around a commit that costs
-//! SQLite itself about 45 µs. At one update per commit that overhead was
+//! SQLite itself much less. At one update per commit that overhead was
 //! most of the server's CPU per update (benchmark (a), N = 1).
 //!
 //! Commits use `synchronous = NORMAL`: a commit is in the database file when
