@@ -385,8 +385,8 @@ pub struct WebhookSettings {
     #[arg(global = true, long = "webhook-max-content-bytes", env = "TANDEM_WEBHOOK_MAX_CONTENT_BYTES", default_value_t = 256 * 1024)]
     pub max_content_bytes: usize,
 
-    /// Delivered and failed messages, with their attempts, are deleted this
-    /// long after they were created.
+    /// Delivered, failed, held and collapsed messages, with their attempts,
+    /// are deleted this long after they were created.
     #[arg(global = true, long = "webhook-log-retention", env = "TANDEM_WEBHOOK_LOG_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
     pub log_retention: Duration,
 
