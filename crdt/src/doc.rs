@@ -15,8 +15,8 @@ use bytes::Bytes;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
-    Assoc, BranchID, Doc, IndexScope, Options, ReadTxn, StateVector, StickyIndex, Transact, Update,
-    ID,
+    Assoc, BranchID, ClientID, Doc, IndexScope, Options, ReadTxn, StateVector, StickyIndex,
+    Transact, Update, ID,
 };
 
 use crate::protocol;
@@ -123,6 +123,11 @@ pub struct DocState {
     unchecked_types: Vec<ID>,
     /// Whether the document keeps deleted content (a history document).
     skip_gc: bool,
+    /// For each client, the highest clock its blocks reached in an update
+    /// applied here: at least the client's clock in the document, so an
+    /// update whose blocks start at or above it cannot overlap what the
+    /// document holds (see `refuse_content_over_collected`).
+    clocks_seen: HashMap<ClientID, u32>,
 }
 
 struct Step2Cache {
@@ -157,6 +162,7 @@ impl DocState {
             step2_cache: None,
             unchecked_types: Vec::new(),
             skip_gc,
+            clocks_seen: HashMap::new(),
         }
     }
 
@@ -216,6 +222,7 @@ impl DocState {
         if update.is_empty() {
             return Ok(Applied::Empty);
         }
+        self.refuse_content_over_collected(bytes, &shape.runs)?;
         let doc = &self.doc;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
@@ -225,6 +232,10 @@ impl DocState {
             Ok(Ok(())) => {
                 self.version += 1;
                 self.step2_cache = None;
+                for run in &shape.runs {
+                    let seen = self.clocks_seen.entry(run.client).or_default();
+                    *seen = (*seen).max(run.end);
+                }
             }
             Ok(Err(e)) => return Err(ApplyError::Poisoned(e.to_string())),
             Err(_) => return Err(ApplyError::Poisoned("yrs panicked".into())),
@@ -233,6 +244,63 @@ impl DocState {
             self.check_type_nesting(shape.type_items)?;
         }
         Ok(Applied::Changed)
+    }
+
+    /// Refuses an update holding an item that begins below its client's
+    /// clock in the document when the block just below that clock was
+    /// garbage-collected. yrs integrates such an item from the clock on,
+    /// with the collected block as its origin, yet keeps it under the parent
+    /// its encoding names: the live document shows it, but its encoding
+    /// (what joiners and the compacted snapshot get) makes it a child of
+    /// the collected block, so it loads as nothing. Yjs throws on such an
+    /// update; no Yjs client sends one. Overlaps are rare (a block that
+    /// starts at the client's clock, as every new edit does, is skipped
+    /// without a lookup), so the state vector and the encoding that tells
+    /// a collected block apart are computed only for them.
+    fn refuse_content_over_collected(
+        &self,
+        bytes: &[u8],
+        runs: &[wellformed::ClientRun],
+    ) -> Result<(), ApplyError> {
+        let mut state: Option<StateVector> = None;
+        for run in runs {
+            let seen = self.clocks_seen.get(&run.client).copied().unwrap_or(0);
+            if run.start >= seen {
+                continue;
+            }
+            let state = state.get_or_insert_with(|| self.doc.transact().state_vector());
+            let clock = state.get(&run.client);
+            if !(run.start < clock && clock < run.end) {
+                continue;
+            }
+            let straddles = wellformed::item_straddles(bytes, run.client, clock)
+                .map_err(|e| ApplyError::Malformed(e.to_string()))?;
+            if straddles && self.is_collected(state, run.client, clock - 1) {
+                return Err(ApplyError::Malformed(format!(
+                    "client {} continues content the document has garbage-collected",
+                    run.client
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the block holding `client`'s `clock` is a GC block: the diff
+    /// from a state vector that lacks just that clock starts with it.
+    fn is_collected(&self, state: &StateVector, client: ClientID, clock: u32) -> bool {
+        let mut from = state.clone();
+        from.set_min(client, clock);
+        let diff = self.doc.transact().encode_diff_v1(&from);
+        let mut r = yrs::encoding::read::Cursor::new(&diff);
+        let first_block = (|| -> Result<u8, yrs::encoding::read::Error> {
+            use yrs::encoding::read::Read;
+            let _clients: u32 = r.read_var()?;
+            let _blocks: u32 = r.read_var()?;
+            let _client: u64 = r.read_var()?;
+            let _clock: u32 = r.read_var()?;
+            r.read_u8()
+        })();
+        matches!(first_block, Ok(wellformed::BLOCK_GC))
     }
 
     /// Checks how deeply the shared types just created nest. yrs deletes and
@@ -470,6 +538,63 @@ mod tests {
         let (compacted, _) = crate::compact(None, [hole, waiting]).expect("compacts");
         let (reloaded, _) = DocState::load(Some(&compacted), []).expect("loads");
         assert_eq!(reloaded.to_json(), expected);
+    }
+
+    #[test]
+    fn content_continuing_a_collected_block_is_refused() {
+        // Found by the apply_update fuzz target. Client 2's "Bé" waits for
+        // client 1 and deletes 1#8..11; a GC block covers client 1's clocks
+        // 0..8; then client 1's "shared bs aetext" arrives for clocks
+        // 0..16 under the root "content". yrs integrated its clocks 8..16
+        // after the GC block and showed "etext", but the encoded state
+        // made them children of the collected block and loaded as nothing.
+        let waiting: &[u8] = &[
+            0x01, 0x01, 0x02, 0x00, 0xc4, 0x01, 0x06, 0x01, 0x07, 0x03, 0x42, 0xc3, 0xa9, 0x01,
+            0x01, 0x01, 0x08, 0x03,
+        ];
+        let collected: &[u8] = &[
+            0x01, 0x01, 0x01, 0x00, 0x00, 0x08, 0x00, 0x01, 0x07, 0x05, 0x41, 0x33, 0x9f, 0x91,
+            0x8b, 0x01, 0x01, 0x01, 0x00, 0x02,
+        ];
+        let overlapping: &[u8] = &[
+            0x01, 0x01, 0x01, 0x00, 0x04, 0x01, 0x07, 0x63, 0x6f, 0x6e, 0x74, 0x65, 0x6e, 0x74,
+            0x10, 0x73, 0x68, 0x61, 0x72, 0x65, 0x64, 0x20, 0x62, 0x73, 0x20, 0x61, 0x65, 0x74,
+            0x65, 0x78, 0x74, 0x00,
+        ];
+        let mut state = DocState::new();
+        assert!(state.apply_update(waiting, 1 << 20).is_ok());
+        assert!(state.apply_update(collected, 1 << 20).is_ok());
+        let before = state.state_vector();
+        let refused = state.apply_update(overlapping, 1 << 20);
+        assert!(
+            matches!(refused, Err(ApplyError::Malformed(_))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            state.state_vector(),
+            before,
+            "a refused update changes nothing"
+        );
+        let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(reloaded.to_json(), state.to_json());
+    }
+
+    #[test]
+    fn content_overlapping_live_items_is_applied() {
+        // The same overlap over a block that is not collected: a client
+        // resending "abcd" that the document holds as "ab" gets "cd" in.
+        let writer = Doc::with_client_id(7);
+        let first = edit(&writer, 0, "ab");
+        edit(&writer, 2, "cd");
+        let whole = writer
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut state = DocState::new();
+        assert!(state.apply_update(&first, 1 << 20).is_ok());
+        assert!(state.apply_update(&whole, 1 << 20).is_ok());
+        assert_eq!(text_of(&state), "abcd");
+        let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(text_of(&reloaded), "abcd");
     }
 
     #[test]

@@ -55,10 +55,20 @@ impl From<yrs::encoding::read::Error> for ShapeError {
 pub struct UpdateShape {
     /// Items whose content is a shared type, in the order they appear.
     pub type_items: Vec<ID>,
+    /// Each client's run of blocks, in the order they appear.
+    pub runs: Vec<ClientRun>,
+}
+
+/// The clocks one client's blocks cover in an update: `start..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRun {
+    pub client: ClientID,
+    pub start: u32,
+    pub end: u32,
 }
 
 // Block and content tags, as yrs' `block.rs` numbers them.
-const BLOCK_GC: u8 = 0;
+pub(crate) const BLOCK_GC: u8 = 0;
 const BLOCK_SKIP: u8 = 10;
 const HAS_ORIGIN: u8 = 0b1000_0000;
 const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
@@ -162,7 +172,8 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
     for _ in 0..clients {
         let blocks = u64::from(r.read_var::<u32>()?);
         let client = client(&mut r)?;
-        let mut clock: u32 = r.read_var()?;
+        let start: u32 = r.read_var()?;
+        let mut clock = start;
         fits(&r, "blocks", blocks, 2)?;
         for _ in 0..blocks {
             let (len, is_type) = block(&mut r)?;
@@ -171,6 +182,11 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
             }
             clock = clock.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
         }
+        shape.runs.push(ClientRun {
+            client,
+            start,
+            end: clock,
+        });
     }
     // The delete set: `varUint(n) • n × [varUint(client) • varUint(m) • m × [clock • len]]`.
     let clients = u64::from(r.read_var::<u32>()?);
@@ -188,6 +204,30 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
         }
     }
     Ok(shape)
+}
+
+/// Whether `client`'s blocks in an update (already checked) hold an item
+/// that begins below `clock` and ends above it: yrs would integrate it from
+/// `clock` on, with the block at `clock - 1` as its left neighbour.
+pub fn item_straddles(bytes: &[u8], client: ClientID, clock: u32) -> Result<bool, ShapeError> {
+    let mut r = Cursor::new(bytes);
+    let clients = r.read_var::<u32>()?;
+    for _ in 0..clients {
+        let blocks = r.read_var::<u32>()?;
+        let this = self::client(&mut r)?;
+        let mut start: u32 = r.read_var()?;
+        for _ in 0..blocks {
+            let info = r.buf.get(r.next).copied().ok_or(ShapeError::Invalid)?;
+            let (len, _) = block(&mut r)?;
+            let end = start.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
+            let is_item = info != BLOCK_GC && info != BLOCK_SKIP;
+            if this == client && is_item && start < clock && clock < end {
+                return Ok(true);
+            }
+            start = end;
+        }
+    }
+    Ok(false)
 }
 
 /// One block: its clock length and whether its content is a shared type.
