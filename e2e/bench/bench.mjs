@@ -179,23 +179,28 @@ function printFloor (baselines, per) {
     console.log(`  kernel floor: not measured (${missing.unavailable})`)
     return { unavailable: missing.unavailable }
   }
-  const n = got[0].n
-  const cpuRounds = (name) => per[name]?.ok ? per[name].metrics.find((m) => m.key === `N=${n} server_cpu_per_delivery_us`)?.rounds ?? [] : []
-  const tandem = cpuRounds('tandem')
-  const reference = cpuRounds('reference')
-  const uring = got.map((b) => b.io_uring_us)
-  const send = got.map((b) => b.send_us)
-  const uringNode = got.map((b) => b.io_uring_node_us)
-  const sendNode = got.map((b) => b.send_node_us)
+  const cpuRounds = (name, n) => per[name]?.ok ? per[name].metrics.find((m) => m.key === `N=${n} server_cpu_per_delivery_us`)?.rounds ?? [] : []
   const range = (xs) => `${fmt(Math.min(...xs))}-${fmt(Math.max(...xs))}`
-  console.log(`  kernel floor at N=${n} (floor/send-floor.c: a C sender that only sends), µs of CPU per send, median of ${got.length} (range):`)
-  console.log(`    read by 2 C processes:    io_uring, one batch per round: ${fmt(median(uring))} (${range(uring)});  send(2) per socket: ${fmt(median(send))} (${range(send)})`)
-  console.log(`    read by 2 Node processes: io_uring, one batch per round: ${fmt(median(uringNode))} (${range(uringNode)});  send(2) per socket: ${fmt(median(sendNode))} (${range(sendNode)})`)
-  const floorOverRef = roundRatios(uringNode, reference).filter((x) => x !== null)
-  const tandemOverFloor = roundRatios(tandem, uringNode).filter((x) => x !== null)
-  if (floorOverRef.length) console.log(`    io_uring floor (Node receivers) / reference's CPU per delivery, per round: ${floorOverRef.map(fmt).join(', ')}`)
-  if (tandemOverFloor.length) console.log(`    tandem's CPU per delivery / io_uring floor (Node receivers), per round: ${tandemOverFloor.map(fmt).join(', ')}`)
-  return { n, ioUringUsRounds: uring, sendUsRounds: send, ioUringNodeReceiversUsRounds: uringNode, sendNodeReceiversUsRounds: sendNode, floorOverReferenceRounds: floorOverRef, tandemOverFloorRounds: tandemOverFloor }
+  const largest = got[0].largest
+  const big = got.map((b) => b.perN[largest])
+  const uring = big.map((b) => b.io_uring_us)
+  const send = big.map((b) => b.send_us)
+  const sendNode = big.map((b) => b.send_node_us)
+  console.log(`  kernel floor (floor/send-floor.c: a C sender that only sends), µs of CPU per send, median of ${got.length} rounds (range):`)
+  console.log(`    N=${largest}, read by 2 C processes: io_uring, one batch per round: ${fmt(median(uring))} (${range(uring)});  send(2) per socket: ${fmt(median(send))} (${range(send)})`)
+  console.log(`    N=${largest}, read by 2 Node processes: send(2) per socket: ${fmt(median(sendNode))} (${range(sendNode)})`)
+  const out = { largest, perN: {} }
+  for (const n of Object.keys(got[0].perN).map(Number)) {
+    const floor = got.map((b) => b.perN[n].io_uring_node_us)
+    const tandemOverFloor = roundRatios(cpuRounds('tandem', n), floor).filter((x) => x !== null)
+    const referenceOverFloor = roundRatios(cpuRounds('reference', n), floor).filter((x) => x !== null)
+    console.log(`    N=${n}, read by 2 Node processes: io_uring, one batch per round: ${fmt(median(floor))} (${range(floor)})`)
+    if (tandemOverFloor.length) console.log(`      tandem's CPU per delivery / that floor, per round: ${tandemOverFloor.map(fmt).join(', ')} (median ${fmt(median(tandemOverFloor))})`)
+    if (referenceOverFloor.length) console.log(`      reference's CPU per delivery / that floor, per round: ${referenceOverFloor.map(fmt).join(', ')}`)
+    out.perN[n] = { ioUringNodeReceiversUsRounds: floor, tandemOverFloorRounds: tandemOverFloor, referenceOverFloorRounds: referenceOverFloor }
+  }
+  Object.assign(out.perN[largest], { ioUringUsRounds: uring, sendUsRounds: send, sendNodeReceiversUsRounds: sendNode })
+  return out
 }
 
 function printTable (id, per) {

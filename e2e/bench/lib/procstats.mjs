@@ -35,14 +35,18 @@ export function cpuMs (pid) {
   return cpuSplitMs(pid).total
 }
 
-/** Per-thread run time of a process at nanosecond resolution: Map tid -> ns on CPU, from
- * the first field of /proc/<pid>/task/<tid>/schedstat. Diff two readings with
+/** Per-thread run time of a process at nanosecond resolution: Map tid -> { ns on CPU, the
+ * thread's name }, from the first field of /proc/<pid>/task/<tid>/schedstat and its comm. Diff two readings with
  * threadCpuDeltaMs: threads that exit in between are missed (an undercount), so use it
  * only where utime+stime ticks are too coarse, e.g. near-idle windows. */
 export function threadCpu (pid) {
   const out = new Map()
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try { out.set(tid, Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])) } catch {}
+    try {
+      const ns = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])
+      const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim()
+      out.set(tid, { ns, name })
+    } catch {} // gone meanwhile
   }
   return out
 }
@@ -50,8 +54,15 @@ export function threadCpu (pid) {
 /** CPU ms between two threadCpu readings, over the threads alive at the second one. */
 export function threadCpuDeltaMs (before, after) {
   let ns = 0
-  for (const [tid, v] of after) ns += v - (before.get(tid) || 0)
+  for (const [tid, v] of after) ns += v.ns - (before.get(tid)?.ns || 0)
   return ns / 1e6
+}
+
+/** The same, per thread name (a pool's threads share one), busiest first: [[name, ms]]. */
+export function threadCpuByNameMs (before, after) {
+  const by = new Map()
+  for (const [tid, v] of after) by.set(v.name, (by.get(v.name) || 0) + (v.ns - (before.get(tid)?.ns || 0)) / 1e6)
+  return [...by].filter(([, ms]) => ms > 0).sort((a, b) => b[1] - a[1])
 }
 
 /** VmRSS of a process in KiB. */
@@ -140,6 +151,7 @@ export function diff (a, b) {
     serverCpuMs: b.serverCpuMs - a.serverCpuMs,
     serverSysMs: b.serverSysMs - a.serverSysMs,
     serverThreadCpuMs: threadCpuDeltaMs(a.serverThreads, b.serverThreads),
+    serverThreadCpuByNameMs: threadCpuByNameMs(a.serverThreads, b.serverThreads),
     machineBusyPct: machineTotal > 0 ? (100 * (b.machine.busy - a.machine.busy)) / machineTotal : null,
     machineBusyMs: ((b.machine.busy - a.machine.busy) * 1000) / clockTicks(),
     machineIrqMs: ((b.machine.irq - a.machine.irq) * 1000) / clockTicks(),

@@ -1,5 +1,5 @@
-// Scenario (a): fan-out. One writer and N raw observers in one room (N = 1, 100, 1000,
-// a fresh server for each N). The writer is a Y.Doc that appends a small Y.Text insert
+// Scenario (a): fan-out. One writer and N raw observers in one room (N = 1, 100, 500,
+// 1000, a fresh server for each N). The writer is a Y.Doc that appends a small Y.Text insert
 // "[#<seq>]" at a fixed rate and records the send time of each seq just before the
 // insert; observers identify each received update by the seq in its text. Reported:
 // propagation latency p50/p99/max over every observer receipt, updates lost (expected
@@ -43,23 +43,29 @@ export async function run (target, { quick, log }) {
 }
 
 /**
- * Once per round, after both servers: the kernel's floor at the largest N (lib/floor.mjs),
- * as µs of CPU per send for io_uring batches and for one send(2) per socket, read by 2 C
- * processes and by 2 Node load-generator processes (as the observers are). Skipped in
- * --quick runs.
+ * Once per round, after both servers: the kernel's floor (lib/floor.mjs) as µs of CPU per
+ * send. At every N of at least 100: io_uring batches read by 2 Node load-generator
+ * processes (as the observers are), the figure the servers are divided by. At the largest
+ * N also one send(2) per socket, and both read by 2 C processes. Skipped in --quick runs.
  */
 export async function baseline (quick) {
-  const n = Math.max(...counts())
-  if (quick || n < 100) return null
+  const ns = counts().filter((n) => n >= 100)
+  if (quick || !ns.length) return null
   const why = buildFloor()
-  if (why) return { n, unavailable: why }
-  return {
-    n,
-    io_uring_us: runFloor(n, 2, 'io_uring'),
-    send_us: runFloor(n, 2, 'send'),
-    io_uring_node_us: await runFloorNodeReceivers(n, 'io_uring'),
-    send_node_us: await runFloorNodeReceivers(n, 'send')
+  if (why) return { unavailable: why }
+  const largest = Math.max(...ns)
+  const perN = {}
+  for (const n of ns) {
+    perN[n] = { io_uring_node_us: await runFloorNodeReceivers(n, 'io_uring') }
+    if (n === largest) {
+      Object.assign(perN[n], {
+        io_uring_us: runFloor(n, 2, 'io_uring'),
+        send_us: runFloor(n, 2, 'send'),
+        send_node_us: await runFloorNodeReceivers(n, 'send')
+      })
+    }
   }
+  return { largest, perN }
 }
 
 async function runOne (server, n, c, m) {
@@ -123,6 +129,11 @@ async function runOne (server, n, c, m) {
     // part spent in the kernel: mostly the TCP send path, the floor of any server.
     m.add(`${p}server_cpu_per_delivery_us_precise`, `${p}(diag) server CPU per delivered update (schedstat)`, 'µs', null, receipts ? (d.serverThreadCpuMs * 1000) / receipts : null)
     m.add(`${p}server_sys_per_delivery_us`, `${p}(diag) of it in the kernel (stime)`, 'µs', null, receipts ? (d.serverSysMs * 1000) / receipts : null)
+    // Where the server's CPU went, per thread name (a pool's threads share one).
+    if (receipts) {
+      const parts = d.serverThreadCpuByNameMs.map(([name, ms]) => `${name} ${((ms * 1000) / receipts).toFixed(2)}`)
+      m.note(`${p}CPU per delivery by thread (schedstat, µs): ${parts.join(', ')}`)
+    }
     if (dupes) m.note(`${p}${dupes} duplicate receipts ignored`)
     if (closes && synced === n) m.note(`${p}${closes} observers were disconnected during the run`)
     addDriverDiag(m, p, d, collected)
@@ -148,5 +159,5 @@ async function sendAtRate (ytext, count, interval, sendTimes) {
 // BENCH_FANOUT_N=1,100 runs only those observer counts (for profiling one case).
 function counts () {
   const env = process.env.BENCH_FANOUT_N
-  return env ? env.split(',').map(Number) : [1, 100, 1000]
+  return env ? env.split(',').map(Number) : [1, 100, 500, 1000]
 }
