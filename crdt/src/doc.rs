@@ -36,11 +36,24 @@ pub enum ApplyError {
     /// Applying would make the encoded document larger than allowed. Nothing changed.
     #[error("the document would grow to about {would_be} bytes, over the limit of {limit}")]
     TooLarge { would_be: usize, limit: usize },
+    /// The update continues a client's edits from a clock the document
+    /// does not hold yet: an edit it has not seen came first (a client
+    /// never sends one out of order; after a reconnection its sync step 2
+    /// brings what is missing). Nothing changed.
+    #[error("{0}")]
+    Ahead(String),
     /// yrs failed or panicked while integrating, or the update nested
     /// shared types too deeply: the document holds it and must be reloaded
     /// from storage (which never saw it).
     #[error("integrating the update failed: {0}")]
     Poisoned(String),
+}
+
+/// Whether an update may leave a hole in a client's clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holes {
+    Refuse,
+    Allow,
 }
 
 /// What applying an update did.
@@ -187,9 +200,25 @@ impl DocState {
         self.size_estimate
     }
 
-    /// Validates and applies one Yjs v1 update, refusing it when the encoded
-    /// document would exceed `max_bytes`.
+    /// Validates and applies one Yjs v1 update from a client, refusing it
+    /// when the encoded document would exceed `max_bytes`, or when it would
+    /// leave a hole in a client's clocks (`ApplyError::Ahead`).
     pub fn apply_update(&mut self, update: &[u8], max_bytes: usize) -> Result<Applied, ApplyError> {
+        self.apply_sized(update, max_bytes, Holes::Refuse)
+    }
+
+    /// Applies an update the database holds (another node committed it):
+    /// no size limit, and a hole is left to yrs, as a load would.
+    pub fn apply_committed(&mut self, update: &[u8]) -> Result<Applied, ApplyError> {
+        self.apply_sized(update, usize::MAX, Holes::Allow)
+    }
+
+    fn apply_sized(
+        &mut self,
+        update: &[u8],
+        max_bytes: usize,
+        holes: Holes,
+    ) -> Result<Applied, ApplyError> {
         if self.size_estimate.saturating_add(update.len()) > max_bytes {
             // Near the limit: measure exactly before refusing.
             self.size_estimate = self.encoded_size();
@@ -201,14 +230,19 @@ impl DocState {
                 });
             }
         }
-        let applied = self.apply_unchecked(update)?;
+        let applied = self.apply_checked(update, holes)?;
         if applied == Applied::Changed {
             self.size_estimate = self.size_estimate.saturating_add(update.len());
         }
         Ok(applied)
     }
 
+    /// Applies a stored row (a load, the history): holes are left to yrs.
     pub(crate) fn apply_unchecked(&mut self, bytes: &[u8]) -> Result<Applied, ApplyError> {
+        self.apply_checked(bytes, Holes::Allow)
+    }
+
+    fn apply_checked(&mut self, bytes: &[u8], holes: Holes) -> Result<Applied, ApplyError> {
         // The shape first: yrs must never see a count it would reserve
         // memory for, or values nested deeper than its stack can decode.
         let shape =
@@ -221,6 +255,9 @@ impl DocState {
         };
         if update.is_empty() {
             return Ok(Applied::Empty);
+        }
+        if holes == Holes::Refuse {
+            self.refuse_holes(&shape.runs)?;
         }
         self.refuse_content_over_collected(bytes, &shape.runs)?;
         let doc = &self.doc;
@@ -244,6 +281,38 @@ impl DocState {
             self.check_type_nesting(shape.type_items)?;
         }
         Ok(Applied::Changed)
+    }
+
+    /// Refuses an update that continues a client's edits from a clock the
+    /// document does not hold, unless its first block there depends on the
+    /// clock just below (the usual next keystroke): yrs holds that one back
+    /// until the hole is filled, as Yjs does. Any other block yrs would
+    /// integrate at once, marking the hole with a skip block, and the
+    /// edits that fill the hole later can then land elsewhere than they do
+    /// in Yjs, and elsewhere in the live document than in its encoding
+    /// (found by fuzzing: "A s " live, "A  s" once reloaded). A client
+    /// sends its own edits in order, so such an update is a copy that
+    /// overtook the author's own (relayed by another client, say), and the
+    /// author's socket or sync step 2 brings it in order. While yrs holds
+    /// nothing back, each client's clock is the highest one its applied
+    /// updates reached, so the common case needs no lookup.
+    fn refuse_holes(&self, runs: &[wellformed::ClientRun]) -> Result<(), ApplyError> {
+        let exact = self
+            .holds_back()
+            .then(|| self.doc.transact().state_vector());
+        for run in runs {
+            let clock = match &exact {
+                Some(state) => state.get(&run.client),
+                None => self.clocks_seen.get(&run.client).copied().unwrap_or(0),
+            };
+            if run.needs > clock && !run.continues {
+                return Err(ApplyError::Ahead(format!(
+                    "the update continues client {} from clock {}, and the document holds it only up to {clock}",
+                    run.client, run.needs
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses an update holding an item that begins below its client's
@@ -527,9 +596,15 @@ mod tests {
             0x01, 0x01, 0x01, 0x10, 0xc4, 0x01, 0x06, 0x01, 0x07, 0x05, 0x41, 0xf0, 0x9f, 0x91,
             0x8b, 0x01, 0x01, 0x01, 0x00, 0x02,
         ];
+        // A client's hole is refused (see the next test); the database
+        // and other nodes still hand such updates over as they are.
         let mut state = DocState::new();
+        assert!(matches!(
+            state.apply_update(hole, 1 << 20),
+            Err(ApplyError::Ahead(_))
+        ));
         for update in [hole, waiting] {
-            assert!(state.apply_update(update, 1 << 20).is_ok());
+            assert!(state.apply_committed(update).is_ok());
         }
         let expected = serde_json::json!({"content": "shared base text"});
         assert_eq!(state.to_json(), expected);
@@ -538,6 +613,73 @@ mod tests {
         let (compacted, _) = crate::compact(None, [hole, waiting]).expect("compacts");
         let (reloaded, _) = DocState::load(Some(&compacted), []).expect("loads");
         assert_eq!(reloaded.to_json(), expected);
+    }
+
+    #[test]
+    fn an_update_that_leaves_a_hole_in_its_clients_clocks_is_refused() {
+        // Found by the apply_update fuzz target. "A" is client 103's clock
+        // 0; a space at clock 93 after it came next. yrs integrated it at
+        // once (it depends only on "A"), then a space at clock 1 and "s"
+        // at 2: live "A s ", but "A  s" once the encoding was reloaded.
+        let a: &[u8] = &[
+            0x01, 0x01, 0x67, 0x00, 0x04, 0x01, 0x07, 0x63, 0x6f, 0x6e, 0x74, 0x65, 0x6e, 0x74,
+            0x01, 0x41, 0x00,
+        ];
+        let ahead: &[u8] = &[0x01, 0x01, 0x67, 0x5d, 0x84, 0x67, 0x00, 0x01, 0x20, 0x00];
+        let space: &[u8] = &[0x01, 0x01, 0x67, 0x01, 0x84, 0x67, 0x00, 0x01, 0x20, 0x00];
+        let s: &[u8] = &[0x01, 0x01, 0x67, 0x02, 0x84, 0x67, 0x01, 0x01, 0x73, 0x00];
+        let mut state = DocState::new();
+        assert!(state.apply_update(a, 1 << 20).is_ok());
+        let before = state.state_vector();
+        let refused = state.apply_update(ahead, 1 << 20);
+        assert!(matches!(refused, Err(ApplyError::Ahead(_))), "{refused:?}");
+        assert_eq!(
+            state.state_vector(),
+            before,
+            "a refused update changes nothing"
+        );
+        for update in [space, s] {
+            assert!(state.apply_update(update, 1 << 20).is_ok());
+        }
+        assert_eq!(state.to_json(), serde_json::json!({"content": "A s"}));
+        let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(reloaded.to_json(), state.to_json());
+        // Once the hole is filled, the same update applies.
+        let filler: Vec<u8> = {
+            let writer = Doc::with_client_id(103);
+            let (w, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+            yrs::Transact::transact_mut(&writer)
+                .apply_update(Update::decode_v1(&w.encode_state()).expect("decodes"))
+                .expect("applies");
+            let text = writer.get_or_insert_text("content");
+            let mut txn = writer.transact_mut();
+            for _ in 3..93 {
+                yrs::Text::push(&text, &mut txn, "x");
+            }
+            txn.encode_update_v1()
+        };
+        assert!(state.apply_update(&filler, 1 << 20).is_ok());
+        assert!(state.apply_update(ahead, 1 << 20).is_ok());
+    }
+
+    #[test]
+    fn a_merged_update_with_a_skip_over_missing_clocks_is_refused() {
+        // `Y.mergeUpdates` of a client's first and third edits: a skip
+        // block covers the second, which the document lacks.
+        let writer = Doc::with_client_id(5);
+        let first = edit(&writer, 0, "a");
+        let second = edit(&writer, 1, "b");
+        let third = edit(&writer, 0, "c");
+        let merged = yrs::merge_updates_v1([first.as_slice(), third.as_slice()]).expect("merges");
+        let mut state = DocState::new();
+        assert!(matches!(
+            state.apply_update(&merged, 1 << 20),
+            Err(ApplyError::Ahead(_))
+        ));
+        assert!(state.apply_update(&first, 1 << 20).is_ok());
+        assert!(state.apply_update(&second, 1 << 20).is_ok());
+        assert!(state.apply_update(&merged, 1 << 20).is_ok());
+        assert_eq!(text_of(&state), "cab");
     }
 
     #[test]
@@ -698,7 +840,8 @@ mod tests {
         let first = edit(&client, 0, "first;");
         let second = edit(&client, 6, "second;");
         let mut state = DocState::new();
-        // `second` arrives first: yrs keeps it pending.
+        // `second` arrives first: it continues `first`, so yrs keeps it
+        // pending.
         state.apply_update(&second, 1 << 20).expect("accepted");
         let joiner_view = state.diff(&StateVector::default());
         let (compacted, _) = crate::compact(None, [joiner_view.as_slice()]).expect("compacts");
@@ -751,8 +894,9 @@ mod tests {
             txn.encode_update_v1()
         };
         let mut state = DocState::new();
-        // The chain waits for `first`, so nothing of it is integrated yet.
-        assert!(state.apply_update(&chain, 1 << 30).is_ok());
+        // The chain waits for `first` (it came through another node), so
+        // nothing of it is integrated yet.
+        assert!(state.apply_committed(&chain).is_ok());
         assert!(matches!(
             state.apply_update(&first, 1 << 30),
             Err(ApplyError::Poisoned(_))

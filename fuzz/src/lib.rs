@@ -299,7 +299,7 @@ pub fn apply_update(data: &[u8]) {
                 accepted.push(part);
                 check_document(&mut state);
             }
-            Err(ApplyError::Malformed(_) | ApplyError::TooLarge { .. }) => {
+            Err(ApplyError::Malformed(_) | ApplyError::TooLarge { .. } | ApplyError::Ahead(_)) => {
                 assert_eq!(
                     state.version(),
                     version,
@@ -322,7 +322,11 @@ pub fn apply_update(data: &[u8]) {
     match tandem_crdt::compact(None, accepted.iter().copied()) {
         Ok((snapshot, report)) => {
             assert_eq!(report.skipped, 0, "compaction skipped an accepted update");
-            assert_eq!(reload(&snapshot).to_json(), state.to_json());
+            assert_eq!(
+                rendered(&reload(&snapshot)),
+                rendered(&state),
+                "the compacted log renders differently"
+            );
         }
         Err(e) => panic!("compacting accepted updates failed: {e}"),
     }
@@ -331,7 +335,7 @@ pub fn apply_update(data: &[u8]) {
 /// A document that accepted an update still renders, encodes, and decodes
 /// to the same state.
 fn check_document(state: &mut DocState) {
-    let json = state.to_json();
+    let json = rendered(state);
     if serde_json::to_string(&json).is_err() {
         panic!("the JSON rendering does not serialize");
     }
@@ -345,7 +349,7 @@ fn check_document(state: &mut DocState) {
     );
     let reloaded = reload(&encoded);
     assert_eq!(
-        reloaded.to_json(),
+        rendered(&reloaded),
         json,
         "the reloaded document renders differently"
     );
@@ -354,6 +358,21 @@ fn check_document(state: &mut DocState) {
         decode_sv(&state.state_vector()),
         "the reloaded document has another state vector"
     );
+}
+
+/// The document's JSON without roots that render as an empty string. Yjs
+/// has no empty root: a root exists by name, and reading one that was
+/// never written gives the same as reading one whose content is gone. yrs
+/// creates a root as a side effect of a block that names it and is then
+/// dropped (a duplicate of a clock it holds under another parent), and
+/// such a root is in no encoding: rendered `""` live, absent once
+/// reloaded, the same document either way.
+fn rendered(state: &DocState) -> serde_json::Value {
+    let mut json = state.to_json();
+    if let Some(roots) = json.as_object_mut() {
+        roots.retain(|_, v| v.as_str() != Some(""));
+    }
+    json
 }
 
 fn reload(encoded: &[u8]) -> DocState {

@@ -242,6 +242,12 @@ impl<P> RoomCore<P> {
                 tracing::warn!(%conn, error = %e, "malformed update; closing the connection");
                 self.close(conn, CloseCode::Malformed, "malformed update", out);
             }
+            Err(e @ ApplyError::Ahead(_)) => {
+                // Not relayed or stored; the connection stays: after a
+                // reconnection a client's edits can race its sync step 2,
+                // which brings what the document lacks, this edit too.
+                tracing::warn!(%conn, error = %e, "update skipped: it comes before an edit the document lacks");
+            }
             Err(e @ ApplyError::TooLarge { .. }) => {
                 tracing::warn!(%conn, error = %e, "update refused: document too large");
                 self.close(conn, CloseCode::TooLarge, "document too large", out);
@@ -442,11 +448,11 @@ impl<P> RoomCore<P> {
     }
 
     /// An update another node committed (or the database holds): applied
-    /// and relayed to every local peer, not stored again. The document's
-    /// size limit does not apply: refusing would leave this node behind
-    /// the others for good.
+    /// and relayed to every local peer, not stored again. Neither the
+    /// document's size limit nor the check for holes applies: refusing
+    /// would leave this node behind the others for good.
     pub fn apply_remote(&mut self, update: &Bytes, out: &mut Vec<Effect<P>>) {
-        match self.doc.apply_update(update, usize::MAX) {
+        match self.doc.apply_committed(update) {
             Ok(Applied::Changed) => {
                 if !self.peers.is_empty() {
                     out.push(Effect::Broadcast {
