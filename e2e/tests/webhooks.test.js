@@ -867,6 +867,9 @@ webhookTest('a backlogged endpoint: later windows of one document collapse into 
   assert.equal(old.status, 'collapsed')
   assert.equal(old.collapsed_into, delivered.id)
   assert.deepEqual(old.attempts.map((a) => a.status_code), [500])
+  // Sending the merged-away window again would count its updates twice.
+  const refused = await ctx.callError('POST', `/api/webhooks/${ep.id}/deliveries/${old.id}/retry`, 409, 'collapsed')
+  assert.match(refused.error.message, new RegExp(delivered.id))
   await ctx.waitDelivery(ep.id, delivered.id, (d) => d.status === 'delivered')
   const metrics = await (await fetch(`${ctx.server.httpUrl}/metrics`)).text()
   const ratio = Number(metrics.match(new RegExp(`tandem_webhook_success_ratio\\{endpoint="${ep.id}"\\} ([0-9.e+-]+)`))?.[1])

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::doc_name::DocName;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{now_ms, DeliveryLimits, DeliveryRow, EndpointPatch, EndpointRow};
+use crate::store::{now_ms, DeliveryLimits, DeliveryRow, EndpointPatch, EndpointRow, Retried};
 use crate::time::rfc3339;
 use crate::webhooks::events;
 
@@ -656,7 +656,7 @@ fn log_position(cursor: &str) -> Result<(i64, i64), ApiError> {
 
 #[utoipa::path(post, path = "/api/webhooks/{id}/deliveries/{delivery}/retry", tag = "webhooks",
     params(("id" = String, Path, description = "endpoint id"), ("delivery" = String, Path, description = "message id from the delivery log")),
-    responses((status = 202, body = DeliveryRef), (status = 401), (status = 404), (status = 409, description = "the endpoint is disabled")))]
+    responses((status = 202, body = DeliveryRef), (status = 401), (status = 404), (status = 409, description = "the endpoint is disabled (`endpoint_disabled`), or the message was merged into a newer one (`collapsed`)")))]
 pub async fn retry(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -664,14 +664,25 @@ pub async fn retry(
     let (id, message) = path.into_inner();
     let endpoint = found(&state, &id).await?;
     enabled(&endpoint)?;
-    if !state
+    match state
         .store
         .retry_message(&endpoint.id, &message, now_ms())
         .await?
     {
-        return Err(ApiError::NotFound(format!(
-            "no delivery {message:?} for this endpoint"
-        )));
+        Retried::Queued => {}
+        Retried::NotFound => {
+            return Err(ApiError::NotFound(format!(
+                "no delivery {message:?} for this endpoint"
+            )))
+        }
+        Retried::Collapsed { into } => {
+            return Err(ApiError::WrongState {
+                code: "collapsed",
+                message: format!(
+                    "delivery {message:?} was merged into {into:?}, which carries its counts: retry that one"
+                ),
+            })
+        }
     }
     state.webhooks.messages_written();
     tracing::info!(endpoint = %endpoint.id, %message, "webhook delivery retried by hand");

@@ -498,6 +498,17 @@ pub(crate) fn plan_collapse(targets: Vec<CollapseTarget>, event: &NewEvent) -> V
     steps
 }
 
+/// What asking to send a message again did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// It is pending, due now.
+    Queued,
+    /// The endpoint has no such message.
+    NotFound,
+    /// It was merged into this newer message, which carries its counts.
+    Collapsed { into: String },
+}
+
 /// A page of the delivery log.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryPage {
@@ -927,13 +938,14 @@ pub trait Store: Send + Sync + 'static {
         limits: DeliveryLimits,
     ) -> Result<DeliveryPage, StoreError>;
 
-    /// Makes a message due now. Returns false when the endpoint has no such message.
+    /// Makes a message due now, unless it was collapsed into a newer one
+    /// (sending its old body again would report its window twice).
     async fn retry_message(
         &self,
         endpoint_id: &str,
         message_id: &str,
         now: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Retried, StoreError>;
 
     /// Queues again, as new (a fresh retry schedule, the same ids), up to
     /// `limit` messages to the endpoint that failed or were held (written

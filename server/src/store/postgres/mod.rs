@@ -44,8 +44,8 @@ use super::{
     CollapseStep, CollapseTarget, Debounce, DeliveryBudget, DeliveryLimits, DeliveryPage,
     DeliveryRow, DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow,
     FoundDoc, HistoryFold, LogPage, LogWriter, MergeLinks, NewEvent, NewVersion, Outcome,
-    PageLimits, PendingReport, Quarantined, Report, Store, StoreError, VersionEvent, VersionFilter,
-    VersionId, VersionKind, VersionRow, ATTEMPT_BYTES, MAX_ATTEMPTS_SHOWN,
+    PageLimits, PendingReport, Quarantined, Report, Retried, Store, StoreError, VersionEvent,
+    VersionFilter, VersionId, VersionKind, VersionRow, ATTEMPT_BYTES, MAX_ATTEMPTS_SHOWN,
 };
 use crate::webhooks::events;
 
@@ -1274,17 +1274,31 @@ impl Store for PgStore {
         endpoint_id: &str,
         message_id: &str,
         _now: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Retried, StoreError> {
         // Due now by the database's clock, which senders compare with.
         let done = sqlx::query(&format!(
             "UPDATE webhook_messages SET status = 'pending', next_attempt_at = {DB_NOW_MS}
-             WHERE id = $2 AND endpoint_id = $1"
+             WHERE id = $2 AND endpoint_id = $1 AND status <> 'collapsed'"
         ))
         .bind(endpoint_id)
         .bind(message_id)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() > 0 {
+            return Ok(Retried::Queued);
+        }
+        let into: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT collapsed_into FROM webhook_messages WHERE id = $2 AND endpoint_id = $1",
+        )
+        .bind(endpoint_id)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match into {
+            Some(Some(into)) => Retried::Collapsed { into },
+            // Never there, or removed meanwhile by retention.
+            _ => Retried::NotFound,
+        })
     }
 
     async fn recover_messages(
