@@ -13,7 +13,7 @@ use tandem::store::Track;
 
 use tandem::store::{
     AttemptRecord, ChangesStamp, Debounce, EndpointPatch, EndpointRow, NewEvent, Outcome,
-    PendingUpdate, Report, Store,
+    PendingUpdate, Report, Retried, Store,
 };
 
 /// Changes are due at once.
@@ -280,9 +280,15 @@ async fn giving_up_disables_only_without_a_success_since_the_first_attempt() {
         .unwrap();
     assert!(e.enabled && e.disabled_reason.is_none());
     // A manual retry makes the failed message due again, same id.
-    assert!(store.retry_message("ep", &m3.id, 100).await.unwrap());
+    assert_eq!(
+        store.retry_message("ep", &m3.id, 100).await.unwrap(),
+        Retried::Queued
+    );
     assert!(all_due(&store).await.iter().any(|m| m.id == m3.id));
-    assert!(!store.retry_message("ep", "msg_nope", 100).await.unwrap());
+    assert_eq!(
+        store.retry_message("ep", "msg_nope", 100).await.unwrap(),
+        Retried::NotFound
+    );
 }
 
 #[tokio::test]

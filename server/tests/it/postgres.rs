@@ -315,7 +315,10 @@ async fn webhooks_round_trip_and_two_senders_never_lease_one_message() {
         .unwrap()
         .items;
     assert_eq!(first.len() + rest.len(), 50);
-    assert!(store.retry_message("ep_a", &m.id, 80_000).await.unwrap());
+    assert_eq!(
+        store.retry_message("ep_a", &m.id, 80_000).await.unwrap(),
+        tandem::store::Retried::Queued
+    );
     let rotated = store
         .rotate_secret("ep_b", "whsec_BBBB", 9, 9)
         .await
