@@ -36,12 +36,14 @@ pub enum ApplyError {
     /// Applying would make the encoded document larger than allowed. Nothing changed.
     #[error("the document would grow to about {would_be} bytes, over the limit of {limit}")]
     TooLarge { would_be: usize, limit: usize },
-    /// The update continues a client's edits from a clock the document
-    /// does not hold yet: an edit it has not seen came first (a client
-    /// never sends one out of order; after a reconnection its sync step 2
-    /// brings what is missing). Nothing changed.
+    /// The update does not follow what the document holds of a client: it
+    /// continues the client's edits past a clock the document lacks, or
+    /// holds an item that begins below the client's clock and ends above
+    /// it. A client sends its own edits in order, each once; such an
+    /// update is a copy that overtook or overlaps the author's (see
+    /// `refuse_out_of_order`). Nothing changed.
     #[error("{0}")]
-    Ahead(String),
+    OutOfOrder(String),
     /// yrs failed or panicked while integrating, or the update nested
     /// shared types too deeply: the document holds it and must be reloaded
     /// from storage (which never saw it).
@@ -202,7 +204,8 @@ impl DocState {
 
     /// Validates and applies one Yjs v1 update from a client, refusing it
     /// when the encoded document would exceed `max_bytes`, or when it would
-    /// leave a hole in a client's clocks (`ApplyError::Ahead`).
+    /// leave a hole in a client's clocks or overlap them
+    /// (`ApplyError::OutOfOrder`).
     pub fn apply_update(&mut self, update: &[u8], max_bytes: usize) -> Result<Applied, ApplyError> {
         self.apply_sized(update, max_bytes, Holes::Refuse)
     }
@@ -257,7 +260,7 @@ impl DocState {
             return Ok(Applied::Empty);
         }
         if holes == Holes::Refuse {
-            self.refuse_holes(&shape.runs)?;
+            self.refuse_out_of_order(bytes, &shape.runs)?;
         }
         self.refuse_content_over_collected(bytes, &shape.runs)?;
         let doc = &self.doc;
@@ -283,8 +286,8 @@ impl DocState {
         Ok(Applied::Changed)
     }
 
-    /// Refuses an update that continues a client's edits from a clock the
-    /// document does not hold, unless its first block there depends on the
+    /// Refuses a client's update that continues a client's edits from a
+    /// clock the document does not hold, unless its first block there depends on the
     /// clock just below (the usual next keystroke): yrs holds that one back
     /// until the hole is filled, as Yjs does. Any other block yrs would
     /// integrate at once, marking the hole with a skip block, and the
@@ -293,10 +296,24 @@ impl DocState {
     /// (found by fuzzing: "A s " live, "A  s" once reloaded). A client
     /// sends its own edits in order, so such an update is a copy that
     /// overtook the author's own (relayed by another client, say), and the
-    /// author's socket or sync step 2 brings it in order. While yrs holds
-    /// nothing back, each client's clock is the highest one its applied
-    /// updates reached, so the common case needs no lookup.
-    fn refuse_holes(&self, runs: &[wellformed::ClientRun]) -> Result<(), ApplyError> {
+    /// author's socket or sync step 2 brings it in order.
+    ///
+    /// Refuses, too, an item that begins below its client's clock and ends
+    /// above it. yrs integrates the part above, and when that part's new
+    /// neighbours do not resolve (its left one collected, its parent
+    /// missing) it keeps it under a parent, or as a collected range, that
+    /// its encoding does not give it: the live document and its state
+    /// vector then differ from what joiners and a reload get (found by
+    /// fuzzing). A client's diff starts at the clock the server holds; a
+    /// copy that overlaps it adds nothing the author does not send.
+    ///
+    /// While yrs holds nothing back, each client's clock is the highest one
+    /// its applied updates reached, so the common case needs no lookup.
+    fn refuse_out_of_order(
+        &self,
+        bytes: &[u8],
+        runs: &[wellformed::ClientRun],
+    ) -> Result<(), ApplyError> {
         let exact = self
             .holds_back()
             .then(|| self.doc.transact().state_vector());
@@ -306,10 +323,20 @@ impl DocState {
                 None => self.clocks_seen.get(&run.client).copied().unwrap_or(0),
             };
             if run.needs > clock && !run.continues {
-                return Err(ApplyError::Ahead(format!(
+                return Err(ApplyError::OutOfOrder(format!(
                     "the update continues client {} from clock {}, and the document holds it only up to {clock}",
                     run.client, run.needs
                 )));
+            }
+            if run.start < clock && clock < run.end {
+                let straddles = wellformed::item_straddles(bytes, run.client, clock)
+                    .map_err(|e| ApplyError::Malformed(e.to_string()))?;
+                if straddles {
+                    return Err(ApplyError::OutOfOrder(format!(
+                        "an item of client {} begins below its clock {clock} in the document and ends above it",
+                        run.client
+                    )));
+                }
             }
         }
         Ok(())
@@ -601,7 +628,7 @@ mod tests {
         let mut state = DocState::new();
         assert!(matches!(
             state.apply_update(hole, 1 << 20),
-            Err(ApplyError::Ahead(_))
+            Err(ApplyError::OutOfOrder(_))
         ));
         for update in [hole, waiting] {
             assert!(state.apply_committed(update).is_ok());
@@ -632,7 +659,10 @@ mod tests {
         assert!(state.apply_update(a, 1 << 20).is_ok());
         let before = state.state_vector();
         let refused = state.apply_update(ahead, 1 << 20);
-        assert!(matches!(refused, Err(ApplyError::Ahead(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(ApplyError::OutOfOrder(_))),
+            "{refused:?}"
+        );
         assert_eq!(
             state.state_vector(),
             before,
@@ -674,7 +704,7 @@ mod tests {
         let mut state = DocState::new();
         assert!(matches!(
             state.apply_update(&merged, 1 << 20),
-            Err(ApplyError::Ahead(_))
+            Err(ApplyError::OutOfOrder(_))
         ));
         assert!(state.apply_update(&first, 1 << 20).is_ok());
         assert!(state.apply_update(&second, 1 << 20).is_ok());
@@ -707,7 +737,13 @@ mod tests {
         assert!(state.apply_update(waiting, 1 << 20).is_ok());
         assert!(state.apply_update(collected, 1 << 20).is_ok());
         let before = state.state_vector();
-        let refused = state.apply_update(overlapping, 1 << 20);
+        // From a client it overlaps the clock the document holds; as a
+        // stored row or another node's update it is checked for this.
+        assert!(matches!(
+            state.apply_update(overlapping, 1 << 20),
+            Err(ApplyError::OutOfOrder(_))
+        ));
+        let refused = state.apply_committed(overlapping);
         assert!(
             matches!(refused, Err(ApplyError::Malformed(_))),
             "{refused:?}"
@@ -722,9 +758,11 @@ mod tests {
     }
 
     #[test]
-    fn content_overlapping_live_items_is_applied() {
-        // The same overlap over a block that is not collected: a client
-        // resending "abcd" that the document holds as "ab" gets "cd" in.
+    fn an_item_overlapping_a_clients_clock_is_refused_from_a_client_and_applied_when_committed() {
+        // A client's "abcd" (one block) where the document holds "ab": a
+        // client never sends it (its diff starts at the server's clock).
+        // Stored rows and other nodes' updates may overlap like this, and
+        // over a live block yrs applies it soundly.
         let writer = Doc::with_client_id(7);
         let first = edit(&writer, 0, "ab");
         edit(&writer, 2, "cd");
@@ -733,7 +771,12 @@ mod tests {
             .encode_state_as_update_v1(&StateVector::default());
         let mut state = DocState::new();
         assert!(state.apply_update(&first, 1 << 20).is_ok());
-        assert!(state.apply_update(&whole, 1 << 20).is_ok());
+        assert!(matches!(
+            state.apply_update(&whole, 1 << 20),
+            Err(ApplyError::OutOfOrder(_))
+        ));
+        assert_eq!(text_of(&state), "ab");
+        assert!(state.apply_committed(&whole).is_ok());
         assert_eq!(text_of(&state), "abcd");
         let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
         assert_eq!(text_of(&reloaded), "abcd");

@@ -299,7 +299,9 @@ pub fn apply_update(data: &[u8]) {
                 accepted.push(part);
                 check_document(&mut state);
             }
-            Err(ApplyError::Malformed(_) | ApplyError::TooLarge { .. } | ApplyError::Ahead(_)) => {
+            Err(
+                ApplyError::Malformed(_) | ApplyError::TooLarge { .. } | ApplyError::OutOfOrder(_),
+            ) => {
                 assert_eq!(
                     state.version(),
                     version,

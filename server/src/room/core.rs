@@ -242,11 +242,11 @@ impl<P> RoomCore<P> {
                 tracing::warn!(%conn, error = %e, "malformed update; closing the connection");
                 self.close(conn, CloseCode::Malformed, "malformed update", out);
             }
-            Err(e @ ApplyError::Ahead(_)) => {
+            Err(e @ ApplyError::OutOfOrder(_)) => {
                 // Not relayed or stored; the connection stays: after a
                 // reconnection a client's edits can race its sync step 2,
                 // which brings what the document lacks, this edit too.
-                tracing::warn!(%conn, error = %e, "update skipped: it comes before an edit the document lacks");
+                tracing::warn!(%conn, error = %e, "update skipped: out of order with what the document holds of a client");
             }
             Err(e @ ApplyError::TooLarge { .. }) => {
                 tracing::warn!(%conn, error = %e, "update refused: document too large");
