@@ -42,6 +42,8 @@ pub enum ShapeError {
     ClockOverflow,
     #[error("clients or clock ranges are not in ascending order")]
     Unordered,
+    #[error("it holds legacy JSON content, which no current Yjs writes")]
+    LegacyJson,
 }
 
 impl From<yrs::encoding::read::Error> for ShapeError {
@@ -305,20 +307,10 @@ fn block(r: &mut Cursor) -> Result<(u32, bool), ShapeError> {
     }
     Ok(match info & 0b1111 {
         CONTENT_DELETED => (r.read_var::<u32>()?, false),
-        CONTENT_JSON => {
-            // yrs reads one string more than the declared count (and none
-            // when the count does not fit an i32); mirrored exactly.
-            let declared = r.read_var::<u32>()?;
-            let strings = match i32::try_from(declared) {
-                Ok(n) => u64::from(n.unsigned_abs()) + 1,
-                Err(_) => 0,
-            };
-            fits(r, "JSON values", strings, 1)?;
-            for _ in 0..strings {
-                r.read_string()?;
-            }
-            (u32::try_from(strings).unwrap_or(u32::MAX), false)
-        }
+        // Legacy JSON content (no Yjs since version 13 writes it): yrs 0.28
+        // decodes one string more than it encodes, so a document holding
+        // it could not load its own encoding (found by fuzzing).
+        CONTENT_JSON => return Err(ShapeError::LegacyJson),
         CONTENT_BINARY => {
             r.read_buf()?;
             (1, false)
@@ -617,6 +609,18 @@ mod tests {
         long.write_u8(0x01);
         long.write_var(0u32);
         assert_eq!(check_update(&long), Err(ShapeError::Invalid));
+    }
+
+    #[test]
+    fn legacy_json_content_is_refused() {
+        // Client 1, clock 0: JSON content (tag 2) in the root "t", one
+        // string "1". yrs 0.28 reads two strings for a count of one and
+        // writes one, so the document could not load its own encoding.
+        let update = [
+            0x01, 0x01, 0x01, 0x00, 0x02, 0x01, 0x01, b't', 0x01, 0x01, b'1', 0x01, 0x01, b'2',
+            0x00,
+        ];
+        assert_eq!(check_update(&update), Err(ShapeError::LegacyJson));
     }
 
     #[test]
