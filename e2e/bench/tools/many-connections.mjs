@@ -104,7 +104,9 @@ function start () {
         TANDEM_DATABASE_URL: `sqlite://${dir}/tandem.db`,
         TANDEM_MAX_CONNECTIONS: String(CONNECTIONS + WRITERS + 1000),
         TANDEM_LOG_FORMAT: 'json',
-        RUST_LOG: 'warn,tandem::app=info'
+        RUST_LOG: 'warn,tandem::app=info',
+        // Extra server settings as JSON, e.g. '{"TANDEM_PING_INTERVAL":"60s"}'.
+        ...JSON.parse(process.env.BENCH_SERVER_ENV || '{}')
       },
       stdio: ['ignore', 'pipe', 'pipe']
     })
