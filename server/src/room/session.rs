@@ -272,13 +272,7 @@ impl Session {
                         outbox.close(CloseCode::GoingAway, "ping timeout");
                         return End::Closing;
                     }
-                    // Only an idle connection is pinged: bytes from the client
-                    // within the interval (its edits, its awareness renewal,
-                    // its answer to the last ping) prove it alive, and each
-                    // ping costs a send, a wake-up and a read.
-                    if last_heard.elapsed() >= ping_interval {
-                        outbox.ping();
-                    }
+                    outbox.ping();
                     if !outbox.take_sent() {
                         let _ = outbox.push(Bytes::from_static(KEEPALIVE));
                         // The keepalive itself does not count as traffic.

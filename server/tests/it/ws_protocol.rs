@@ -114,39 +114,6 @@ async fn invalid_names_are_refused_with_400_before_the_upgrade() {
 }
 
 #[actix_web::test]
-async fn only_connections_silent_for_a_ping_interval_are_pinged() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
-    let app = spawn_app(&["--ping-interval", "500ms", "--ping-timeout", "2s"]).await;
-    let mut talker = app.client("pinged").await;
-    talker.sync().await;
-    let mut silent = app.client("pinged").await;
-    silent.sync().await;
-    let awareness = Message::Binary(vec![protocol::MSG_AWARENESS, 1, 0].into());
-    let (mut talker_pings, mut silent_pings) = (0, 0);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(3200);
-    let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = every.tick() => talker.ws.send(awareness.clone()).await.expect("sends"),
-            msg = talker.ws.next() => {
-                if let Some(Ok(Message::Ping(_))) = msg { talker_pings += 1 }
-            }
-            msg = silent.ws.next() => {
-                if let Some(Ok(Message::Ping(_))) = msg { silent_pings += 1 }
-            }
-        }
-    }
-    assert_eq!(talker_pings, 0, "a connection that talks needs no ping");
-    // Ticks every 0.5 s: its answer to one ping makes it heard at the
-    // next tick, so it is pinged every other tick, yet pinged.
-    assert!(silent_pings >= 2, "{silent_pings} pings to the silent one");
-    app.stop().await;
-}
-
-#[actix_web::test]
 async fn an_idle_connection_gets_the_keepalive_every_ping_interval() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
