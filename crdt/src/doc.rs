@@ -141,8 +141,9 @@ pub struct DocState {
     /// For each client, the highest clock its blocks reached in an update
     /// applied here: at least the client's clock in the document, so an
     /// update whose blocks start at or above it cannot overlap what the
-    /// document holds (see `refuse_content_over_collected`).
-    clocks_seen: HashMap<ClientID, u32>,
+    /// document holds (see `refuse_out_of_order`). Boxed: every
+    /// room's task holds its document inline.
+    clocks_seen: Box<HashMap<ClientID, u32>>,
 }
 
 struct Step2Cache {
@@ -177,7 +178,7 @@ impl DocState {
             step2_cache: None,
             unchecked_types: Vec::new(),
             skip_gc,
-            clocks_seen: HashMap::new(),
+            clocks_seen: Box::default(),
         }
     }
 
