@@ -143,6 +143,7 @@ pub struct DocState {
     /// update whose blocks start at or above it cannot overlap what the
     /// document holds (see `refuse_out_of_order`). Boxed: every
     /// room's task holds its document inline.
+    #[allow(clippy::box_collection)]
     clocks_seen: Box<HashMap<ClientID, u32>>,
 }
 
