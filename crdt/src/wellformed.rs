@@ -67,14 +67,6 @@ pub struct ClientRun {
     pub client: ClientID,
     pub start: u32,
     pub end: u32,
-    /// The clock the document must hold the client up to for this run to
-    /// leave no hole: its start, or the end of the last skip block (a hole
-    /// `Y.mergeUpdates` leaves between two updates) that content follows.
-    pub needs: u32,
-    /// Whether the block at `needs` names the client's clock just below
-    /// it as its origin or right origin: then it depends on the hole, and
-    /// yrs holds it back until the hole is filled, as Yjs does.
-    pub continues: bool,
 }
 
 // Block and content tags, as yrs' `block.rs` numbers them.
@@ -184,35 +176,18 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
         let client = client(&mut r)?;
         let start: u32 = r.read_var()?;
         let mut clock = start;
-        let mut needs = start;
-        let mut continues = false;
-        // Where content follows a hole the update itself does not cover:
-        // its start, and the end of each skip block.
-        let mut hole_at = Some(start);
         fits(&r, "blocks", blocks, 2)?;
         for _ in 0..blocks {
-            let is_skip = r.buf.get(r.next) == Some(&BLOCK_SKIP);
-            if !is_skip {
-                if let Some(at) = hole_at.take() {
-                    needs = at;
-                    continues = names_clock_before(&r.buf[r.next..], client, at);
-                }
-            }
             let (len, is_type) = block(&mut r)?;
             if is_type {
                 shape.type_items.push(ID::new(client, clock));
             }
             clock = clock.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
-            if is_skip {
-                hole_at = Some(clock);
-            }
         }
         shape.runs.push(ClientRun {
             client,
             start,
             end: clock,
-            needs,
-            continues,
         });
     }
     // The delete set: `varUint(n) • n × [varUint(client) • varUint(m) • m × [clock • len]]`.
@@ -255,31 +230,6 @@ pub fn item_straddles(bytes: &[u8], client: ClientID, clock: u32) -> Result<bool
         }
     }
     Ok(false)
-}
-
-/// Whether the block at the start of `bytes` has `client`'s `clock - 1` as
-/// its origin or right origin.
-fn names_clock_before(bytes: &[u8], client: ClientID, clock: u32) -> bool {
-    let Some(before) = clock.checked_sub(1) else {
-        return false;
-    };
-    let wanted = ID::new(client, before);
-    let mut r = Cursor::new(bytes);
-    let Ok(info) = r.read_u8() else {
-        return false;
-    };
-    if info == BLOCK_GC || info == BLOCK_SKIP {
-        return false;
-    }
-    let mut read_id = || -> Option<ID> {
-        let c = self::client(&mut r).ok()?;
-        let k = r.read_var::<u32>().ok()?;
-        Some(ID::new(c, k))
-    };
-    if info & HAS_ORIGIN != 0 && read_id() == Some(wanted) {
-        return true;
-    }
-    info & HAS_RIGHT_ORIGIN != 0 && read_id() == Some(wanted)
 }
 
 /// One block: its clock length and whether its content is a shared type.

@@ -237,16 +237,20 @@ impl<P> RoomCore<P> {
                 let user = self.peer(conn).and_then(|p| p.user.clone());
                 out.push(Effect::Persist { update, user });
             }
+            Ok(Applied::Trimmed(rest)) => {
+                // Only what the document lacked is relayed and stored.
+                let update = Bytes::from(rest);
+                out.push(Effect::Broadcast {
+                    except: Some(conn),
+                    frame: protocol::encode_update(&update),
+                });
+                let user = self.peer(conn).and_then(|p| p.user.clone());
+                out.push(Effect::Persist { update, user });
+            }
             Ok(Applied::Empty) => {}
             Err(e @ ApplyError::Malformed(_)) => {
                 tracing::warn!(%conn, error = %e, "malformed update; closing the connection");
                 self.close(conn, CloseCode::Malformed, "malformed update", out);
-            }
-            Err(e @ ApplyError::OutOfOrder(_)) => {
-                // Not relayed or stored; the connection stays: after a
-                // reconnection a client's edits can race its sync step 2,
-                // which brings what the document lacks, this edit too.
-                tracing::warn!(%conn, error = %e, "update skipped: out of order with what the document holds of a client");
             }
             Err(e @ ApplyError::TooLarge { .. }) => {
                 tracing::warn!(%conn, error = %e, "update refused: document too large");
@@ -437,6 +441,14 @@ impl<P> RoomCore<P> {
                 });
                 out.push(Effect::Persist { update, user });
             }
+            Ok(Applied::Trimmed(rest)) => {
+                let update = Bytes::copy_from_slice(rest);
+                out.push(Effect::Broadcast {
+                    except: None,
+                    frame: protocol::encode_update(&update),
+                });
+                out.push(Effect::Persist { update, user });
+            }
             Ok(Applied::Empty) => {}
             Err(ApplyError::Poisoned(e)) => {
                 tracing::error!(error = %e, "API update failed inside yrs; reloading the document");
@@ -449,11 +461,11 @@ impl<P> RoomCore<P> {
 
     /// An update another node committed (or the database holds): applied
     /// and relayed to every local peer, not stored again. Neither the
-    /// document's size limit nor the check for holes applies: refusing
-    /// would leave this node behind the others for good.
+    /// document's size limit nor trimming applies: refusing would leave
+    /// this node behind the others for good.
     pub fn apply_remote(&mut self, update: &Bytes, out: &mut Vec<Effect<P>>) {
         match self.doc.apply_committed(update) {
-            Ok(Applied::Changed) => {
+            Ok(Applied::Changed | Applied::Trimmed(_)) => {
                 if !self.peers.is_empty() {
                     out.push(Effect::Broadcast {
                         except: None,

@@ -558,7 +558,7 @@ impl Room {
                 self.effects = effects;
                 let (seq, next) = self.execute();
                 let _ = reply.send(match applied {
-                    Ok(Applied::Changed) => Ok(seq),
+                    Ok(Applied::Changed | Applied::Trimmed(_)) => Ok(seq),
                     Ok(Applied::Empty) => Ok(None),
                     Err(e) => Err(e),
                 });
