@@ -668,7 +668,10 @@ mod tests {
         let s: &[u8] = &[0x01, 0x01, 0x67, 0x02, 0x84, 0x67, 0x01, 0x01, 0x73, 0x00];
         let mut state = DocState::new();
         for update in [a, ahead, space, s] {
-            assert_eq!(state.apply_update(update, 1 << 20).ok(), Some(Applied::Changed));
+            assert_eq!(
+                state.apply_update(update, 1 << 20).ok(),
+                Some(Applied::Changed)
+            );
         }
         let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
         assert_eq!(reloaded.state_vector(), state.state_vector());
@@ -696,7 +699,10 @@ mod tests {
         let third = edit(&writer, 0, "c");
         let merged = yrs::merge_updates_v1([first.as_slice(), third.as_slice()]).expect("merges");
         let mut state = DocState::new();
-        assert_eq!(state.apply_update(&merged, 1 << 20).ok(), Some(Applied::Changed));
+        assert_eq!(
+            state.apply_update(&merged, 1 << 20).ok(),
+            Some(Applied::Changed)
+        );
         assert!(state.apply_update(&second, 1 << 20).is_ok());
         assert_eq!(text_of(&state), "cab");
         let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
@@ -784,7 +790,10 @@ mod tests {
         // A committed update is handed over as it is.
         let mut committed = DocState::new();
         assert!(committed.apply_committed(&first).is_ok());
-        assert_eq!(committed.apply_committed(&whole).ok(), Some(Applied::Changed));
+        assert_eq!(
+            committed.apply_committed(&whole).ok(),
+            Some(Applied::Changed)
+        );
         assert_eq!(text_of(&committed), "abcd");
     }
 

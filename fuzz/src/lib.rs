@@ -23,8 +23,8 @@ use tandem_crdt::protocol::{
     encode_sync_step2, encode_update, MSG_QUERY_AWARENESS,
 };
 use tandem_crdt::{
-    Applied, ApplyError, Awareness, AwarenessApplied, AwarenessEntry, AwarenessLimits, AwarenessUpdate,
-    DocState, Incoming,
+    Applied, ApplyError, Awareness, AwarenessApplied, AwarenessEntry, AwarenessLimits,
+    AwarenessUpdate, DocState, Incoming,
 };
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;

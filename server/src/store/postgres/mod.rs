@@ -1429,7 +1429,11 @@ impl Store for PgStore {
         .bind(debounce.history_ms.unwrap_or(-1))
         .fetch_optional(&mut *tx)
         .await?;
+        // The early answers end the transaction at once: a dropped one is
+        // rolled back only when its connection is next used, and until then
+        // its row lock makes every reporter skip the document.
         let Some(row) = row else {
+            tx.rollback().await?;
             return Ok(Report::Nothing);
         };
         let version_due: bool = row.try_get(6)?;
@@ -1438,6 +1442,7 @@ impl Store for PgStore {
         // that `document.updated` carries the version (SPEC §9).
         let report_due: bool = row.try_get::<bool, _>(5)? || (version_due && updates > 0);
         if !report_due && !version_due {
+            tx.rollback().await?;
             return Ok(Report::Nothing);
         }
         let stamp = ChangesStamp {
@@ -1445,6 +1450,7 @@ impl Store for PgStore {
             updates: row.try_get(1)?,
         };
         if report_due && expect.is_some_and(|e| e != stamp) {
+            tx.rollback().await?;
             return Ok(Report::Changed(stamp));
         }
         let users: Vec<String> = sqlx::query_scalar(
