@@ -90,6 +90,12 @@ impl Dispatcher {
         delivered as f64 / window.len() as f64
     }
 
+    /// A deleted endpoint's success ratio goes with it.
+    fn forget_deleted_endpoints(&self) {
+        self.hooks
+            .retain_endpoints(&mut self.recent.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     fn slots(&self, endpoint: &str) -> Arc<Semaphore> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let per_endpoint = self.hooks.settings.concurrency as usize;
@@ -159,7 +165,15 @@ impl Dispatcher {
                             if let Some(n) = in_flight.get_mut(&id) {
                                 *n = n.saturating_sub(1);
                                 if *n == 0 {
+                                    // Nobody holds or waits for its slots
+                                    // (each attempt counts here first): the
+                                    // next one makes them afresh, so an
+                                    // endpoint deleted since leaves nothing.
                                     in_flight.remove(&id);
+                                    this.slots
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .remove(&id);
                                 }
                             }
                             drop(in_flight);
@@ -172,6 +186,7 @@ impl Dispatcher {
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the webhook outbox failed"),
             }
+            self.forget_deleted_endpoints();
             // With no endpoint enabled there is nothing to send until one is
             // (which wakes the dispatcher): an idle server does not poll.
             let poll = if self.hooks.any_enabled() {
@@ -436,5 +451,52 @@ mod retry_after_tests {
             &schedule,
         );
         assert!((4_000..=6_000).contains(&w), "{w}");
+    }
+}
+
+#[cfg(test)]
+mod per_endpoint_state_tests {
+    use super::*;
+    use crate::config::Settings;
+    use clap::Parser;
+
+    #[tokio::test]
+    async fn a_deleted_endpoints_success_ratio_is_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = crate::store::open(&url).await.expect("opens");
+        let settings = Settings::try_parse_from(["tandem"]).expect("settings");
+        let hooks = Webhooks::start(Arc::clone(&store), settings.webhooks, settings.history)
+            .await
+            .expect("starts");
+        for id in ["kept", "deleted"] {
+            let endpoint = EndpointRow {
+                id: id.into(),
+                url: format!("http://example.com/{id}"),
+                events: vec!["*".into()],
+                description: None,
+                include_content: false,
+                enabled: true,
+                disabled_reason: None,
+                secret: "whsec_AAAA".into(),
+                previous_secret: None,
+                previous_secret_expires_at: None,
+                created_at: 1,
+                updated_at: 1,
+                doc_prefix: None,
+            };
+            store.create_endpoint(&endpoint).await.expect("created");
+        }
+        hooks.refresh().await.expect("refreshed");
+        let dispatcher = Dispatcher::new(Arc::clone(&hooks)).expect("dispatcher");
+        assert_eq!(dispatcher.success_ratio("kept", true), 1.0);
+        assert_eq!(dispatcher.success_ratio("deleted", false), 0.0);
+        dispatcher.forget_deleted_endpoints();
+        assert_eq!(dispatcher.recent.lock().expect("lock").len(), 2);
+        assert!(store.delete_endpoint("deleted").await.expect("deletes"));
+        hooks.refresh().await.expect("refreshed");
+        dispatcher.forget_deleted_endpoints();
+        let recent = dispatcher.recent.lock().expect("lock");
+        assert_eq!(recent.keys().collect::<Vec<_>>(), vec!["kept"]);
     }
 }

@@ -17,7 +17,7 @@ pub mod outbox;
 pub mod signer;
 pub mod ssrf;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use std::time::Duration;
@@ -67,6 +67,8 @@ struct Subscriptions {
     types: HashSet<String>,
     all: bool,
     updated_with_content: bool,
+    /// Every endpoint's id, enabled or not.
+    ids: HashSet<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,6 +119,7 @@ impl Webhooks {
             subs.updated_with_content |= wants_updates && e.include_content;
             subs.all |= e.events.iter().any(|t| t == "*");
             subs.types.extend(e.events.iter().cloned());
+            subs.ids.insert(e.id.clone());
         }
         {
             let mut current = self
@@ -179,6 +182,13 @@ impl Webhooks {
     }
 
     /// Whether any endpoint is enabled.
+    /// Keeps only the entries of endpoints that exist (as of the last
+    /// reload): what the dispatcher keeps per endpoint goes with it.
+    fn retain_endpoints<T>(&self, per_endpoint: &mut HashMap<String, T>) {
+        let subs = self.subscriptions.read().unwrap_or_else(|p| p.into_inner());
+        per_endpoint.retain(|id, _| subs.ids.contains(id));
+    }
+
     fn any_enabled(&self) -> bool {
         self.subscriptions
             .read()
