@@ -67,6 +67,9 @@ pub struct ClientRun {
     pub client: ClientID,
     pub start: u32,
     pub end: u32,
+    /// Where the blocks stop covering every clock from `start`: `end`, or
+    /// the start of the first skip block (a hole `Y.mergeUpdates` leaves).
+    pub covered_to: u32,
 }
 
 // Block and content tags, as yrs' `block.rs` numbers them.
@@ -176,8 +179,12 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
         let client = client(&mut r)?;
         let start: u32 = r.read_var()?;
         let mut clock = start;
+        let mut covered_to = None;
         fits(&r, "blocks", blocks, 2)?;
         for _ in 0..blocks {
+            if covered_to.is_none() && r.buf.get(r.next) == Some(&BLOCK_SKIP) {
+                covered_to = Some(clock);
+            }
             let (len, is_type) = block(&mut r)?;
             if is_type {
                 shape.type_items.push(ID::new(client, clock));
@@ -188,6 +195,7 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
             client,
             start,
             end: clock,
+            covered_to: covered_to.unwrap_or(clock),
         });
     }
     // The delete set: `varUint(n) • n × [varUint(client) • varUint(m) • m × [clock • len]]`.
