@@ -296,7 +296,9 @@ pub struct RoomSettings {
     #[arg(global = true, long, env = "TANDEM_PING_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 
-    /// A connection that sends nothing (not even a pong) for this long is closed.
+    /// A connection that leaves a ping unanswered for this long is closed
+    /// (anything it sends answers; only connections idle for a ping interval
+    /// are pinged).
     #[arg(global = true, long, env = "TANDEM_PING_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ping_timeout: Duration,
 

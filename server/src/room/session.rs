@@ -189,6 +189,10 @@ impl Session {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         let mut last_heard = Instant::now();
+        // When the first ping that nothing from the client has followed
+        // since was sent. Any bytes from the client answer it: a pong, an
+        // edit, its awareness renewal.
+        let mut unanswered: Option<Instant> = None;
         let shutdown = deps.shutdown.clone();
         let expiry = token_expiry(self.expires_at);
         tokio::pin!(expiry);
@@ -249,6 +253,7 @@ impl Session {
                         }
                         Ok(_) => {
                             last_heard = Instant::now();
+                            unanswered = None;
                             buffered = true;
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -267,12 +272,21 @@ impl Session {
                 }
                 _ = ping.tick() => {
                     // A client that is sending, even into a full mailbox, is alive.
-                    if pending.is_none() && last_heard.elapsed() > ping_timeout {
+                    let timed_out = unanswered.is_some_and(|sent| sent.elapsed() >= ping_timeout);
+                    if pending.is_none() && timed_out {
                         tracing::info!("no answer to pings; closing");
                         outbox.close(CloseCode::GoingAway, "ping timeout");
                         return End::Closing;
                     }
-                    outbox.ping();
+                    // Only idle connections are pinged: one heard from
+                    // within the interval is alive, and a stock client
+                    // renews its awareness about every interval, so most
+                    // never need a ping (each costs a write, and a wake-up
+                    // and a read for the pong).
+                    if unanswered.is_some() || last_heard.elapsed() >= ping_interval {
+                        outbox.ping();
+                        unanswered.get_or_insert_with(Instant::now);
+                    }
                     if !outbox.take_sent() {
                         let _ = outbox.push(Bytes::from_static(KEEPALIVE));
                         // The keepalive itself does not count as traffic.

@@ -136,3 +136,74 @@ async fn an_idle_connection_gets_the_keepalive_every_ping_interval() {
     assert!(keepalives >= 2, "{keepalives} keepalives in 3.6 s");
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn only_idle_connections_are_pinged_and_an_unanswered_ping_closes_one() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app(&["--ping-interval", "1s", "--ping-timeout", "2s"]).await;
+    let mut talking = app.client("pings").await;
+    talking.sync().await;
+    let mut answering = app.client("pings").await;
+    answering.sync().await;
+    let mut silent = app.client("pings").await;
+    silent.sync().await;
+
+    // For 4.5 s: one client sends a keepalive every 300 ms, one only reads
+    // (and so answers pings), one reads nothing at all.
+    let mut talking_pings = 0;
+    let mut answering_pings = 0;
+    let mut answering_closed = false;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(4500);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(300));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tick.tick() => {
+                talking
+                    .ws
+                    .send(Message::Binary(vec![protocol::MSG_AWARENESS, 1, 0].into()))
+                    .await
+                    .expect("sends");
+            }
+            msg = talking.ws.next() => {
+                if let Some(Ok(Message::Ping(_))) = msg {
+                    talking_pings += 1;
+                }
+            }
+            msg = answering.ws.next() => match msg {
+                Some(Ok(Message::Ping(_))) => answering_pings += 1,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => answering_closed = true,
+                _ => {}
+            },
+        }
+    }
+    assert_eq!(
+        talking_pings, 0,
+        "a client heard from every interval is not pinged"
+    );
+    assert!(answering_pings >= 1, "an idle client is pinged");
+    assert!(!answering_closed, "a client that answers its pings stays");
+    // The silent one left its pings unanswered for over 2 s: closed.
+    let mut reason = None;
+    while let Ok(Some(msg)) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), silent.ws.next()).await
+    {
+        match msg {
+            Ok(Message::Close(frame)) => {
+                reason = frame.map(|f| (f.code, f.reason.to_string()));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        reason,
+        Some((WsCode::Away, "ping timeout".to_string())),
+        "the silent client is closed for its unanswered pings"
+    );
+    app.stop().await;
+}
