@@ -298,8 +298,10 @@ pub fn apply_update(data: &[u8]) {
         match state.apply_update(part, max_bytes) {
             Ok(applied) => {
                 match applied {
+                    Applied::Changed => accepted.push(part.to_vec()),
                     Applied::Trimmed(stored) => accepted.push(stored),
-                    Applied::Changed | Applied::Empty => accepted.push(part.to_vec()),
+                    // Nothing new (it may have been cut down to nothing).
+                    Applied::Empty => {}
                 }
                 check_document(&mut state);
             }
