@@ -216,6 +216,90 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
     Ok(shape)
 }
 
+/// Where each client's blocks in an update (already checked) stop
+/// following on from what the document holds: the clock of the first block
+/// that starts past both `clock_of(client)` and the blocks before it. Yjs
+/// holds such blocks back until the clocks below them arrive; yrs
+/// integrates them at once when they depend on nothing missing, and that
+/// can leave a document whose encoding loads as something else (found by
+/// fuzzing). Clients whose blocks all follow on are not listed.
+pub fn gaps(
+    bytes: &[u8],
+    clock_of: impl Fn(ClientID) -> u32,
+) -> Result<Vec<(ClientID, u32)>, ShapeError> {
+    let mut r = Cursor::new(bytes);
+    let mut gaps = Vec::new();
+    let clients = r.read_var::<u32>()?;
+    for _ in 0..clients {
+        let blocks = r.read_var::<u32>()?;
+        let client = self::client(&mut r)?;
+        let mut at: u32 = r.read_var()?;
+        let mut have = clock_of(client);
+        let mut gap = None;
+        for _ in 0..blocks {
+            let is_skip = r.buf.get(r.next) == Some(&BLOCK_SKIP);
+            let (len, _) = block(&mut r)?;
+            if !is_skip && gap.is_none() {
+                if at > have {
+                    gap = Some(at);
+                } else {
+                    have = have.max(at.saturating_add(len));
+                }
+            }
+            at = at.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
+        }
+        if let Some(at) = gap {
+            gaps.push((client, at));
+        }
+    }
+    Ok(gaps)
+}
+
+/// The update (already checked) without the blocks of each listed client
+/// from its listed clock on: `cuts` as `gaps` returns them. A client left
+/// with no block is left out; the delete set stays whole.
+pub fn cut_at(bytes: &[u8], cuts: &[(ClientID, u32)]) -> Result<Vec<u8>, ShapeError> {
+    use yrs::encoding::write::Write;
+    let mut r = Cursor::new(bytes);
+    let mut sections: Vec<(u32, ClientID, u32, &[u8])> = Vec::new();
+    let clients = r.read_var::<u32>()?;
+    for _ in 0..clients {
+        let blocks = r.read_var::<u32>()?;
+        let client = self::client(&mut r)?;
+        let start: u32 = r.read_var()?;
+        let cut = cuts.iter().find(|(c, _)| *c == client).map(|(_, at)| *at);
+        let first = r.next;
+        let mut at = start;
+        // Blocks kept, and where the last kept one that is not a skip ends.
+        let (mut kept, mut kept_end) = (0u32, first);
+        let mut counted = 0u32;
+        for _ in 0..blocks {
+            let is_skip = r.buf.get(r.next) == Some(&BLOCK_SKIP);
+            let (len, _) = block(&mut r)?;
+            counted += 1;
+            if cut.is_none_or(|cut| at < cut) && !is_skip {
+                kept = counted;
+                kept_end = r.next;
+            }
+            at = at.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
+        }
+        if kept > 0 {
+            sections.push((kept, client, start, &bytes[first..kept_end]));
+        }
+    }
+    let delete_set = &bytes[r.next..];
+    let mut out = Vec::with_capacity(bytes.len());
+    out.write_var(sections.len() as u32);
+    for (blocks, client, start, body) in sections {
+        out.write_var(blocks);
+        out.write_var(client.get());
+        out.write_var(start);
+        out.extend_from_slice(body);
+    }
+    out.extend_from_slice(delete_set);
+    Ok(out)
+}
+
 /// Whether `client`'s blocks in an update (already checked) hold an item
 /// that begins below `clock` and ends above it: yrs would integrate it from
 /// `clock` on, with the block at `clock - 1` as its left neighbour.
