@@ -44,6 +44,8 @@ pub enum ShapeError {
     Unordered,
     #[error("it holds legacy JSON content, which no current Yjs writes")]
     LegacyJson,
+    #[error("client {0} has more than one run of blocks")]
+    RepeatedClient(u64),
 }
 
 impl From<yrs::encoding::read::Error> for ShapeError {
@@ -172,6 +174,7 @@ pub fn read_state_vector(r: &mut Cursor) -> Result<StateVector, ShapeError> {
 pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
     let mut r = Cursor::new(bytes);
     let mut shape = UpdateShape::default();
+    let mut seen: Option<std::collections::HashSet<ClientID>> = None;
     let clients = u64::from(r.read_var::<u32>()?);
     fits(&r, "clients", clients, 3)?;
     for _ in 0..clients {
@@ -190,6 +193,19 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
                 shape.type_items.push(ID::new(client, clock));
             }
             clock = clock.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
+        }
+        // Yjs writes each client's blocks as one run. yrs appends a
+        // client's second run to its first, out of clock order, and such an
+        // update could apply as something else than it encodes (found by
+        // fuzzing). A set, past a few clients: an update may list many.
+        let repeated = if shape.runs.len() < 16 {
+            shape.runs.iter().any(|run| run.client == client)
+        } else {
+            let seen = seen.get_or_insert_with(|| shape.runs.iter().map(|r| r.client).collect());
+            !seen.insert(client)
+        };
+        if repeated {
+            return Err(ShapeError::RepeatedClient(client.get()));
         }
         shape.runs.push(ClientRun {
             client,
@@ -651,6 +667,33 @@ mod tests {
         long.write_u8(0x01);
         long.write_var(0u32);
         assert_eq!(check_update(&long), Err(ShapeError::Invalid));
+    }
+
+    #[test]
+    fn a_client_with_two_runs_of_blocks_is_refused() {
+        // Each section: one block, client, clock, a GC block of length 1.
+        let section = |client: u8, clock: u8| [1u8, client, clock, BLOCK_GC, 1];
+        let update = |clients: &[(u8, u8)]| {
+            let mut bytes = vec![clients.len() as u8];
+            for &(client, clock) in clients {
+                bytes.extend_from_slice(&section(client, clock));
+            }
+            bytes.push(0); // no deletes
+            bytes
+        };
+        assert!(check_update(&update(&[(1, 0), (2, 0)])).is_ok());
+        assert_eq!(
+            check_update(&update(&[(1, 0), (2, 0), (1, 1)])),
+            Err(ShapeError::RepeatedClient(1))
+        );
+        // Past a few clients the check uses a set.
+        let mut many: Vec<(u8, u8)> = (1..=20).map(|c| (c, 0)).collect();
+        assert!(check_update(&update(&many)).is_ok());
+        many.push((7, 1));
+        assert_eq!(
+            check_update(&update(&many)),
+            Err(ShapeError::RepeatedClient(7))
+        );
     }
 
     #[test]
