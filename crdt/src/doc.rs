@@ -404,6 +404,8 @@ impl DocState {
         self.refuse_content_over_collected(bytes, &shape.runs)?;
         let trimmed = match overlaps {
             Overlaps::Trim => {
+                wellformed::check_delete_set_order(bytes)
+                    .map_err(|e| ApplyError::Malformed(e.to_string()))?;
                 let trimmed = self.trim_overlaps(bytes, &shape.runs)?;
                 let checked = match &trimmed {
                     Some(t) => {
