@@ -303,8 +303,6 @@ pub fn apply_update(data: &[u8]) {
                     // Nothing new (it may have been cut down to nothing).
                     Applied::Empty => {}
                 }
-                // Parts of earlier updates that waited for this one.
-                accepted.extend(state.take_released().into_iter().map(|r| r.update));
                 check_document(&mut state);
             }
             Err(ApplyError::Malformed(_) | ApplyError::TooLarge { .. }) => {

@@ -222,11 +222,10 @@ impl<P> RoomCore<P> {
         frame: Option<&Bytes>,
         out: &mut Vec<Effect<P>>,
     ) {
-        let user = self.peer(conn).and_then(|p| p.user.clone());
-        let applied =
-            self.doc
-                .apply_update_from(&update, self.limits.max_document_bytes, user.clone());
-        match applied {
+        match self
+            .doc
+            .apply_update(&update, self.limits.max_document_bytes)
+        {
             Ok(Applied::Changed) => {
                 let frame = frame
                     .cloned()
@@ -235,19 +234,18 @@ impl<P> RoomCore<P> {
                     except: Some(conn),
                     frame,
                 });
+                let user = self.peer(conn).and_then(|p| p.user.clone());
                 out.push(Effect::Persist { update, user });
-                self.released(out);
             }
             Ok(Applied::Trimmed(rest)) => {
-                // Only what the document lacked, or could take now, is
-                // relayed and stored.
+                // Only what the document lacked is relayed and stored.
                 let update = Bytes::from(rest);
                 out.push(Effect::Broadcast {
                     except: Some(conn),
                     frame: protocol::encode_update(&update),
                 });
+                let user = self.peer(conn).and_then(|p| p.user.clone());
                 out.push(Effect::Persist { update, user });
-                self.released(out);
             }
             Ok(Applied::Empty) => {}
             Err(e @ ApplyError::Malformed(_)) => {
@@ -425,23 +423,6 @@ impl<P> RoomCore<P> {
         self.leave(&conns, out);
     }
 
-    /// Parts of clients' updates that waited for the clocks below them and
-    /// were applied with the last update: relayed to every peer (their
-    /// authors included: they may have reconnected since) and stored.
-    fn released(&mut self, out: &mut Vec<Effect<P>>) {
-        for released in self.doc.take_released() {
-            let update = Bytes::from(released.update);
-            out.push(Effect::Broadcast {
-                except: None,
-                frame: protocol::encode_update(&update),
-            });
-            out.push(Effect::Persist {
-                update,
-                user: released.user,
-            });
-        }
-    }
-
     /// An update from the HTTP API: applied, relayed to every peer, stored.
     pub fn apply_from_api(
         &mut self,
@@ -449,9 +430,9 @@ impl<P> RoomCore<P> {
         user: Option<Arc<str>>,
         out: &mut Vec<Effect<P>>,
     ) -> Result<Applied, ApplyError> {
-        let applied =
-            self.doc
-                .apply_update_from(&update, self.limits.max_document_bytes, user.clone());
+        let applied = self
+            .doc
+            .apply_update(&update, self.limits.max_document_bytes);
         match &applied {
             Ok(Applied::Changed) => {
                 out.push(Effect::Broadcast {
@@ -459,7 +440,6 @@ impl<P> RoomCore<P> {
                     frame: protocol::encode_update(&update),
                 });
                 out.push(Effect::Persist { update, user });
-                self.released(out);
             }
             Ok(Applied::Trimmed(rest)) => {
                 let update = Bytes::copy_from_slice(rest);
@@ -468,7 +448,6 @@ impl<P> RoomCore<P> {
                     frame: protocol::encode_update(&update),
                 });
                 out.push(Effect::Persist { update, user });
-                self.released(out);
             }
             Ok(Applied::Empty) => {}
             Err(ApplyError::Poisoned(e)) => {
@@ -493,7 +472,6 @@ impl<P> RoomCore<P> {
                         frame: protocol::encode_update(update),
                     });
                 }
-                self.released(out);
             }
             Ok(Applied::Empty) => {}
             Err(ApplyError::Poisoned(e)) => {
