@@ -175,8 +175,29 @@ pub fn y_protocol(data: &[u8]) {
             Incoming::QueryAwareness => again.push(MSG_QUERY_AWARENESS),
         }
     }
+    // An awareness message keeps its bytes as received, to be relayed as
+    // they are: a client may encode a number in more bytes than it needs
+    // (lib0 reads that too), so those are compared by what they decode to.
+    let decoded_only = |ms: &[Incoming]| -> Vec<Incoming> {
+        ms.iter()
+            .map(|m| match m {
+                Incoming::Awareness { update, raw } => {
+                    assert_eq!(decode_awareness(raw).as_ref(), Ok(update));
+                    Incoming::Awareness {
+                        update: update.clone(),
+                        raw: Bytes::new(),
+                    }
+                }
+                other => other.clone(),
+            })
+            .collect()
+    };
     match decode_frame(&Bytes::from(again)) {
-        Ok(decoded) => assert_eq!(decoded, messages, "re-encoding changed the messages"),
+        Ok(decoded) => assert_eq!(
+            decoded_only(&decoded),
+            decoded_only(&messages),
+            "re-encoding changed the messages"
+        ),
         Err(e) => panic!("re-encoded messages do not decode: {e}"),
     }
     awareness_room(&messages);
