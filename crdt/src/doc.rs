@@ -269,8 +269,11 @@ impl DocState {
         self.refuse_content_over_collected(bytes, &shape.runs)?;
         let trimmed = match overlaps {
             Overlaps::Trim => {
-                wellformed::check_delete_set_order(bytes)
-                    .map_err(|e| ApplyError::Malformed(e.to_string()))?;
+                if !shape.deletes_in_order {
+                    return Err(ApplyError::Malformed(
+                        wellformed::ShapeError::Unordered.to_string(),
+                    ));
+                }
                 self.trim_overlaps(bytes, &shape.runs)?
             }
             Overlaps::Allow => None,

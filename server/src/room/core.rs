@@ -226,23 +226,17 @@ impl<P> RoomCore<P> {
             .doc
             .apply_update(&update, self.limits.max_document_bytes)
         {
-            Ok(Applied::Changed) => {
-                let frame = frame
-                    .cloned()
-                    .unwrap_or_else(|| protocol::encode_update(&update));
+            Ok(applied @ (Applied::Changed | Applied::Trimmed(_))) => {
+                // Only what the document lacked is relayed and stored; an
+                // update taken whole goes out in the frame it came in.
+                let (update, frame) = match applied {
+                    Applied::Trimmed(rest) => (Bytes::from(rest), None),
+                    _ => (update, frame.cloned()),
+                };
+                let frame = frame.unwrap_or_else(|| protocol::encode_update(&update));
                 out.push(Effect::Broadcast {
                     except: Some(conn),
                     frame,
-                });
-                let user = self.peer(conn).and_then(|p| p.user.clone());
-                out.push(Effect::Persist { update, user });
-            }
-            Ok(Applied::Trimmed(rest)) => {
-                // Only what the document lacked is relayed and stored.
-                let update = Bytes::from(rest);
-                out.push(Effect::Broadcast {
-                    except: Some(conn),
-                    frame: protocol::encode_update(&update),
                 });
                 let user = self.peer(conn).and_then(|p| p.user.clone());
                 out.push(Effect::Persist { update, user });
@@ -434,15 +428,11 @@ impl<P> RoomCore<P> {
             .doc
             .apply_update(&update, self.limits.max_document_bytes);
         match &applied {
-            Ok(Applied::Changed) => {
-                out.push(Effect::Broadcast {
-                    except: None,
-                    frame: protocol::encode_update(&update),
-                });
-                out.push(Effect::Persist { update, user });
-            }
-            Ok(Applied::Trimmed(rest)) => {
-                let update = Bytes::copy_from_slice(rest);
+            Ok(kept @ (Applied::Changed | Applied::Trimmed(_))) => {
+                let update = match kept {
+                    Applied::Trimmed(rest) => Bytes::copy_from_slice(rest),
+                    _ => update,
+                };
                 out.push(Effect::Broadcast {
                     except: None,
                     frame: protocol::encode_update(&update),
