@@ -957,11 +957,17 @@ webhookTest('a document.updated never carries content older than the changes it 
     assert.ok(held >= counted, `a report counting ${counted} updates carries content with only ${held}`)
     checked++
   }
-  // Once the writers stop, the last report renders undisturbed: all of it.
-  // The last by the changes it counts, not by arrival: two deliveries may be
-  // in flight at once and arrive in either order.
+  // A report counts only the changes its content holds; those that came in
+  // while it rendered go to the next. So once the writers stop, the last
+  // report carries the document with every change. The last by the changes
+  // it counts, not by arrival: two deliveries may be in flight at once and
+  // arrive in either order.
+  const at = (r) => [r.data.last_change_at, r.data.first_change_at, r.json.timestamp].map((t) => Date.parse(t))
   const last = rx.ofType('document.updated', doc)
-    .toSorted((a, b) => Date.parse(a.data.first_change_at) - Date.parse(b.data.first_change_at))
+    .toSorted((a, b) => {
+      const [x, y] = [at(a), at(b)]
+      return x[0] - y[0] || x[1] - y[1] || x[2] - y[2]
+    })
     .at(-1)
   assert.equal(last.data.content_omitted, undefined, 'the report after the writers stopped has its content')
   assert.equal(1 + Object.keys(last.data.content.counts).length, sent)

@@ -594,13 +594,37 @@ pub type VersionEvent<'a> = &'a (dyn Fn(&VersionRow) -> NewEvent + Send + Sync);
 /// Builds a `document.updated` event from the changes it reports.
 pub type ChangesEvent<'a> = &'a (dyn Fn(&DocChanges) -> NewEvent + Send + Sync);
 
-/// One state of a document's unreported changes: they changed when either
-/// part did (the first change is new once a report took the earlier ones;
-/// the count grows with every change).
+/// One state of a document's unreported changes: the window they began
+/// (`first_change_at`) and how far they have come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChangesStamp {
     pub first_change_at: i64,
     pub updates: i64,
+    pub bytes: i64,
+    pub last_change_at: i64,
+}
+
+impl ChangesStamp {
+    /// Whether these changes are `earlier` with more added since: the same
+    /// window, not reported in between. Its first `earlier.updates` can then
+    /// be reported on their own.
+    pub fn continues(&self, earlier: &ChangesStamp) -> bool {
+        self.first_change_at == earlier.first_change_at
+            && self.updates >= earlier.updates
+            && self.bytes >= earlier.bytes
+            && self.last_change_at >= earlier.last_change_at
+    }
+
+    /// The changes a report takes: all of them, or, when `expect` is an
+    /// earlier state of the same window, only those it held (the rest stay
+    /// for the next report). `None` when the window is another one.
+    pub fn reported(&self, expect: Option<ChangesStamp>) -> Option<ChangesStamp> {
+        match expect {
+            None => Some(*self),
+            Some(e) if self.continues(&e) => Some(e),
+            Some(_) => None,
+        }
+    }
 }
 
 /// When a `document.updated` falls due: `debounce` after a document's last
@@ -624,15 +648,26 @@ pub struct PendingReport {
     pub due_in_ms: i64,
 }
 
-impl From<(DocId, i64, i64, i64)> for PendingReport {
-    /// A row of `doc_id, first_change_at, updates, due_in`, as both
-    /// backends select it.
-    fn from((doc_id, first_change_at, updates, due_in_ms): (DocId, i64, i64, i64)) -> Self {
+impl From<(DocId, i64, i64, i64, i64, i64)> for PendingReport {
+    /// A row of `doc_id, first_change_at, updates, bytes, last_change_at,
+    /// due_in`, as both backends select it.
+    fn from(
+        (doc_id, first_change_at, updates, bytes, last_change_at, due_in_ms): (
+            DocId,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        ),
+    ) -> Self {
         PendingReport {
             doc_id,
             stamp: ChangesStamp {
                 first_change_at,
                 updates,
+                bytes,
+                last_change_at,
             },
             due_in_ms,
         }
@@ -647,8 +682,9 @@ pub enum Report {
     /// Nothing to report: no changes, not due yet, or another reporter
     /// (another node) is reporting them right now.
     Nothing,
-    /// The changes are due but moved on from the stamp the caller expected;
-    /// this is their stamp now. Nothing was written.
+    /// The changes are due but are no longer the window the caller
+    /// expected (another reporter took it); this is their stamp now.
+    /// Nothing was written.
     Changed(ChangesStamp),
 }
 
@@ -991,9 +1027,13 @@ pub trait Store: Send + Sync + 'static {
     /// Turns a document's unreported changes into an event (built by
     /// `event`) and clears them, in one transaction, if they are due (by
     /// the database's clock) and no other reporter holds them: of several
-    /// nodes reporting at once, one writes the event. With `expect`, only
-    /// if they are still in that state (the event's content was rendered
-    /// after it was read, so it holds every change counted).
+    /// nodes reporting at once, one writes the event. With `expect` (the
+    /// event's content was rendered after it was read), only the changes
+    /// of that state are reported, so that the content holds every change
+    /// the event counts; changes counted since stay for the next report,
+    /// with their users. Its users are everyone who wrote in the window up
+    /// to now: a user whose only write came after `expect` is named in
+    /// both reports.
     async fn report_changes(
         &self,
         doc_id: DocId,

@@ -57,11 +57,12 @@ const REPORT_POLL: Duration = Duration::from_millis(250);
 const REPORT_IDLE: Duration = Duration::from_secs(3600);
 /// Documents looked at per round.
 const REPORT_BATCH: u32 = 256;
-/// Times a report's content is rendered again because changes came in while
-/// it was rendered; then it goes out without its content (saying
-/// `content_omitted`, as an oversized one does), so that a document that
-/// never stops changing is still reported and no content is older than the
-/// changes its report counts.
+/// Times a report's content is rendered again because another reporter
+/// (on another node) took the window it was rendered for; then it goes out
+/// without its content (saying `content_omitted`, as an oversized one
+/// does). Changes that merely came in while it was rendered do not count:
+/// the report takes the changes its content holds and leaves those for the
+/// next one.
 const RENDER_ROUNDS: usize = 3;
 
 /// Reports document changes as `document.updated` events. Every node runs
@@ -136,8 +137,8 @@ async fn report(
     let mut expect = pending.stamp;
     for round in 1..=RENDER_ROUNDS {
         // The content is rendered from storage after the changes' state was
-        // read: the report is written only if they are still in that state,
-        // so the content holds every change it counts.
+        // read: the report counts only the changes of that state, so the
+        // content holds every change it counts.
         let content = if hooks.wants_content() {
             render(hooks, doc).await?
         } else {
@@ -158,6 +159,8 @@ async fn report(
             let stamp = ChangesStamp {
                 first_change_at: changes.first_change_at,
                 updates: changes.updates,
+                bytes: changes.bytes,
+                last_change_at: changes.last_change_at,
             };
             let content = match content_arg {
                 events::Content::Some(_) if stamp != expect => events::Content::Omitted,

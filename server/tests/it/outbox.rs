@@ -310,6 +310,8 @@ async fn document_changes_are_written_with_the_updates_and_reported_once() {
         Track::Changes,
     )
     .unwrap();
+    let rendered = store.pending_reports(NOW, 10).await.unwrap()[0].stamp;
+    assert_eq!((rendered.updates, rendered.bytes), (2, 4));
     log.append(&[update(None), update(Some("bob"))], Track::Changes)
         .unwrap();
     // Not tracked: nobody listened when it was written.
@@ -341,40 +343,68 @@ async fn document_changes_are_written_with_the_updates_and_reported_once() {
     assert!(pending[0].due_in_ms > 50_000, "{pending:?}");
     let stamp = pending[0].stamp;
     assert_eq!(stamp.updates, 4);
-    // Due, but not in the state the caller rendered: nothing is written.
-    let stale = ChangesStamp {
-        updates: 3,
+    // Due, but another window than the one the caller rendered (another
+    // reporter took that one): nothing is written.
+    let other_window = ChangesStamp {
+        first_change_at: stamp.first_change_at - 1,
         ..stamp
     };
     assert_eq!(
         store
-            .report_changes(doc.id, NOW, Some(stale), 5, &build)
+            .report_changes(doc.id, NOW, Some(other_window), 5, &build)
             .await
             .unwrap(),
         Report::Changed(stamp)
     );
     assert!(seen.lock().unwrap().is_none());
+    // Content rendered after the first append holds its two updates: the
+    // report counts those, and the two written since stay for the next
+    // one, with the users who wrote them.
     assert_eq!(
         store
-            .report_changes(doc.id, NOW, Some(stamp), 5, &build)
+            .report_changes(doc.id, NOW, Some(rendered), 5, &build)
             .await
             .unwrap(),
         Report::Sent
     );
-    let c = seen.lock().unwrap().clone().unwrap();
-    assert_eq!((c.updates, c.bytes), (4, 8));
+    let c = seen.lock().unwrap().take().unwrap();
+    assert_eq!((c.updates, c.bytes), (2, 4));
     assert_eq!(c.users, vec!["alice".to_string(), "bob".to_string()]);
     assert_eq!(c.name, "d");
     assert_eq!(
+        (c.first_change_at, c.last_change_at),
+        (rendered.first_change_at, rendered.last_change_at)
+    );
+    let rest = store.pending_reports(NOW, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].stamp.updates, rest[0].stamp.bytes), (2, 4));
+    assert_eq!(rest[0].stamp.first_change_at, rendered.last_change_at);
+    assert_eq!(
         store
-            .report_changes(doc.id, NOW, None, 6, &build)
+            .report_changes(doc.id, NOW, Some(rest[0].stamp), 6, &build)
+            .await
+            .unwrap(),
+        Report::Sent
+    );
+    let c = seen.lock().unwrap().take().unwrap();
+    assert_eq!((c.updates, c.bytes), (2, 4));
+    assert_eq!(c.users, vec!["bob".to_string()]);
+    assert_eq!(
+        store
+            .report_changes(doc.id, NOW, None, 7, &build)
             .await
             .unwrap(),
         Report::Nothing
     );
     assert!(store.pending_changes().await.unwrap().is_empty());
     let due = all_due(&store).await;
+    // Both wait for one endpoint: the second collapsed into the first.
     assert_eq!(due.len(), 1);
+    assert!(
+        due[0].payload.contains(r#""updates":4"#),
+        "{}",
+        due[0].payload
+    );
     assert!(due[0].payload.contains(r#""users":["alice","bob"]"#));
 
     // Deleting the document takes its unreported changes with it.

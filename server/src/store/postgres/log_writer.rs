@@ -295,9 +295,12 @@ async fn track_changes(
     }
     if !users.is_empty() {
         sqlx::query(
-            "INSERT INTO doc_change_users (doc_id, user_name, for_report, for_history)
-             SELECT v.d, v.u, TRUE, $3 FROM unnest($1::bigint[], $2::text[]) AS v(d, u)
+            "INSERT INTO doc_change_users (doc_id, user_name, for_report, for_history, last_mark)
+             SELECT v.d, v.u, TRUE, $3, c.updates
+             FROM unnest($1::bigint[], $2::text[]) AS v(d, u)
+             JOIN doc_changes c ON c.doc_id = v.d
              ON CONFLICT (doc_id, user_name) DO UPDATE SET for_report = TRUE,
+               last_mark = excluded.last_mark,
                for_history = doc_change_users.for_history OR excluded.for_history",
         )
         .bind(&user_docs)

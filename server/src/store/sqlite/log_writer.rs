@@ -232,9 +232,10 @@ fn track_changes(
            history_since = COALESCE(history_since, excluded.history_since)",
     )?;
     let mut users = tx.prepare_cached(
-        "INSERT INTO doc_change_users (doc_id, user, for_report, for_history)
-         SELECT ?1, ?2, 1, ?3 WHERE EXISTS (SELECT 1 FROM doc_changes WHERE doc_id = ?1)
-         ON CONFLICT DO UPDATE SET for_report = 1, for_history = max(for_history, excluded.for_history)",
+        "INSERT INTO doc_change_users (doc_id, user, for_report, for_history, last_mark)
+         SELECT ?1, ?2, 1, ?3, updates FROM doc_changes WHERE doc_id = ?1
+         ON CONFLICT DO UPDATE SET for_report = 1, last_mark = excluded.last_mark,
+           for_history = max(for_history, excluded.for_history)",
     )?;
     for (doc_id, (count, bytes, who)) in &per_doc {
         changes.execute(params![doc_id, count, bytes, now, history])?;

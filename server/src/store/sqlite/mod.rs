@@ -1358,8 +1358,8 @@ impl Store for SqliteStore {
         // A report falls due `debounce` after the last change or
         // `max_wait` after the first; an automatic version `history` after
         // the first change it holds (never, with history off: -1).
-        let rows: Vec<(DocId, i64, i64, i64)> = sqlx::query_as(
-            "SELECT doc_id, first_change_at, updates, MIN(
+        let rows: Vec<(DocId, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT doc_id, first_change_at, updates, bytes, last_change_at, MIN(
                CASE WHEN updates > 0 THEN MIN(last_change_at + $1, first_change_at + $2)
                     ELSE $6 END,
                CASE WHEN history_since IS NOT NULL AND $5 >= 0 THEN history_since + $5
@@ -1415,11 +1415,16 @@ impl Store for SqliteStore {
         }
         let stamp = ChangesStamp {
             first_change_at: row.try_get(3)?,
-            updates: row.try_get(1)?,
+            updates,
+            bytes: row.try_get(2)?,
+            last_change_at: row.try_get(4)?,
         };
-        if report_due && expect.is_some_and(|e| e != stamp) {
-            return Ok(Report::Changed(stamp));
-        }
+        let reported = stamp.reported(expect);
+        let reported = match reported {
+            Some(r) => r,
+            None if report_due => return Ok(Report::Changed(stamp)),
+            None => stamp,
+        };
         let users: Vec<String> = sqlx::query_scalar(
             "SELECT user FROM doc_change_users WHERE doc_id = $1 AND for_report = 1 ORDER BY user",
         )
@@ -1443,22 +1448,43 @@ impl Store for SqliteStore {
             let changes = DocChanges {
                 doc_id,
                 name: row.try_get(0)?,
-                updates: stamp.updates,
-                bytes: row.try_get(2)?,
+                updates: reported.updates,
+                bytes: reported.bytes,
                 users,
-                first_change_at: stamp.first_change_at,
-                last_change_at: row.try_get(4)?,
+                first_change_at: reported.first_change_at,
+                last_change_at: reported.last_change_at,
                 version,
             };
             fan_out(&mut tx, &event(&changes), now, None).await?;
-            sqlx::query("UPDATE doc_changes SET updates = 0, bytes = 0 WHERE doc_id = $1")
-                .bind(doc_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE doc_change_users SET for_report = 0 WHERE doc_id = $1")
-                .bind(doc_id)
-                .execute(&mut *tx)
-                .await?;
+            // What was counted after `reported` stays: a window that began
+            // no earlier than the last change reported.
+            sqlx::query(
+                "UPDATE doc_changes SET updates = updates - $2, bytes = bytes - $3,
+                   first_change_at = CASE WHEN updates > $2 THEN $4 ELSE first_change_at END
+                 WHERE doc_id = $1",
+            )
+            .bind(doc_id)
+            .bind(reported.updates)
+            .bind(reported.bytes)
+            .bind(reported.last_change_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE doc_change_users SET for_report = 0
+                 WHERE doc_id = $1 AND for_report = 1 AND last_mark <= $2",
+            )
+            .bind(doc_id)
+            .bind(reported.updates)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE doc_change_users SET last_mark = last_mark - $2
+                 WHERE doc_id = $1 AND for_report = 1",
+            )
+            .bind(doc_id)
+            .bind(reported.updates)
+            .execute(&mut *tx)
+            .await?;
             history::forget_settled_changes(&mut tx, doc_id).await?;
         }
         tx.commit().await?;
