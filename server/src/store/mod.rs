@@ -627,6 +627,22 @@ impl ChangesStamp {
     }
 }
 
+/// Takes a report's changes (`$2` updates, `$3` bytes, the last of them
+/// at `$4`) off a document's (`$1`) unreported ones; what was counted
+/// after them stays, as a window that began no earlier than their last
+/// change. The same statement on both backends.
+pub(crate) const TAKE_REPORTED_CHANGES: &str =
+    "UPDATE doc_changes SET updates = updates - $2, bytes = bytes - $3,
+       first_change_at = CASE WHEN updates > $2 THEN $4 ELSE first_change_at END
+     WHERE doc_id = $1";
+
+/// Takes a report's users off a document's (`$1`) unreported ones: those
+/// whose latest write was among its `$2` updates; the others stay, their
+/// marks counted from the next report's first update.
+pub(crate) const TAKE_REPORTED_USERS: &str =
+    "UPDATE doc_change_users SET for_report = last_mark > $2, last_mark = last_mark - $2
+     WHERE doc_id = $1 AND for_report";
+
 /// When a `document.updated` falls due: `debounce` after a document's last
 /// change, at most `max_wait` after its first unreported one. Milliseconds.
 #[derive(Debug, Clone, Copy)]

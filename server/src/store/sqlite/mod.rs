@@ -25,7 +25,8 @@ use super::{
     DocChanges, DocId, DocLog, DocMeta, DueMessage, EndpointPatch, EndpointRow, FoundDoc,
     HistoryFold, LogPage, LogWriter, MergeLinks, NewEvent, NewVersion, Outcome, PageLimits,
     PendingReport, Quarantined, Report, Retried, Store, StoreError, VersionEvent, VersionFilter,
-    VersionId, VersionKind, VersionRow, ATTEMPT_BYTES, MAX_ATTEMPTS_SHOWN,
+    VersionId, VersionKind, VersionRow, ATTEMPT_BYTES, MAX_ATTEMPTS_SHOWN, TAKE_REPORTED_CHANGES,
+    TAKE_REPORTED_USERS,
 };
 use crate::webhooks::events;
 
@@ -1419,8 +1420,7 @@ impl Store for SqliteStore {
             bytes: row.try_get(2)?,
             last_change_at: row.try_get(4)?,
         };
-        let reported = stamp.reported(expect);
-        let reported = match reported {
+        let reported = match stamp.reported(expect) {
             Some(r) => r,
             None if report_due => return Ok(Report::Changed(stamp)),
             None => stamp,
@@ -1456,35 +1456,18 @@ impl Store for SqliteStore {
                 version,
             };
             fan_out(&mut tx, &event(&changes), now, None).await?;
-            // What was counted after `reported` stays: a window that began
-            // no earlier than the last change reported.
-            sqlx::query(
-                "UPDATE doc_changes SET updates = updates - $2, bytes = bytes - $3,
-                   first_change_at = CASE WHEN updates > $2 THEN $4 ELSE first_change_at END
-                 WHERE doc_id = $1",
-            )
-            .bind(doc_id)
-            .bind(reported.updates)
-            .bind(reported.bytes)
-            .bind(reported.last_change_at)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE doc_change_users SET for_report = 0
-                 WHERE doc_id = $1 AND for_report = 1 AND last_mark <= $2",
-            )
-            .bind(doc_id)
-            .bind(reported.updates)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE doc_change_users SET last_mark = last_mark - $2
-                 WHERE doc_id = $1 AND for_report = 1",
-            )
-            .bind(doc_id)
-            .bind(reported.updates)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(TAKE_REPORTED_CHANGES)
+                .bind(doc_id)
+                .bind(reported.updates)
+                .bind(reported.bytes)
+                .bind(reported.last_change_at)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(TAKE_REPORTED_USERS)
+                .bind(doc_id)
+                .bind(reported.updates)
+                .execute(&mut *tx)
+                .await?;
             history::forget_settled_changes(&mut tx, doc_id).await?;
         }
         tx.commit().await?;
