@@ -409,7 +409,14 @@ test('"Load more" pages through the versions with the API\'s cursor', async () =
 test('with an API key: the page sends its own token; a read-only link previews versions but has no name or restore button', async (t) => {
   const key = `key-${randomBytes(12).toString('hex')}`
   const h = new Harness({ env: { ...WEB_ENV, ...HISTORY_ENV, TANDEM_API_KEY: key } })
-  t.after(() => h.dispose())
+  const open = []
+  // Pages close before the server stops, so that no page sees it go
+  // (a reconnect to a stopped server is a console error): \`after\` hooks
+  // run in the order they were added, so one hook does both, in turn.
+  t.after(async () => {
+    for (const p of open) await closePage(p)
+    await h.dispose()
+  })
   const server = await h.start()
   const doc = uniqueDoc('history-secured')
   const mint = async (claims) => {
@@ -420,8 +427,6 @@ test('with an API key: the page sends its own token; a read-only link previews v
   const writeToken = await mint({ perm: 'write', sub: 'user-ada', name: 'Ada (token)' })
   const readToken = await mint({ perm: 'read', sub: 'user-grace', name: 'Grace (token)' })
 
-  const open = []
-  t.after(async () => { for (const p of open) await closePage(p) })
   const writer = await openPage(`/d/${doc}?token=${writeToken}`, { user: ADA, server })
   open.push(writer)
   await waitState(writer, 'live')

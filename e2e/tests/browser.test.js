@@ -622,15 +622,20 @@ async function clickShare (page) {
 test('Share copies the document\'s link without the sharer\'s token, says recipients need their own link, and copies the plain link in dev mode', async (t) => {
   const key = `key-${randomBytes(12).toString('hex')}`
   const h = new Harness({ env: { ...WEB_ENV, TANDEM_API_KEY: key } })
-  t.after(() => h.dispose())
+  const open = []
+  // Pages close before the server stops, so that no page sees it go
+  // (a reconnect to a stopped server is a console error): \`after\` hooks
+  // run in the order they were added, so one hook does both, in turn.
+  t.after(async () => {
+    for (const p of open) await closePage(p)
+    await h.dispose()
+  })
   const server = await h.start()
   const doc = uniqueDoc('shared')
   const minted = await api(server, 'POST', '/api/tokens', { key, body: { doc, perm: 'write', ttl_secs: 600, sub: 'user-ada', name: 'Ada (token)' } })
   assert.equal(minted.status, 200, JSON.stringify(minted.body))
   const token = minted.body.token
 
-  const open = []
-  t.after(async () => { for (const p of open) await closePage(p) })
   const sharer = await openPage(`/d/${doc}?token=${token}`, { user: ADA, server })
   open.push(sharer)
   await waitState(sharer, 'live')
