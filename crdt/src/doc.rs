@@ -28,6 +28,10 @@ use crate::wellformed::{self, MAX_NESTING};
 /// are forgotten (a pending item never integrated costs nothing).
 const MAX_UNCHECKED_TYPES: usize = 1 << 16;
 
+/// How many times one update may release held-back blocks that it let
+/// follow on (each time integrates at least one block).
+const MAX_RELEASE_PASSES: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The bytes are not a Yjs v1 update. Nothing changed.
@@ -152,6 +156,15 @@ pub struct DocState {
     /// room's task holds its document inline.
     #[allow(clippy::box_collection)]
     clocks_seen: Box<HashMap<ClientID, u32>>,
+    /// Blocks that start past a hole in their client's clocks, held back
+    /// as Yjs holds them (one merged v1 update), until the clocks below
+    /// them arrive. yrs would integrate such a block at once when it
+    /// depends on nothing missing, and the live document would then differ
+    /// from its own encoding (found by fuzzing). Durable with no store of
+    /// its own: the rows that brought them are stored, every encoding
+    /// (joiners, snapshots) carries them, and every path into the document
+    /// (a load, another node's update) holds them back again.
+    held: Option<Vec<u8>>,
 }
 
 struct Step2Cache {
@@ -187,6 +200,7 @@ impl DocState {
             unchecked_types: Vec::new(),
             skip_gc,
             clocks_seen: Box::default(),
+            held: None,
         }
     }
 
@@ -258,13 +272,32 @@ impl DocState {
     }
 
     fn apply_checked(&mut self, bytes: &[u8], overlaps: Overlaps) -> Result<Applied, ApplyError> {
+        let (applied, mut created) = self.apply_one(bytes, overlaps)?;
+        if self.held.is_some() && applied != Applied::Empty {
+            self.release_held(&mut created)?;
+        }
+        if !created.is_empty() || !self.unchecked_types.is_empty() {
+            self.check_type_nesting(created)?;
+        }
+        Ok(applied)
+    }
+
+    /// Checks, trims and applies one update, holding back the blocks that
+    /// start past a hole in their client's clocks. Returns what happened
+    /// and the shared types it created (their nesting is checked by the
+    /// caller once held-back blocks it let through are in too).
+    fn apply_one(
+        &mut self,
+        bytes: &[u8],
+        overlaps: Overlaps,
+    ) -> Result<(Applied, Vec<ID>), ApplyError> {
         // The shape first: yrs must never see a count it would reserve
         // memory for, or values nested deeper than its stack can decode.
         let shape =
             wellformed::check_update(bytes).map_err(|e| ApplyError::Malformed(e.to_string()))?;
         let update = decode(bytes)?;
         if update.is_empty() {
-            return Ok(Applied::Empty);
+            return Ok((Applied::Empty, Vec::new()));
         }
         self.refuse_content_over_collected(bytes, &shape.runs)?;
         let trimmed = match overlaps {
@@ -285,11 +318,13 @@ impl DocState {
                     .map_err(|e| ApplyError::Malformed(e.to_string()))?;
                 let update = decode(bytes)?;
                 if update.is_empty() {
-                    return Ok(Applied::Empty);
+                    return Ok((Applied::Empty, Vec::new()));
                 }
                 (update, shape)
             }
         };
+        let (update, shape, held) =
+            self.hold_back_past_holes(trimmed.as_deref().unwrap_or(bytes), update, shape)?;
         let doc = &self.doc;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
@@ -303,17 +338,104 @@ impl DocState {
                     let seen = self.clocks_seen.entry(run.client).or_default();
                     *seen = (*seen).max(run.end);
                 }
+                if held.is_some() {
+                    self.held = held;
+                }
             }
             Ok(Err(e)) => return Err(ApplyError::Poisoned(e.to_string())),
             Err(_) => return Err(ApplyError::Poisoned("yrs panicked".into())),
         }
-        if !shape.type_items.is_empty() || !self.unchecked_types.is_empty() {
-            self.check_type_nesting(shape.type_items)?;
-        }
-        Ok(match trimmed {
+        let applied = match trimmed {
             None => Applied::Changed,
             Some(bytes) => Applied::Trimmed(bytes),
-        })
+        };
+        Ok((applied, shape.type_items))
+    }
+
+    /// For each client, the clock up to which yrs has integrated its
+    /// blocks: a block above it would be integrated past a hole. A block
+    /// yrs keeps pending counts as a hole too, since yrs would integrate
+    /// the blocks after it at once (found by fuzzing). While yrs holds
+    /// nothing back, that is the highest clock an applied update reached
+    /// (every block handed to yrs follows on), so no lookup is needed.
+    fn frontier(&self) -> impl Fn(ClientID) -> u32 + '_ {
+        let exact = self
+            .holds_back()
+            .then(|| self.doc.transact().state_vector());
+        move |client| match &exact {
+            Some(state) => state.get(&client),
+            None => self.clocks_seen.get(&client).copied().unwrap_or(0),
+        }
+    }
+
+    /// Splits off the blocks of `bytes` that start past a hole in their
+    /// client's clocks: returns what yrs is to be given now, and the held
+    /// blocks merged with those held before (to keep once it is applied).
+    /// The common case, every run following on, costs a look at each run.
+    fn hold_back_past_holes(
+        &self,
+        bytes: &[u8],
+        update: Update,
+        shape: wellformed::UpdateShape,
+    ) -> Result<(Update, wellformed::UpdateShape, Option<Vec<u8>>), ApplyError> {
+        let frontier = self.frontier();
+        if !wellformed::may_start_past_a_hole(&shape.runs, &frontier) {
+            return Ok((update, shape, None));
+        }
+        let malformed = |e: wellformed::ShapeError| ApplyError::Malformed(e.to_string());
+        let Some(split) = wellformed::split_past_holes(bytes, &frontier).map_err(malformed)? else {
+            return Ok((update, shape, None));
+        };
+        let held = match &self.held {
+            None => split.later,
+            Some(before) => {
+                match catch_unwind(|| yrs::merge_updates_v1([before.as_slice(), &split.later])) {
+                    Ok(Ok(merged)) => merged,
+                    Ok(Err(e)) => return Err(ApplyError::Malformed(e.to_string())),
+                    Err(_) => return Err(ApplyError::Malformed("merging panicked".into())),
+                }
+            }
+        };
+        let shape = wellformed::check_update(&split.now).map_err(malformed)?;
+        let update = decode(&split.now)?;
+        Ok((update, shape, Some(held)))
+    }
+
+    /// Gives yrs the held-back blocks that now follow on (through the same
+    /// checks as an update, holding back again what still does not).
+    /// Held blocks that no longer pass them (a crafted update Yjs would
+    /// throw on) are dropped: a reload drops them the same way.
+    fn release_held(&mut self, created: &mut Vec<ID>) -> Result<(), ApplyError> {
+        // Each pass integrates at least one held block; the cap keeps one
+        // update's cost bounded, and what is left waits for the next one.
+        for _ in 0..MAX_RELEASE_PASSES {
+            let Some(held) = &self.held else {
+                return Ok(());
+            };
+            let Ok(shape) = wellformed::check_update(held) else {
+                self.held = None;
+                return Ok(());
+            };
+            let follows_on = {
+                let frontier = self.frontier();
+                shape
+                    .runs
+                    .iter()
+                    .any(|run| run.start <= frontier(run.client))
+            };
+            if !follows_on {
+                return Ok(());
+            }
+            let Some(held) = self.held.take() else {
+                return Ok(());
+            };
+            match self.apply_one(&held, Overlaps::Trim) {
+                Ok((_, types)) => created.extend(types),
+                Err(ApplyError::Malformed(_) | ApplyError::TooLarge { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Cuts a client's update down to what the document lacks when one of
@@ -511,6 +633,9 @@ impl DocState {
             update.extend_from_slice(&deletes.encode_v1());
             parts.push(update);
         }
+        if let Some(held) = &self.held {
+            parts.push(held.clone());
+        }
         if parts.is_empty() {
             return diff;
         }
@@ -665,8 +790,11 @@ mod tests {
     #[test]
     fn held_back_blocks_never_hide_integrated_ones_in_the_encoded_state() {
         // Found by the apply_update fuzz target. Client 1's "shared base
-        // text" at clocks 38..54 is integrated although 0..38 are missing
+        // text" at clocks 38..54 was integrated although 0..38 are missing
         // (it depends on none of them); "A👋" at 16..19 waits for 1#6.
+        // Merged in front, the waiting block made a receiver hold back the
+        // integrated text, which vanished from joiners and snapshots. Now
+        // both wait, as in Yjs, and both are in every encoding.
         let hole: &[u8] = &[
             0x01, 0x01, 0x01, 0x26, 0x04, 0x01, 0x07, 0x63, 0x6f, 0x6e, 0x74, 0x65, 0x6e, 0x74,
             0x10, 0x73, 0x68, 0x61, 0x72, 0x65, 0x64, 0x20, 0x62, 0x61, 0x73, 0x65, 0x20, 0x74,
@@ -680,25 +808,31 @@ mod tests {
         for update in [hole, waiting] {
             assert!(state.apply_update(update, 1 << 20).is_ok());
         }
-        let expected = serde_json::json!({"content": "shared base text"});
+        let expected = serde_json::json!({});
         assert_eq!(state.to_json(), expected);
         let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
         assert_eq!(reloaded.to_json(), expected);
         let (compacted, _) = crate::compact(None, [hole, waiting]).expect("compacts");
         let (reloaded, _) = DocState::load(Some(&compacted), []).expect("loads");
         assert_eq!(reloaded.to_json(), expected);
+        let runs: Vec<_> = wellformed::check_update(&reloaded.encode_state())
+            .expect("well formed")
+            .runs
+            .iter()
+            .map(|run| (run.start, run.covered_to, run.end))
+            .collect();
+        assert_eq!(runs, [(16, 19, 54)], "both blocks kept, a skip between");
     }
 
     #[test]
-    fn an_update_ahead_of_its_clients_clock_is_integrated_and_loses_nothing() {
+    fn an_update_ahead_of_its_clients_clock_is_held_back_until_the_clocks_below_arrive() {
         // Found by the apply_update fuzz target. "A" is client 103's clock
-        // 0; a space at clock 93 after it comes next. yrs integrates it at
-        // once (it depends only on "A"; Yjs would hold it back), then a
-        // space at clock 1 and "s" at 2. Concurrent HTTP writers sharing a
-        // client ID send such updates, so they are applied; the two spaces
-        // share an origin and may then come out in another order once the
-        // encoding is reloaded (docs/fuzzing.md, finding 6), but nothing
-        // is lost or made up.
+        // 0; a space at clock 93 after it comes next, then a space at clock
+        // 1 and "s" at 2. yrs integrated the space at 93 at once (it
+        // depends only on "A"), so the live document read "A s " while its
+        // encoding loaded as "A  s". Held back as Yjs holds it, it waits
+        // for clocks 3..93 and is in every encoding meanwhile, so the
+        // document reads the same live, reloaded and replayed.
         let a: &[u8] = &[
             0x01, 0x01, 0x67, 0x00, 0x04, 0x01, 0x07, 0x63, 0x6f, 0x6e, 0x74, 0x65, 0x6e, 0x74,
             0x01, 0x41, 0x00,
@@ -706,26 +840,42 @@ mod tests {
         let ahead: &[u8] = &[0x01, 0x01, 0x67, 0x5d, 0x84, 0x67, 0x00, 0x01, 0x20, 0x00];
         let space: &[u8] = &[0x01, 0x01, 0x67, 0x01, 0x84, 0x67, 0x00, 0x01, 0x20, 0x00];
         let s: &[u8] = &[0x01, 0x01, 0x67, 0x02, 0x84, 0x67, 0x01, 0x01, 0x73, 0x00];
+        let content = |d: &DocState| d.to_json()["content"].clone();
         let mut state = DocState::new();
-        for update in [a, ahead, space, s] {
+        for update in [a, ahead] {
             assert_eq!(
                 state.apply_update(update, 1 << 20).ok(),
                 Some(Applied::Changed)
             );
         }
-        let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
-        assert_eq!(reloaded.state_vector(), state.state_vector());
-        let sorted = |d: &DocState| {
-            let mut chars: Vec<char> = d.to_json()["content"]
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .collect();
-            chars.sort_unstable();
-            chars
-        };
-        assert_eq!(sorted(&reloaded), sorted(&state));
-        assert_eq!(sorted(&state), vec![' ', ' ', 'A', 's']);
+        assert_eq!(content(&state), "A", "the block past the hole waits");
+        let (mut reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(content(&reloaded), "A");
+        for update in [space, s] {
+            assert_eq!(
+                state.apply_update(update, 1 << 20).ok(),
+                Some(Applied::Changed)
+            );
+            assert!(reloaded.apply_update(update, 1 << 20).is_ok());
+        }
+        assert_eq!(content(&state), "A s", "the space at 93 still waits");
+        assert_eq!(
+            content(&reloaded),
+            content(&state),
+            "a snapshot taken meanwhile"
+        );
+        let (log, _) = DocState::load(None, [a, ahead, space, s]).expect("loads");
+        assert_eq!(content(&log), content(&state), "the log replayed");
+        let (again, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(content(&again), content(&state), "the encoding");
+        assert_eq!(again.state_vector(), state.state_vector());
+        let held: Vec<_> = wellformed::check_update(&again.encode_state())
+            .expect("well formed")
+            .runs
+            .iter()
+            .map(|run| (run.start, run.covered_to, run.end))
+            .collect();
+        assert_eq!(held, [(0, 3, 94)], "clocks 0..3, a skip, then 93");
     }
 
     #[test]

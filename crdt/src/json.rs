@@ -10,7 +10,6 @@
 
 use serde_json::{Map, Value};
 use yrs::branch::BranchPtr;
-use yrs::types::ToJson;
 use yrs::{
     Any, Array as _, ArrayRef, GetString, Map as _, MapRef, Out, ReadTxn, TextRef, Transact,
     XmlFragmentRef,
@@ -33,32 +32,55 @@ impl DocState {
 fn render<T: ReadTxn>(txn: &T, root: Out) -> Value {
     match root {
         Out::UndefinedRef(branch) => render_undefined(txn, branch),
-        other => any_to_json(&other.to_json(txn)),
+        other => render_value(txn, other),
+    }
+}
+
+/// Renders a value by walking its items. yrs' own `to_json` sizes an array
+/// by the length it keeps by increments, and a crafted sequence of updates
+/// can leave that length wrong (found by fuzzing: a text read "\0#" with a
+/// length of 0); yrs then allocates by the wrong length or panics. Walking
+/// needs no length. The recursion is as deep as shared types nest, which
+/// `DocState` bounds.
+fn render_value<T: ReadTxn>(txn: &T, value: Out) -> Value {
+    match value {
+        Out::Any(any) => any_to_json(&any),
+        Out::YText(text) => Value::String(text.get_string(txn)),
+        Out::YArray(array) => Value::Array(array.iter(txn).map(|v| render_value(txn, v)).collect()),
+        Out::YMap(map) => Value::Object(
+            map.iter(txn)
+                .map(|(key, v)| (key.to_string(), render_value(txn, v)))
+                .collect(),
+        ),
+        Out::YXmlElement(xml) => Value::String(xml.get_string(txn)),
+        Out::YXmlText(xml) => Value::String(xml.get_string(txn)),
+        Out::YXmlFragment(xml) => Value::String(xml.get_string(txn)),
+        Out::YDoc(doc) => serde_json::json!({ "guid": doc.guid().as_ref() }),
+        Out::UndefinedRef(branch) => render_undefined(txn, branch),
     }
 }
 
 fn render_undefined<T: ReadTxn>(txn: &T, branch: BranchPtr) -> Value {
-    let items = branch.content_len();
-    if items == 0 {
-        let map = MapRef::from(branch);
-        if map.len(txn) > 0 {
-            return any_to_json(&map.to_json(txn));
-        }
-        return Value::String(String::new());
-    }
-    let text = TextRef::from(branch).get_string(txn);
     // Only Text (and XML text) holds character content; arrays hold values.
+    let text = TextRef::from(branch).get_string(txn);
     if !text.is_empty() {
         return Value::String(text);
     }
-    let array = ArrayRef::from(branch);
-    let is_xml = array
-        .iter(txn)
+    let items: Vec<Out> = ArrayRef::from(branch).iter(txn).collect();
+    if items.is_empty() {
+        let map = MapRef::from(branch);
+        if map.len(txn) > 0 {
+            return render_value(txn, Out::YMap(map));
+        }
+        return Value::String(String::new());
+    }
+    let is_xml = items
+        .iter()
         .all(|v| matches!(v, Out::YXmlElement(_) | Out::YXmlText(_)));
     if is_xml {
         return Value::String(XmlFragmentRef::from(branch).get_string(txn));
     }
-    any_to_json(&array.to_json(txn))
+    Value::Array(items.into_iter().map(|v| render_value(txn, v)).collect())
 }
 
 fn any_to_json(any: &Any) -> Value {

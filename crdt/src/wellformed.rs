@@ -270,6 +270,118 @@ pub fn item_straddles(bytes: &[u8], client: ClientID, clock: u32) -> Result<bool
     Ok(false)
 }
 
+/// An update cut where its blocks stop following on from their clients'
+/// clocks in a document (see `split_past_holes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldSplit {
+    /// What follows on: every client's blocks up to the first one that
+    /// starts past a hole, and the whole delete set.
+    pub now: Vec<u8>,
+    /// From each such block on, every block of its client (no deletions).
+    pub later: Vec<u8>,
+}
+
+/// Whether an update whose runs are `runs` has a block that starts past
+/// `frontier` (its client's clock in the document) or past a skip: only
+/// then does `split_past_holes` cut anything. No walk of the bytes.
+pub fn may_start_past_a_hole(runs: &[ClientRun], frontier: impl Fn(ClientID) -> u32) -> bool {
+    runs.iter()
+        .any(|run| run.covered_to != run.end || run.start > frontier(run.client))
+}
+
+/// Cuts an update (already checked) in two at each client's first block
+/// that starts above `frontier(client)`, the clock up to which the document
+/// holds that client's blocks with no hole, as raised by the blocks kept
+/// before it. Yjs holds such a block back until the clocks below it
+/// arrive; yrs integrates it at once when it depends on nothing missing,
+/// and then the live document differs from its own encoding (see
+/// `DocState`). `None` when every block follows on. Blocks are copied as
+/// they are: a client's blocks carry no clock of their own, only the run's
+/// first clock, so a run cut at a block boundary is two valid runs.
+pub fn split_past_holes(
+    bytes: &[u8],
+    frontier: impl Fn(ClientID) -> u32,
+) -> Result<Option<HeldSplit>, ShapeError> {
+    /// A client's run: how many blocks, whose, from which clock, and where
+    /// its blocks lie in `bytes`.
+    struct Part {
+        blocks: u32,
+        client: ClientID,
+        clock: u32,
+        from: usize,
+        to: usize,
+    }
+    let mut r = Cursor::new(bytes);
+    let clients = r.read_var::<u32>()?;
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for _ in 0..clients {
+        let blocks = r.read_var::<u32>()?;
+        let client = client(&mut r)?;
+        let start: u32 = r.read_var()?;
+        let body = r.next;
+        let mut reached = frontier(client);
+        let (mut kept, mut kept_to) = (0u32, body);
+        let mut cut: Option<(u32, usize, u32)> = None;
+        let mut clock = start;
+        for i in 0..blocks {
+            let at = r.next;
+            let info = r.buf.get(at).copied().ok_or(ShapeError::Invalid)?;
+            let (len, _) = block(&mut r)?;
+            let end = clock.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
+            if cut.is_none() && info != BLOCK_SKIP {
+                if clock > reached {
+                    cut = Some((i, at, clock));
+                } else {
+                    reached = reached.max(end);
+                    // A skip is kept only with a block after it.
+                    (kept, kept_to) = (i + 1, r.next);
+                }
+            }
+            clock = end;
+        }
+        if kept > 0 {
+            now.push(Part {
+                blocks: kept,
+                client,
+                clock: start,
+                from: body,
+                to: kept_to,
+            });
+        }
+        if let Some((i, at, clock)) = cut {
+            later.push(Part {
+                blocks: blocks - i,
+                client,
+                clock,
+                from: at,
+                to: r.next,
+            });
+        }
+    }
+    if later.is_empty() {
+        return Ok(None);
+    }
+    let write = |parts: &[Part], out: &mut Vec<u8>| {
+        use yrs::encoding::write::Write;
+        out.write_var(parts.len());
+        for part in parts {
+            out.write_var(part.blocks);
+            out.write_var(part.client.get());
+            out.write_var(part.clock);
+            out.extend_from_slice(&bytes[part.from..part.to]);
+        }
+    };
+    let mut split = HeldSplit {
+        now: Vec::with_capacity(bytes.len()),
+        later: Vec::new(),
+    };
+    write(&now, &mut split.now);
+    split.now.extend_from_slice(&bytes[r.next..]);
+    write(&later, &mut split.later);
+    split.later.push(0); // no deletions
+    Ok(Some(split))
+}
+
 /// One block: its clock length and whether its content is a shared type.
 fn block(r: &mut Cursor) -> Result<(u32, bool), ShapeError> {
     let info = r.read_u8()?;
@@ -685,5 +797,61 @@ mod tests {
             check_update(&a),
             Err(ShapeError::Overcount { .. })
         ));
+    }
+
+    #[test]
+    fn an_update_is_split_where_its_blocks_stop_following_on() {
+        let writer = Doc::with_client_id(5);
+        let text = writer.get_or_insert_text("t");
+        let edit = |f: &dyn Fn(&mut yrs::TransactionMut)| {
+            let mut txn = writer.transact_mut();
+            f(&mut txn);
+            txn.encode_update_v1()
+        };
+        let first = edit(&|txn| text.insert(txn, 0, "ab"));
+        let second = edit(&|txn| text.insert(txn, 2, "c"));
+        let third = edit(&|txn| text.insert(txn, 0, "d"));
+        let delete = edit(&|txn| text.remove_range(txn, 0, 1));
+        // Client 5: clocks 0..2, a skip over 2, then 3; and a deletion.
+        let merged = yrs::merge_updates_v1([first.as_slice(), &third, &delete]).expect("merges");
+        let runs = |bytes: &[u8]| {
+            let shape = check_update(bytes).expect("well formed");
+            shape
+                .runs
+                .iter()
+                .map(|run| (run.client.get(), run.start, run.end))
+                .collect::<Vec<_>>()
+        };
+        let deletes = |bytes: &[u8]| {
+            use yrs::updates::decoder::Decode;
+            yrs::Update::decode_v1(bytes)
+                .expect("decodes")
+                .delete_set()
+                .is_empty()
+        };
+
+        let split = split_past_holes(&merged, |_| 0)
+            .expect("well formed")
+            .expect("clock 3 is past the hole at 2");
+        assert_eq!(runs(&split.now), [(5, 0, 2)], "the skip goes with the cut");
+        assert_eq!(runs(&split.later), [(5, 3, 4)]);
+        assert!(!deletes(&split.now), "the deletions apply now");
+        assert!(deletes(&split.later));
+
+        assert_eq!(split_past_holes(&merged, |_| 3).expect("well formed"), None);
+        assert!(!may_start_past_a_hole(
+            &check_update(&second).expect("ok").runs,
+            |_| 2
+        ));
+        assert!(may_start_past_a_hole(
+            &check_update(&third).expect("ok").runs,
+            |_| 2
+        ));
+
+        let split = split_past_holes(&third, |_| 0)
+            .expect("well formed")
+            .expect("clock 3 is past the hole at 0");
+        assert_eq!(runs(&split.now), [], "nothing of client 5 follows on");
+        assert_eq!(runs(&split.later), [(5, 3, 4)]);
     }
 }
