@@ -147,8 +147,6 @@ pub struct DocState {
     /// Shared types from updates yrs holds back, whose nesting is checked
     /// once they are integrated.
     unchecked_types: Vec<ID>,
-    /// Whether the document keeps deleted content (a history document).
-    skip_gc: bool,
     /// For each client, the highest clock its blocks reached in an update
     /// applied here: at least the client's clock in the document, so an
     /// update whose blocks start at or above it cannot overlap what the
@@ -191,14 +189,12 @@ impl DocState {
     /// A document with other yrs options: the history keeps deleted
     /// content (`skip_gc`), a restore edits under a client ID of its own.
     pub(crate) fn with_options(options: Options) -> Self {
-        let skip_gc = options.skip_gc;
         DocState {
             doc: Doc::with_options(options),
             version: 0,
             size_estimate: 2,
             step2_cache: None,
             unchecked_types: Vec::new(),
-            skip_gc,
             clocks_seen: Box::default(),
             held: None,
         }
@@ -639,26 +635,14 @@ impl DocState {
         if parts.is_empty() {
             return diff;
         }
-        let held_back = store.pending_update().is_some();
         parts.insert(0, diff);
-        // Every part was produced by yrs itself; merging them cannot meet bad input.
-        let Ok(merged) = yrs::merge_updates_v1(&parts) else {
-            return parts.swap_remove(0);
-        };
-        // yrs integrates a block whose predecessors are missing when it
-        // depends on none of them, leaving a hole in its client's clocks. A
-        // held-back block of that client inside the hole, merged in front,
-        // would make a receiver hold back everything after it too: the
-        // integrated content would vanish from joiners and from compacted
-        // snapshots. Then the held-back blocks stay out (found by fuzzing).
-        if held_back && !held_back_merges_cleanly(&txn, self.skip_gc) {
-            parts.remove(1);
-            if parts.len() == 1 {
-                return parts.swap_remove(0);
-            }
-            return yrs::merge_updates_v1(&parts).unwrap_or_else(|_| parts.swap_remove(0));
-        }
-        merged
+        // Every part is yrs' own encoding, or blocks that passed the shape
+        // check and yrs' decoder: merging them cannot meet bad input. A
+        // held-back block never hides integrated ones merged in front of
+        // it: yrs integrates no block past a hole (`hold_back_past_holes`),
+        // so each client's pending and held blocks start where its
+        // integrated ones end, or later.
+        yrs::merge_updates_v1(&parts).unwrap_or_else(|_| parts.swap_remove(0))
     }
 
     /// The whole document as one Yjs v1 update.
@@ -709,32 +693,6 @@ impl DocState {
     pub fn doc(&self) -> &Doc {
         &self.doc
     }
-}
-
-/// Whether the whole document with the held-back blocks merged in still
-/// integrates, in a fresh document, everything this one has integrated
-/// (compared by encoded size). Runs only while yrs holds blocks back. The
-/// fresh document keeps deleted content exactly when this one does, or a
-/// history document would always compare larger.
-fn held_back_merges_cleanly<T: ReadTxn>(txn: &T, skip_gc: bool) -> bool {
-    let Some(pending) = txn.store().pending_update() else {
-        return true;
-    };
-    let full = txn.encode_diff_v1(&StateVector::default());
-    let Ok(merged) = yrs::merge_updates_v1([full.as_slice(), &pending.update.encode_v1()]) else {
-        return false;
-    };
-    let fresh = Doc::with_options(Options {
-        skip_gc,
-        ..Options::default()
-    });
-    let integrated = catch_unwind(AssertUnwindSafe(|| {
-        let update = Update::decode_v1(&merged).ok()?;
-        fresh.transact_mut().apply_update(update).ok()?;
-        let again = fresh.transact().encode_diff_v1(&StateVector::default());
-        Some(again.len())
-    }));
-    matches!(integrated, Ok(Some(len)) if len == full.len())
 }
 
 /// How many shared types enclose item `id` (1 for a type at the root), up
