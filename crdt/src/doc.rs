@@ -330,12 +330,18 @@ impl DocState {
             Ok(Ok(())) => {
                 self.version += 1;
                 self.step2_cache = None;
-                for run in &shape.runs {
+                // A run of no blocks (a client listed at some clock with
+                // nothing after it) reaches no clock (found by fuzzing: it
+                // raised a client's clock here past a hole yrs still had).
+                for run in shape.runs.iter().filter(|run| run.start < run.end) {
                     let seen = self.clocks_seen.entry(run.client).or_default();
                     *seen = (*seen).max(run.end);
                 }
                 if held.is_some() {
                     self.held = held;
+                }
+                if self.held.is_some() {
+                    self.drop_held_clocks_given_to_yrs(&shape.runs);
                 }
             }
             Ok(Err(e)) => return Err(ApplyError::Poisoned(e.to_string())),
@@ -395,6 +401,43 @@ impl DocState {
         let shape = wellformed::check_update(&split.now).map_err(malformed)?;
         let update = decode(&split.now)?;
         Ok((update, shape, Some(held)))
+    }
+
+    /// Cuts from the held blocks the clocks yrs has now been given. yrs
+    /// keeps the first copy of a clock it sees, so that copy, not the held
+    /// one, is the document's; and the held blocks and those yrs keeps
+    /// pending must not overlap, or an encoding that merges both would hold
+    /// another copy than the live document (found by fuzzing: a crafted
+    /// update gave clocks already held other content). Runs only while
+    /// blocks are held.
+    fn drop_held_clocks_given_to_yrs(&mut self, given: &[wellformed::ClientRun]) {
+        let Some(held) = &self.held else {
+            return;
+        };
+        let Ok(shape) = wellformed::check_update(held) else {
+            self.held = None;
+            return;
+        };
+        let overlaps = shape.runs.iter().any(|h| {
+            given
+                .iter()
+                .any(|g| g.client == h.client && g.end > h.start)
+        });
+        if !overlaps {
+            return;
+        }
+        let mut given_to_yrs = StateVector::default();
+        for run in &shape.runs {
+            given_to_yrs.set_max(
+                run.client,
+                self.clocks_seen.get(&run.client).copied().unwrap_or(0),
+            );
+        }
+        if let Ok(Ok(rest)) = catch_unwind(|| yrs::diff_updates_v1(held, &given_to_yrs.encode_v1()))
+        {
+            let empty = wellformed::check_update(&rest).map_or(true, |s| s.runs.is_empty());
+            self.held = (!empty).then_some(rest);
+        }
     }
 
     /// Gives yrs the held-back blocks that now follow on (through the same
@@ -834,6 +877,27 @@ mod tests {
             .map(|run| (run.start, run.covered_to, run.end))
             .collect();
         assert_eq!(held, [(0, 3, 94)], "clocks 0..3, a skip, then 93");
+    }
+
+    #[test]
+    fn a_client_listed_with_no_blocks_does_not_raise_its_clock() {
+        // Found by the apply_update fuzz target: client 1 listed at clock
+        // 128 with no blocks counted as having reached 128, so a later
+        // update of client 1 from clock 12 on was handed to yrs past the
+        // hole at 1..12 instead of being held back.
+        let writer = Doc::with_client_id(1);
+        let first = edit(&writer, 0, "a");
+        let _missing = edit(&writer, 1, "bbbbbbbbbbb");
+        let past_the_hole = edit(&writer, 0, "c"); // depends only on "a"
+                                                   // varUint 1 client • 0 blocks • client 1 • clock 128 • no deletions
+        let empty_run: &[u8] = &[1, 0, 1, 0x80, 0x01, 0];
+        let mut state = DocState::new();
+        for update in [first.as_slice(), empty_run, &past_the_hole] {
+            assert!(state.apply_update(update, 1 << 20).is_ok());
+        }
+        assert_eq!(text_of(&state), "a", "the block past the hole waits");
+        let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(reloaded.state_vector(), state.state_vector());
     }
 
     #[test]

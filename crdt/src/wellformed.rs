@@ -285,8 +285,9 @@ pub struct HeldSplit {
 /// `frontier` (its client's clock in the document) or past a skip: only
 /// then does `split_past_holes` cut anything. No walk of the bytes.
 pub fn may_start_past_a_hole(runs: &[ClientRun], frontier: impl Fn(ClientID) -> u32) -> bool {
-    runs.iter()
-        .any(|run| run.covered_to != run.end || run.start > frontier(run.client))
+    runs.iter().any(|run| {
+        run.start < run.end && (run.covered_to != run.end || run.start > frontier(run.client))
+    })
 }
 
 /// Cuts an update (already checked) in two at each client's first block
