@@ -283,15 +283,20 @@ impl Session {
                     // renews its awareness about every interval, so most
                     // never need a ping (each costs a write, and a wake-up
                     // and a read for the pong).
-                    if unanswered.is_some() || last_heard.elapsed() >= ping_interval {
-                        outbox.ping();
+                    let needs_ping = unanswered.is_some() || last_heard.elapsed() >= ping_interval;
+                    let needs_keepalive = !outbox.take_sent();
+                    match (needs_ping, needs_keepalive) {
+                        // A silent client needs both: one write carries them.
+                        (true, true) => drop(outbox.ping_and_push(KEEPALIVE)),
+                        (true, false) => outbox.ping(),
+                        (false, true) => drop(outbox.push(Bytes::from_static(KEEPALIVE))),
+                        (false, false) => {}
+                    }
+                    if needs_ping {
                         unanswered.get_or_insert_with(Instant::now);
                     }
-                    if !outbox.take_sent() {
-                        let _ = outbox.push(Bytes::from_static(KEEPALIVE));
-                        // The keepalive itself does not count as traffic.
-                        outbox.take_sent();
-                    }
+                    // The keepalive itself does not count as traffic.
+                    outbox.take_sent();
                 }
                 _ = &mut expiry => {
                     tracing::info!("token expired; closing");
