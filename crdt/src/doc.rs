@@ -901,6 +901,28 @@ mod tests {
     }
 
     #[test]
+    fn a_run_ending_in_a_skip_does_not_raise_its_clock() {
+        // Found by the apply_update fuzz target: client 103 listed with one
+        // skip block over clocks 103..107 counted as having reached 107, so
+        // its block at clock 3 was handed to yrs past the hole at 1..3
+        // instead of being held back, and the reload lost it.
+        let writer = Doc::with_client_id(103);
+        let first = edit(&writer, 0, "a");
+        let _missing = edit(&writer, 1, "bb");
+        let past_the_hole = edit(&writer, 0, "c"); // depends only on "a"
+                                                   // 1 client • 1 block • client 103 • clock 103 • a skip of 4 • no deletions
+        let skip_run: &[u8] = &[1, 1, 103, 103, 10, 4, 0];
+        let mut state = DocState::new();
+        for update in [first.as_slice(), skip_run, &past_the_hole] {
+            assert!(state.apply_update(update, 1 << 20).is_ok());
+        }
+        assert_eq!(text_of(&state), "a", "the block past the hole waits");
+        let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(text_of(&reloaded), "a");
+        assert_eq!(reloaded.state_vector(), state.state_vector());
+    }
+
+    #[test]
     fn a_merged_update_with_a_skip_over_missing_clocks_is_applied_and_completed_later() {
         // `Y.mergeUpdates` of a client's first and third edits: a skip
         // block covers the second, which the document lacks. A Yjs

@@ -75,6 +75,7 @@ pub struct UpdateShape {
 pub struct ClientRun {
     pub client: ClientID,
     pub start: u32,
+    /// Where its last block that is not a skip ends (`start` if none).
     pub end: u32,
     /// Where the blocks stop covering every clock from `start`: `end`, or
     /// the start of the first skip block (a hole `Y.mergeUpdates` leaves).
@@ -192,10 +193,15 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
         let client = client(&mut r)?;
         let start: u32 = r.read_var()?;
         let mut clock = start;
+        // Where the last block that is not a skip ends: a skip is a hole,
+        // and skips at the end of a run reach no clock (found by fuzzing:
+        // a run of one skip raised its client's clock past a hole).
+        let mut end = start;
         let mut covered_to = None;
         fits(&r, "blocks", blocks, 2)?;
         for _ in 0..blocks {
-            if covered_to.is_none() && r.buf.get(r.next) == Some(&BLOCK_SKIP) {
+            let skip = r.buf.get(r.next) == Some(&BLOCK_SKIP);
+            if covered_to.is_none() && skip {
                 covered_to = Some(clock);
             }
             let (len, is_type) = block(&mut r)?;
@@ -203,6 +209,9 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
                 shape.type_items.push(ID::new(client, clock));
             }
             clock = clock.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
+            if !skip {
+                end = clock;
+            }
         }
         // Yjs writes each client's blocks as one run. yrs appends a
         // client's second run to its first, out of clock order, and such an
@@ -220,8 +229,8 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
         shape.runs.push(ClientRun {
             client,
             start,
-            end: clock,
-            covered_to: covered_to.unwrap_or(clock),
+            end,
+            covered_to: covered_to.map_or(end, |hole| hole.min(end)),
         });
     }
     // The delete set: `varUint(n) • n × [varUint(client) • varUint(m) • m × [clock • len]]`.
