@@ -47,6 +47,26 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// ping interval gets this.
 const KEEPALIVE: &[u8] = &[protocol::MSG_AWARENESS, 1, 0];
 
+/// Every session's keepalive ticks fall on a grid of this step, so that a
+/// worker thread wakes once for the ticks of many connections instead of
+/// once for each: at thousands of connections the wake-ups, not the pings,
+/// were most of an idle server's work.
+const TICK_GRID: Duration = Duration::from_millis(50);
+
+/// The first tick `interval` from now, moved later onto `TICK_GRID`.
+fn on_the_tick_grid(interval: Duration) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let first = tokio::time::Instant::now() + interval;
+    let step = TICK_GRID.as_nanos();
+    let past = first.duration_since(epoch).as_nanos() % step;
+    if past == 0 {
+        return first;
+    }
+    // `step - past` is below the grid's step, so it fits in a u64.
+    first + Duration::from_nanos(u64::try_from(step - past).unwrap_or(0))
+}
+
 pub struct Session {
     pub conn: ConnId,
     pub name: DocName,
@@ -186,8 +206,7 @@ impl Session {
         let mut rate = RateLimit::new(limits.max_messages_per_second);
         let ping_interval = deps.rooms.ping_interval;
         let ping_timeout = deps.rooms.ping_timeout;
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        let mut ping = tokio::time::interval_at(on_the_tick_grid(ping_interval), ping_interval);
         let mut last_heard = Instant::now();
         // When the first ping that nothing from the client has followed
         // since was sent. Any bytes from the client answer it: a pong, an
@@ -631,6 +650,20 @@ impl RateLimit {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn keepalive_ticks_of_all_sessions_fall_on_one_grid() {
+        let interval = Duration::from_secs(15);
+        let before = tokio::time::Instant::now();
+        let a = on_the_tick_grid(interval);
+        std::thread::sleep(Duration::from_millis(7));
+        let b = on_the_tick_grid(interval);
+        let after = tokio::time::Instant::now();
+        assert!(a >= before + interval && a < after + interval + TICK_GRID);
+        assert!(b >= before + interval && b < after + interval + TICK_GRID);
+        let apart = b.duration_since(a).as_nanos();
+        assert_eq!(apart % TICK_GRID.as_nanos(), 0, "{apart} ns apart");
+    }
 
     #[test]
     fn rate_limit_allows_a_burst_then_the_sustained_rate() {
