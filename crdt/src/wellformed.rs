@@ -230,7 +230,9 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
             client,
             start,
             end,
-            covered_to: covered_to.map_or(end, |hole| hole.min(end)),
+            // The first skip is never past the end of the last block that is
+            // not a skip.
+            covered_to: covered_to.unwrap_or(end),
         });
     }
     // The delete set: `varUint(n) • n × [varUint(client) • varUint(m) • m × [clock • len]]`.
