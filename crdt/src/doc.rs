@@ -45,6 +45,24 @@ pub enum ApplyError {
     /// from storage (which never saw it).
     #[error("integrating the update failed: {0}")]
     Poisoned(String),
+    /// The update holds an item whose right origin does not lie to the
+    /// right of its left origin, which no Yjs or yrs peer writes. yrs (as
+    /// patched, `vendor/README.md`) integrated it as garbage, so the
+    /// document holds part of the update and must be reloaded from storage,
+    /// which never saw it.
+    #[error("item {0} names a right origin that does not follow its left origin")]
+    CrossedOrigins(ID),
+}
+
+impl ApplyError {
+    /// Whether the document holds part of the refused update and must be
+    /// discarded and reloaded from storage.
+    pub fn needs_reload(&self) -> bool {
+        matches!(
+            self,
+            ApplyError::Poisoned(_) | ApplyError::CrossedOrigins(_)
+        )
+    }
 }
 
 /// What to do with an item that begins below its client's clock in the
@@ -325,9 +343,24 @@ impl DocState {
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
             txn.apply_update(update)
+                .map(|()| txn.crossed_origins().to_vec())
         }));
         match result {
-            Ok(Ok(())) => {
+            Ok(Ok(crossed)) => {
+                // A client's own item with crossed origins refuses its
+                // update. One that waited in yrs for another update to
+                // arrive is left as the garbage yrs made of it, the same
+                // after any reload: the update that let it in is innocent.
+                if overlaps == Overlaps::Trim {
+                    let carried = |id: &&ID| {
+                        shape.runs.iter().any(|run| {
+                            run.client == id.client && (run.start..run.end).contains(&id.clock)
+                        })
+                    };
+                    if let Some(id) = crossed.iter().find(carried) {
+                        return Err(ApplyError::CrossedOrigins(*id));
+                    }
+                }
                 self.version += 1;
                 self.step2_cache = None;
                 // A run of no blocks (a client listed at some clock with
@@ -788,28 +821,66 @@ mod tests {
         text.get_string(&txn)
     }
 
-    /// An item whose right origin lies to the left of its left origin, which
-    /// no Yjs client writes, lands where the blocks around it happen to be
-    /// when it integrates, so a reload can place it elsewhere. The fix
-    /// belongs in yrs' integration (docs/fuzzing.md, "Open"); this test
-    /// shows the open finding in a text and passes once it is fixed.
-    #[test]
-    #[ignore = "open finding: crossed origins integrate by arrival order in yrs 0.28"]
-    fn an_item_with_crossed_origins_lands_in_the_same_place_after_a_reload() {
+    /// Client 2, clock 0: an item with both origins (0x80 | 0x40) and a
+    /// string (4): left origin 1#6 ("g"), right origin 1#3 ("d"), "X", then
+    /// an empty delete set. Its right origin lies left of its left one,
+    /// which no Yjs or yrs peer writes.
+    const CROSSED: &[u8] = &[1, 1, 2, 0, 0xc4, 1, 6, 1, 3, 1, b'X', 0];
+
+    /// Client 1's "abcdefghij", then "Z" appended.
+    fn crossed_base() -> (Vec<u8>, Vec<u8>) {
         let writer = Doc::with_client_id(1);
         let base = edit(&writer, 0, "abcdefghij");
         let appended = edit(&writer, 10, "Z");
-        // Client 2, clock 0: an item with both origins (0x80 | 0x40) and a
-        // string (4): left origin 1#6 ("g"), right origin 1#3 ("d"), "X",
-        // then an empty delete set.
-        let crossed: &[u8] = &[1, 1, 2, 0, 0xc4, 1, 6, 1, 3, 1, b'X', 0];
+        (base, appended)
+    }
+
+    #[test]
+    fn a_client_update_with_crossed_origins_is_refused() {
+        let (base, _) = crossed_base();
         let mut state = DocState::new();
-        for update in [base.as_slice(), crossed, &appended] {
-            assert!(state.apply_update(update, 1 << 20).is_ok());
+        state.apply_update(&base, 1 << 20).expect("accepted");
+        let refused = state.apply_update(CROSSED, 1 << 20);
+        let Err(e @ ApplyError::CrossedOrigins(id)) = refused else {
+            panic!("not refused: {refused:?}");
+        };
+        assert_eq!(id, ID::new(ClientID::new(2), 0));
+        assert!(e.needs_reload());
+    }
+
+    /// Found by fuzzing. yrs 0.28.1 placed such an item by the blocks
+    /// around it when it arrived: live "abcXdefghijZ", reloaded
+    /// "abcdefghijZX". Patched (vendor/README.md), it is garbage in every
+    /// order, as a stored row from before the fix loads.
+    #[test]
+    fn an_item_with_crossed_origins_lands_nowhere_in_any_order() {
+        let (base, appended) = crossed_base();
+        let orders: [[&[u8]; 3]; 3] = [
+            [&base, CROSSED, &appended],
+            [&base, &appended, CROSSED],
+            [CROSSED, &base, &appended],
+        ];
+        for order in orders {
+            let (state, _) = DocState::load(None, order).expect("loads");
+            assert_eq!(text_of(&state), "abcdefghijZ", "{order:?}");
+            let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+            assert_eq!(text_of(&reloaded), "abcdefghijZ", "{order:?}");
         }
+    }
+
+    /// An item with crossed origins that waited in yrs for its origins is
+    /// judged when the update bringing them arrives, and that update, which
+    /// did nothing wrong, is accepted.
+    #[test]
+    fn the_update_that_releases_a_waiting_crossed_item_is_accepted() {
+        let (base, _) = crossed_base();
+        let mut state = DocState::new();
+        // It waits: client 1's blocks are missing.
+        state.apply_update(CROSSED, 1 << 20).expect("accepted");
+        state.apply_update(&base, 1 << 20).expect("accepted");
+        assert_eq!(text_of(&state), "abcdefghij");
         let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
-        // Seen with yrs 0.28.1: "abcXdefghijZ" live, "abcdefghijZX" reloaded.
-        assert_eq!(text_of(&reloaded), text_of(&state));
+        assert_eq!(text_of(&reloaded), "abcdefghij");
     }
 
     #[test]

@@ -250,6 +250,11 @@ impl<P> RoomCore<P> {
                 tracing::warn!(%conn, error = %e, "update refused: document too large");
                 self.close(conn, CloseCode::TooLarge, "document too large", out);
             }
+            Err(e @ ApplyError::CrossedOrigins(_)) => {
+                tracing::warn!(%conn, error = %e, "hostile update; closing the connection and reloading the document from storage");
+                self.close(conn, CloseCode::Malformed, "malformed update", out);
+                out.push(Effect::Reload);
+            }
             Err(e @ ApplyError::Poisoned(_)) => {
                 tracing::error!(%conn, error = %e, "update failed inside yrs; reloading the document from storage");
                 self.close(
@@ -440,6 +445,10 @@ impl<P> RoomCore<P> {
                 out.push(Effect::Persist { update, user });
             }
             Ok(Applied::Empty) => {}
+            Err(e @ ApplyError::CrossedOrigins(_)) => {
+                tracing::warn!(error = %e, "hostile API update; reloading the document");
+                out.push(Effect::Reload);
+            }
             Err(ApplyError::Poisoned(e)) => {
                 tracing::error!(error = %e, "API update failed inside yrs; reloading the document");
                 out.push(Effect::Reload);
@@ -802,6 +811,34 @@ mod tests {
         let mut out = send(&mut room, 2, &awareness_frame(&[(10, 9, r#"{"x":666}"#)]));
         room.flush_awareness(&mut out);
         assert!(out.is_empty(), "nothing relayed: {out:?}");
+    }
+
+    #[test]
+    fn an_update_with_crossed_origins_asks_for_a_reload_and_closes_the_sender() {
+        let base = {
+            let doc = Doc::with_client_id(1);
+            let text = doc.get_or_insert_text("t");
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "abcdefghij");
+            Bytes::from(txn.encode_update_v1())
+        };
+        // Client 2's "X" with left origin 1#6 and right origin 1#3.
+        let crossed: &[u8] = &[1, 1, 2, 0, 0xc4, 1, 6, 1, 3, 1, b'X', 0];
+        let mut room = room();
+        join(&mut room, 1);
+        join(&mut room, 2);
+        send(&mut room, 1, &protocol::encode_update(&base));
+        let out = send(&mut room, 2, &protocol::encode_update(crossed));
+        assert!(out.contains(&Effect::Reload));
+        assert!(out.contains(&Effect::Close {
+            conn: ConnId(2),
+            port: (),
+            code: CloseCode::Malformed,
+            reason: "malformed update"
+        }));
+        assert!(!out
+            .iter()
+            .any(|e| matches!(e, Effect::Broadcast { .. } | Effect::Persist { .. })));
     }
 
     #[test]

@@ -71,6 +71,44 @@ async fn an_update_nested_a_million_levels_deep_closes_only_its_connection() {
     app.stop().await;
 }
 
+/// An item whose right origin lies left of its left origin, which no Yjs
+/// client writes: yrs placed it by the order updates arrived in, so the
+/// live document and its reload disagreed (found by fuzzing). The update
+/// is refused, the attacker's connection closed, nothing relayed, and the
+/// room reloaded from storage holds the document as it was.
+#[actix_web::test]
+async fn an_update_with_crossed_origins_closes_only_its_connection_and_changes_nothing() {
+    let app = spawn_app(&[]).await;
+    let mut bystander = app.client("crossed").await;
+    bystander.sync().await;
+    bystander.insert(0, "abcdefghij").await;
+    let writer = bystander.doc.client_id().get();
+    let mut u = Vec::new();
+    u.write_var(1u32); // one client
+    u.write_var(1u32); // one block
+    u.write_var(writer + 1); // client id
+    u.write_var(0u32); // clock
+    u.write_u8(0b1100_0100); // both origins, string content
+    u.write_var(writer); // left origin: "g"…
+    u.write_var(6u32);
+    u.write_var(writer); // …right origin: "d", left of it
+    u.write_var(3u32);
+    u.write_string("X");
+    u.write_var(0u32); // no deletions
+    let mut attacker = app.client("crossed").await;
+    attacker.sync().await;
+    let frame = protocol::encode_update(&u);
+    attacker.ws.send(bin(frame.to_vec())).await.expect("send");
+    assert_eq!(attacker.ended().await, close_code(4400));
+    let mut joiner = app.client("crossed").await;
+    joiner.sync().await;
+    assert_eq!(joiner.text(), "abcdefghij");
+    // The bystander, still connected, was sent nothing of it.
+    joiner.insert(0, "still here ").await;
+    bystander.wait_text("still here abcdefghij").await;
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn a_frame_packed_with_sync_requests_is_refused_and_other_rooms_keep_relaying() {
     let app = spawn_app(&[]).await;

@@ -908,6 +908,32 @@ impl Item {
         }
     }
 
+    /// Whether the item's right origin lies to the right of its left origin
+    /// in one sequence, as it did for the peer that wrote the item (Tandem's
+    /// patch). An item with crossed origins would otherwise be placed by the
+    /// order updates arrive in: a document and its own encoding, loaded
+    /// again, would disagree. The walk passes only the items inserted
+    /// between the two origins concurrently, which the conflict resolution
+    /// that follows walks as well.
+    fn origins_in_order(&self) -> bool {
+        let (Some(left), Some(right)) = (self.left, self.right) else {
+            return true;
+        };
+        // Splitting the block at the right origin shortens the left block
+        // when the right origin lies inside it, at or before the left one.
+        if Some(left.last_id()) != self.origin {
+            return false;
+        }
+        let mut next = left.right;
+        while let Some(item) = next {
+            if item == right {
+                return true;
+            }
+            next = item.right;
+        }
+        false
+    }
+
     fn detect_conflict(&self) -> bool {
         // original code: ((!target.left && (!target.right || target.right.left !== null)) || (target.left && target.left.right !== target.right))
         match (&self.left, &self.right) {
@@ -1029,6 +1055,12 @@ impl<'doc> TransactionMut<'doc> {
                 return None;
             }
         };
+
+        if !item.origins_in_order() {
+            self.crossed_origins.push(item.id);
+            self.integrate_gc(item.range(), 0);
+            return None;
+        }
 
         if item.detect_conflict() {
             item.resolve_conflict(&mut store.blocks);

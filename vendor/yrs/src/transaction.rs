@@ -503,6 +503,10 @@ pub struct TransactionMut<'doc> {
     pub(crate) changed_parent_types: Vec<BranchPtr>,
     pub(crate) subdocs: Option<Box<Subdocs>>,
     pub(crate) origin: Option<Origin>,
+    /// Items integrated as garbage because their right origin does not lie
+    /// to the right of their left origin (Tandem's patch, see
+    /// `Item::origins_in_order`).
+    pub(crate) crossed_origins: Vec<ID>,
     doc: Doc,
     local: bool,
     committed: bool,
@@ -552,10 +556,20 @@ impl<'doc> TransactionMut<'doc> {
             changed: HashMap::default(),
             changed_parent_types: Vec::default(),
             subdocs: None,
+            crossed_origins: Vec::new(),
             local: true,
             committed: false,
             needs_cleanup: false,
         }
+    }
+
+    /// Items this transaction integrated as garbage because their origins
+    /// were crossed: the right origin did not lie to the right of the left
+    /// origin in the same sequence. No peer running Yjs or yrs writes such an
+    /// item, and its place would depend on the order updates arrive in, so
+    /// it is dropped the same way in every order (Tandem's patch).
+    pub fn crossed_origins(&self) -> &[ID] {
+        &self.crossed_origins
     }
 
     /// Check, if there were any changes registered within the scope of this transaction.
