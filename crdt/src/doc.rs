@@ -286,7 +286,8 @@ impl DocState {
     }
 
     fn apply_checked(&mut self, bytes: &[u8], overlaps: Overlaps) -> Result<Applied, ApplyError> {
-        let (applied, mut created) = self.apply_one(bytes, overlaps)?;
+        let own = overlaps == Overlaps::Trim;
+        let (applied, mut created) = self.apply_one(bytes, overlaps, own)?;
         if self.held.is_some() && applied != Applied::Empty {
             self.release_held(&mut created)?;
         }
@@ -300,10 +301,14 @@ impl DocState {
     /// start past a hole in their client's clocks. Returns what happened
     /// and the shared types it created (their nesting is checked by the
     /// caller once held-back blocks it let through are in too).
+    /// `refuse_crossed`: whether an item with crossed origins refuses the
+    /// update, which only the sender of the item deserves (a client's own
+    /// update, not blocks it releases).
     fn apply_one(
         &mut self,
         bytes: &[u8],
         overlaps: Overlaps,
+        refuse_crossed: bool,
     ) -> Result<(Applied, Vec<ID>), ApplyError> {
         // The shape first: yrs must never see a count it would reserve
         // memory for, or values nested deeper than its stack can decode.
@@ -348,10 +353,11 @@ impl DocState {
         match result {
             Ok(Ok(crossed)) => {
                 // A client's own item with crossed origins refuses its
-                // update. One that waited in yrs for another update to
-                // arrive is left as the garbage yrs made of it, the same
-                // after any reload: the update that let it in is innocent.
-                if overlaps == Overlaps::Trim {
+                // update. One that waited (in yrs, or held back here) for
+                // another update to arrive is left as the garbage yrs made
+                // of it, the same after any reload: the update that let it
+                // in is innocent.
+                if refuse_crossed {
                     let carried = |id: &&ID| {
                         shape.runs.iter().any(|run| {
                             run.client == id.client && (run.start..run.end).contains(&id.clock)
@@ -501,7 +507,7 @@ impl DocState {
             let Some(held) = self.held.take() else {
                 return Ok(());
             };
-            match self.apply_one(&held, Overlaps::Trim) {
+            match self.apply_one(&held, Overlaps::Trim, false) {
                 Ok((_, types)) => created.extend(types),
                 Err(ApplyError::Malformed(_) | ApplyError::TooLarge { .. }) => {}
                 Err(e) => return Err(e),
@@ -881,6 +887,32 @@ mod tests {
         assert_eq!(text_of(&state), "abcdefghij");
         let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
         assert_eq!(text_of(&reloaded), "abcdefghij");
+    }
+
+    /// The same when Tandem held the item back itself (it starts past a
+    /// hole in its client's clocks): the update that fills the hole is
+    /// accepted, and a load of the same rows does not fail.
+    #[test]
+    fn the_update_that_releases_a_held_back_crossed_item_is_accepted() {
+        let (base, _) = crossed_base();
+        // CROSSED at clock 5 of client 2.
+        let crossed_later: &[u8] = &[1, 1, 2, 5, 0xc4, 1, 6, 1, 3, 1, b'X', 0];
+        let filler = Doc::with_client_id(2);
+        filler
+            .transact_mut()
+            .apply_update(decode(&base).expect("decodes"))
+            .expect("applies");
+        let fill = edit(&filler, 10, "12345");
+        let mut state = DocState::new();
+        for update in [base.as_slice(), crossed_later, &fill] {
+            state.apply_update(update, 1 << 20).expect("accepted");
+        }
+        assert_eq!(text_of(&state), "abcdefghij12345");
+        let (loaded, _) =
+            DocState::load(None, [base.as_slice(), crossed_later, &fill]).expect("loads");
+        assert_eq!(text_of(&loaded), "abcdefghij12345");
+        let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(text_of(&reloaded), "abcdefghij12345");
     }
 
     #[test]
