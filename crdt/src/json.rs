@@ -93,11 +93,12 @@ fn render_undefined<T: ReadTxn>(txn: &T, branch: BranchPtr) -> Value {
 }
 
 /// Writes XML as yrs' `get_string` does, with two differences that make
-/// the string depend on the document alone: attributes come in key order
-/// (yrs iterates hash maps, whose order differs from one copy of a
-/// document to the next), and a value inside XML that is neither XML nor
-/// plain data is written as its JSON (yrs prints a subdocument with the
-/// random client ID of the copy in memory; found by fuzzing).
+/// the string depend on the document alone: attributes and formatting come
+/// in key order, as Yjs' `toString()` writes them (yrs iterates hash maps,
+/// whose order differs from one copy of a document to the next), and a
+/// value inside XML that is neither XML nor plain data is written as its
+/// JSON (yrs prints a subdocument with the random client ID of the copy in
+/// memory; found by fuzzing).
 fn write_xml<T: ReadTxn>(txn: &T, value: Out, out: &mut String) {
     match value {
         Out::YXmlElement(element) => {
