@@ -889,6 +889,27 @@ mod tests {
         assert_eq!(text_of(&reloaded), "abcdefghij");
     }
 
+    /// An item whose origin is such garbage is garbage too, as in Yjs:
+    /// yrs placed it as if it had no left neighbour, by the items around it
+    /// when it arrived, so an item inserted at the start later went before
+    /// it live and after it on a reload (found by fuzzing).
+    #[test]
+    fn an_item_after_a_crossed_one_is_garbage_too() {
+        let (base, _) = crossed_base();
+        // Client 2, clock 1: "Y" after its own crossed "X", before "h".
+        let after_crossed: &[u8] = &[1, 1, 2, 1, 0xc4, 2, 0, 1, 7, 1, b'Y', 0];
+        // Client 97: "#" with no origins, at the start of root "t".
+        let at_start: &[u8] = &[1, 1, 97, 0, 0x04, 1, 1, b't', 1, b'#', 0];
+        let mut state = DocState::new();
+        // Both of client 2's items wait for client 1's, which lets them in.
+        for update in [CROSSED, after_crossed, &base, at_start] {
+            state.apply_update(update, 1 << 20).expect("accepted");
+        }
+        let (reloaded, _) = DocState::load(Some(&state.encode_state()), []).expect("loads");
+        assert_eq!(text_of(&reloaded), text_of(&state));
+        assert!(!text_of(&state).contains('Y'), "{}", text_of(&state));
+    }
+
     /// The same when Tandem held the item back itself (it starts past a
     /// hole in its client's clocks): the update that fills the hole is
     /// accepted, and a load of the same rows does not fail.

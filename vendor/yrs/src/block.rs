@@ -1056,6 +1056,18 @@ impl<'doc> TransactionMut<'doc> {
             }
         };
 
+        // As in Yjs: an item whose origin or right origin is garbage is
+        // garbage too. yrs would place it as if it had no such neighbour,
+        // where the blocks around it happen to be when it arrives (Tandem's
+        // patch; found by fuzzing once items with crossed origins became
+        // garbage in a live list).
+        if (item.origin.is_some() && item.left.is_none())
+            || (item.right_origin.is_some() && item.right.is_none())
+        {
+            self.integrate_gc(item.range(), 0);
+            return None;
+        }
+
         if !item.origins_in_order() {
             self.crossed_origins.push(item.id);
             self.integrate_gc(item.range(), 0);
