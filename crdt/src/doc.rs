@@ -1363,6 +1363,29 @@ mod tests {
         ));
     }
 
+    /// yrs' item for a sub-document held a strong reference back to the
+    /// document holding it: a cycle, so a document with a sub-document was
+    /// never freed, whole, on every load (found by the fuzzer's memory
+    /// limit: a few kilobytes an execution). Patched (vendor/README.md).
+    #[test]
+    fn a_document_with_a_subdocument_is_freed() {
+        use yrs::{Array, WriteTxn};
+        let client = Doc::new();
+        {
+            let mut txn = client.transact_mut();
+            let array = txn.get_or_insert_array("a");
+            array.push_back(&mut txn, Doc::new());
+        }
+        let update = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let (state, _) = DocState::load(None, [update.as_slice()]).expect("loads");
+        let weak = state.doc().downgrade();
+        assert!(weak.upgrade().is_some());
+        drop(state);
+        assert!(weak.upgrade().is_none(), "the document outlived its owner");
+    }
+
     /// Open: a chain of shared types nested past the limit that waits in
     /// yrs for another client's next block poisons the update that brings
     /// that block, which did nothing wrong. The room reloads without it,

@@ -1,6 +1,6 @@
 use crate::block_store::BlockStore;
 use crate::branch::{Branch, BranchPtr};
-use crate::doc::{DocAddr, OffsetKind};
+use crate::doc::{DocAddr, OffsetKind, WeakDoc};
 use crate::encoding::read::Error;
 use crate::gc::GCCollector;
 use crate::slice::{BlockSlice, ItemSlice};
@@ -868,7 +868,7 @@ impl Item {
                 self.mark_as_deleted();
             }
             ItemContent::Doc(parent_doc, doc) => {
-                *parent_doc = Some(txn.doc().clone());
+                *parent_doc = Some(txn.doc().downgrade());
                 {
                     let mut child_txn = doc.transact_mut();
                     child_txn.store.parent = Some(self_ptr);
@@ -1794,7 +1794,8 @@ pub enum ItemContent {
     Deleted(u32),
 
     /// Sub-document container. Contains weak reference to a parent document and a child document.
-    Doc(Option<Doc>, Doc),
+    /// (Tandem's patch: the reference was a strong one, which leaked the parent.)
+    Doc(Option<WeakDoc>, Doc),
 
     /// Obsolete: collection of consecutively inserted stringified JSON values.
     JSON(Vec<String>),

@@ -404,6 +404,11 @@ impl Doc {
         }
     }
 
+    /// A reference to this document that does not keep it alive.
+    pub fn downgrade(&self) -> WeakDoc {
+        WeakDoc(Arc::downgrade(&self.store.0))
+    }
+
     /// If current document has been inserted as a sub-document, returns a reference to a parent
     /// document, which contains it.
     pub fn parent_doc(&self) -> Option<Doc> {
@@ -604,6 +609,27 @@ pub enum OffsetKind {
     Bytes,
     /// Compute editable strings length and offset using UTF-16 chars count.
     Utf16,
+}
+
+/// A reference to a [Doc] that does not keep it alive (Tandem's patch). A sub-document's item,
+/// owned by its parent document, refers back to the parent with one: a strong reference made a
+/// cycle, and every document that held a sub-document was never freed.
+#[derive(Debug, Clone)]
+pub struct WeakDoc(std::sync::Weak<StoreInner>);
+
+impl WeakDoc {
+    /// The document, unless it has been dropped.
+    pub fn upgrade(&self) -> Option<Doc> {
+        self.0.upgrade().map(|inner| Doc {
+            store: DocStore(inner),
+        })
+    }
+}
+
+impl PartialEq for WeakDoc {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Weak::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Prelim for Doc {

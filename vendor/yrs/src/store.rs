@@ -63,6 +63,19 @@ pub struct Store {
     pub(crate) linked_by: HashMap<ItemPtr, HashSet<BranchPtr>>,
 }
 
+impl Drop for Store {
+    /// Tandem's patch: a sub-document may outlive the document holding it now that the holder is
+    /// freed (see `WeakDoc`), and its `parent` points into the holder's blocks; cleared here so
+    /// that it never dangles.
+    fn drop(&mut self) {
+        for (_, subdoc) in self.subdocs.drain() {
+            if let Some(mut store) = subdoc.store.try_write() {
+                store.parent = None;
+            }
+        }
+    }
+}
+
 impl Store {
     /// Create a new empty store in context of a given `client_id`.
     pub(crate) fn new(options: &Options) -> Self {
