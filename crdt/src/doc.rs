@@ -54,17 +54,6 @@ pub enum ApplyError {
     CrossedOrigins(ID),
 }
 
-impl ApplyError {
-    /// Whether the document holds part of the refused update and must be
-    /// discarded and reloaded from storage.
-    pub fn needs_reload(&self) -> bool {
-        matches!(
-            self,
-            ApplyError::Poisoned(_) | ApplyError::CrossedOrigins(_)
-        )
-    }
-}
-
 /// What to do with an item that begins below its client's clock in the
 /// document and ends above it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -847,11 +836,10 @@ mod tests {
         let mut state = DocState::new();
         state.apply_update(&base, 1 << 20).expect("accepted");
         let refused = state.apply_update(CROSSED, 1 << 20);
-        let Err(e @ ApplyError::CrossedOrigins(id)) = refused else {
+        let Err(ApplyError::CrossedOrigins(id)) = refused else {
             panic!("not refused: {refused:?}");
         };
         assert_eq!(id, ID::new(ClientID::new(2), 0));
-        assert!(e.needs_reload());
     }
 
     /// Found by fuzzing. yrs 0.28.1 placed such an item by the blocks

@@ -912,9 +912,11 @@ impl Item {
     /// in one sequence, as it did for the peer that wrote the item (Tandem's
     /// patch). An item with crossed origins would otherwise be placed by the
     /// order updates arrive in: a document and its own encoding, loaded
-    /// again, would disagree. The walk passes only the items inserted
-    /// between the two origins concurrently, which the conflict resolution
-    /// that follows walks as well.
+    /// again, would disagree. The walk passes the blocks between the two
+    /// origins (for an honest item, those inserted concurrently), a stretch
+    /// the conflict resolution that follows often walks as well; a crafted
+    /// item with origins far apart costs that walk, as it already could cost
+    /// the conflict resolution's.
     fn origins_in_order(&self) -> bool {
         let (Some(left), Some(right)) = (self.left, self.right) else {
             return true;
