@@ -296,6 +296,13 @@ pub async fn a_stalled_peer_among_readers(app: &TestApp, readers: usize) {
     })
     .await
     .expect("the writer is never held up by a stalled peer");
+    // The room answers the writer's sync step 1 after every update the
+    // writer sent before it, so a client joining after that answer gets the
+    // whole text in its sync step 2 and nothing behind it. Joining earlier,
+    // it could be sent the writer's last updates behind a sync step 2 of
+    // megabytes, overflow its 1 MiB queue while still reading that, and be
+    // dropped as slow (seen once in CI).
+    writer.sync().await;
     // Everything the writer sent is in the room: once a fresh client has it,
     // the room has pushed all of it towards the stalled peer too (reading
     // the stalled peer before then would let it catch up instead).
