@@ -14,16 +14,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use bytes::Bytes;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{
-    Assoc, BranchID, ClientID, Doc, IndexScope, Options, ReadTxn, StateVector, StickyIndex,
-    Transact, Update, ID,
-};
+use yrs::{ClientID, Doc, Options, ReadTxn, StateVector, Transact, Update, ID};
 
-use crate::protocol;
 use crate::wellformed::{self, MAX_NESTING};
+use crate::{nesting, protocol};
 
-/// Shared types created by updates that yrs keeps pending (their
-/// dependencies have not arrived), checked once they are integrated. More
+/// Shared types from stored rows or other nodes' updates that yrs keeps
+/// pending (their dependencies have not arrived), measured once they are
+/// integrated (a client's are measured on arrival: `nesting.rs`). More
 /// than this many waiting means the document is being abused: the oldest
 /// are forgotten (a pending item never integrated costs nothing).
 const MAX_UNCHECKED_TYPES: usize = 1 << 16;
@@ -52,6 +50,11 @@ pub enum ApplyError {
     /// which never saw it.
     #[error("item {0} names a right origin that does not follow its left origin")]
     CrossedOrigins(ID),
+    /// A client's update would nest shared types too deeply, or create one
+    /// under an item the document lacks, so that its depth is unknown
+    /// (`nesting.rs`). Measured before applying: nothing changed.
+    #[error("{0}")]
+    Nesting(#[from] nesting::NestingError),
 }
 
 /// What to do with an item that begins below its client's clock in the
@@ -288,16 +291,18 @@ impl DocState {
 
     /// Checks, trims and applies one update, holding back the blocks that
     /// start past a hole in their client's clocks. Returns what happened
-    /// and the shared types it created (their nesting is checked by the
-    /// caller once held-back blocks it let through are in too).
-    /// `refuse_crossed`: whether an item with crossed origins refuses the
-    /// update, which only the sender of the item deserves (a client's own
-    /// update, not blocks it releases).
+    /// and the shared types it created that were not measured on arrival
+    /// (the caller measures them once held-back blocks it let through are
+    /// in too).
+    /// `own`: whether this is a client's own update, not blocks it
+    /// releases. Only then does an item with crossed origins refuse the
+    /// update (only its sender deserves that), and only then are its shared
+    /// types measured on arrival.
     fn apply_one(
         &mut self,
         bytes: &[u8],
         overlaps: Overlaps,
-        refuse_crossed: bool,
+        own: bool,
     ) -> Result<(Applied, Vec<ID>), ApplyError> {
         // The shape first: yrs must never see a count it would reserve
         // memory for, or values nested deeper than its stack can decode.
@@ -331,8 +336,14 @@ impl DocState {
                 (update, shape)
             }
         };
-        let (update, shape, held) =
-            self.hold_back_past_holes(trimmed.as_deref().unwrap_or(bytes), update, shape)?;
+        let bytes = trimmed.as_deref().unwrap_or(bytes);
+        // A client's shared types are measured now, the rest once
+        // integrated (see `check_type_nesting`).
+        let own_types_checked = own && !shape.type_items.is_empty();
+        if own_types_checked {
+            nesting::check_arrival(&self.doc.transact(), bytes)?;
+        }
+        let (update, shape, held) = self.hold_back_past_holes(bytes, update, shape)?;
         let doc = &self.doc;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
@@ -346,7 +357,7 @@ impl DocState {
                 // another update to arrive is left as the garbage yrs made
                 // of it, the same after any reload: the update that let it
                 // in is innocent.
-                if refuse_crossed {
+                if own {
                     let carried = |id: &&ID| {
                         shape.runs.iter().any(|run| {
                             run.client == id.client && (run.start..run.end).contains(&id.clock)
@@ -379,7 +390,12 @@ impl DocState {
             None => Applied::Changed,
             Some(bytes) => Applied::Trimmed(bytes),
         };
-        Ok((applied, shape.type_items))
+        let unchecked = if own_types_checked {
+            Vec::new()
+        } else {
+            shape.type_items
+        };
+        Ok((applied, unchecked))
     }
 
     /// For each client, the clock up to which yrs has integrated its
@@ -641,12 +657,11 @@ impl DocState {
         matches!(first_block, Ok(wellformed::BLOCK_GC))
     }
 
-    /// Checks how deeply the shared types just created nest. yrs deletes and
-    /// renders nested types by recursion, so a chain of a million nested
-    /// maps (a few bytes each) would overflow the stack later, when someone
-    /// deletes or reads it. The depth is known only once the types are
-    /// integrated, so this runs after applying; an update over the limit
-    /// poisons the document, which the caller reloads from storage.
+    /// Checks how deeply the shared types of stored rows and other nodes'
+    /// updates nest, once integrated (`nesting.rs` says why). One over the
+    /// limit poisons the document, which the caller reloads from storage;
+    /// a current node never admits one, so only rows written before the
+    /// check on arrival existed can.
     fn check_type_nesting(&mut self, created: Vec<ID>) -> Result<(), ApplyError> {
         let txn = self.doc.transact();
         let integrated = txn.state_vector();
@@ -658,10 +673,10 @@ impl DocState {
                 waiting.push(id);
                 continue;
             }
-            if type_depth(&txn, id, &mut depths) > MAX_NESTING {
-                return Err(ApplyError::Poisoned(format!(
-                    "shared types nested more than {MAX_NESTING} levels deep"
-                )));
+            if nesting::depth(&txn, id, &mut depths) > MAX_NESTING {
+                return Err(ApplyError::Poisoned(
+                    nesting::NestingError::TooDeep.to_string(),
+                ));
             }
         }
         let excess = waiting.len().saturating_sub(MAX_UNCHECKED_TYPES);
@@ -764,38 +779,6 @@ impl DocState {
     pub fn doc(&self) -> &Doc {
         &self.doc
     }
-}
-
-/// How many shared types enclose item `id` (1 for a type at the root), up
-/// to just past `MAX_NESTING`. Walks up one parent per step: yrs finds the
-/// parent of an item through a sticky index, the one public way there is.
-/// `depths` remembers every type met, so a long chain costs one step per
-/// type, not one walk per type.
-fn type_depth<T: ReadTxn>(txn: &T, id: ID, depths: &mut HashMap<ID, usize>) -> usize {
-    let mut chain = Vec::new();
-    let mut cur = id;
-    let base = loop {
-        if let Some(&d) = depths.get(&cur) {
-            break d;
-        }
-        if chain.len() > MAX_NESTING {
-            break MAX_NESTING;
-        }
-        chain.push(cur);
-        let parent = StickyIndex::new(IndexScope::Relative(cur), Assoc::After)
-            .get_offset(txn)
-            .map(|offset| offset.branch.id());
-        match parent {
-            Some(BranchID::Nested(parent)) => cur = parent,
-            // At the root, or the parent was garbage-collected.
-            Some(BranchID::Root(_)) | None => break 0,
-        }
-    };
-    let deepest = base + chain.len();
-    for (i, item) in chain.into_iter().enumerate() {
-        depths.insert(item, deepest - i);
-    }
-    deepest
 }
 
 #[cfg(test)]
@@ -1311,7 +1294,7 @@ mod tests {
     }
 
     #[test]
-    fn shared_types_nested_too_deeply_poison_the_document() {
+    fn shared_types_nested_too_deeply_are_refused_on_arrival() {
         let mut state = DocState::new();
         assert!(state
             .apply_update(&nested_maps(MAX_NESTING), 1 << 30)
@@ -1319,8 +1302,114 @@ mod tests {
         let mut state = DocState::new();
         assert!(matches!(
             state.apply_update(&nested_maps(MAX_NESTING + 1), 1 << 30),
-            Err(ApplyError::Poisoned(_))
+            Err(ApplyError::Nesting(nesting::NestingError::TooDeep))
         ));
+        assert_eq!(state.version(), 0, "nothing was applied");
+    }
+
+    /// The depth of a type created inside the document's own types counts
+    /// the document's levels; content that is not a type nests anywhere.
+    #[test]
+    fn a_type_inside_the_deepest_one_is_refused_and_text_there_accepted() {
+        use yrs::{Map, MapPrelim, MapRef, TextPrelim, TextRef, WriteTxn};
+        let client = Doc::with_client_id(7);
+        let mut deepest: MapRef = {
+            let mut txn = client.transact_mut();
+            txn.get_or_insert_map("m")
+        };
+        let chain = {
+            let mut txn = client.transact_mut();
+            for _ in 0..MAX_NESTING {
+                deepest = deepest.insert(&mut txn, "k", MapPrelim::default());
+            }
+            txn.encode_update_v1()
+        };
+        let mut state = DocState::new();
+        state.apply_update(&chain, 1 << 30).expect("at the limit");
+        let one_more = {
+            let mut txn = client.transact_mut();
+            deepest.insert(&mut txn, "k", MapPrelim::default());
+            txn.encode_update_v1()
+        };
+        assert!(matches!(
+            state.apply_update(&one_more, 1 << 30),
+            Err(ApplyError::Nesting(nesting::NestingError::TooDeep))
+        ));
+        // A value (not a type) under the same map is fine.
+        let client = Doc::with_client_id(8);
+        client
+            .transact_mut()
+            .apply_update(decode(&chain).expect("decodes"))
+            .expect("applies");
+        let value = {
+            let mut txn = client.transact_mut();
+            let mut map: MapRef = txn.get_or_insert_map("m");
+            for _ in 0..MAX_NESTING {
+                map = match map.get(&txn, "k") {
+                    Some(yrs::Out::YMap(m)) => m,
+                    other => panic!("expected a map, got {other:?}"),
+                };
+            }
+            map.insert(&mut txn, "v", "leaf");
+            txn.encode_update_v1()
+        };
+        assert!(state.apply_update(&value, 1 << 30).is_ok());
+        // A type whose left origin is a character of a text at the root.
+        let client = Doc::with_client_id(9);
+        let embed = {
+            let text: TextRef = client.get_or_insert_text("t");
+            let mut txn = client.transact_mut();
+            text.insert(&mut txn, 0, "ab");
+            let inner = text.insert_embed(&mut txn, 1, TextPrelim::new("x"));
+            let _ = inner;
+            txn.encode_update_v1()
+        };
+        assert!(state.apply_update(&embed, 1 << 30).is_ok());
+    }
+
+    /// A whole document's state from several clients, as a reconnecting
+    /// client sends it: types hang on items of other clients in the same
+    /// update, in whatever order its runs are listed.
+    #[test]
+    fn types_hanging_on_other_items_of_the_same_update_are_measured() {
+        use yrs::{Array, ArrayPrelim, ArrayRef, Map, MapPrelim, MapRef, WriteTxn};
+        let a = Doc::with_client_id(100);
+        let b = Doc::with_client_id(5);
+        let mut inner: MapRef = {
+            let mut txn = a.transact_mut();
+            let array: ArrayRef = txn.get_or_insert_array("a");
+            array.push_back(&mut txn, ArrayPrelim::default());
+            array.push_back(&mut txn, MapPrelim::default())
+        };
+        let from_a = a
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        b.transact_mut()
+            .apply_update(decode(&from_a).expect("decodes"))
+            .expect("applies");
+        {
+            let mut txn = b.transact_mut();
+            let array: ArrayRef = txn.get_or_insert_array("a");
+            let nested: MapRef = array.insert(&mut txn, 1, MapPrelim::default());
+            nested.insert(&mut txn, "deeper", MapPrelim::default());
+        }
+        {
+            let mut txn = a.transact_mut();
+            inner = inner.insert(&mut txn, "k", MapPrelim::default());
+            let _ = inner;
+        }
+        let from_b = b
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        a.transact_mut()
+            .apply_update(decode(&from_b).expect("decodes"))
+            .expect("applies");
+        let whole = a
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut state = DocState::new();
+        assert!(state.apply_update(&whole, 1 << 30).is_ok());
+        assert_eq!(state.encode_state(), whole);
     }
 
     #[test]
@@ -1374,14 +1463,12 @@ mod tests {
         assert!(weak.upgrade().is_none(), "the document outlived its owner");
     }
 
-    /// Open: a chain of shared types nested past the limit that waits in
-    /// yrs for another client's next block poisons the update that brings
-    /// that block, which did nothing wrong. The room reloads without it,
-    /// the chain (stored when it arrived) waits again, and that client's
-    /// writes are refused every time they are sent. Passes once the depth
-    /// of waiting types is bounded when they arrive.
+    /// A chain of shared types nested past the limit, waiting in yrs for
+    /// another client's next block, was found too deep only when that block
+    /// arrived: the update bringing it, which did nothing wrong, poisoned
+    /// the document, and was refused each time it was sent. The chain is
+    /// now refused on arrival, as hanging on an item the document lacks.
     #[test]
-    #[ignore = "open finding: a waiting chain of nested types poisons the update that releases it"]
     fn the_update_that_releases_a_waiting_too_deep_chain_is_accepted() {
         use yrs::{Map, MapPrelim, MapRef};
         let victim = Doc::with_client_id(1);
@@ -1410,10 +1497,39 @@ mod tests {
         };
         let mut state = DocState::new();
         state.apply_update(&base, 1 << 30).expect("accepted");
-        // Refusing the chain here, its sender's, would be right.
-        let _ = state.apply_update(&chain, 1 << 30);
+        assert!(matches!(
+            state.apply_update(&chain, 1 << 30),
+            Err(ApplyError::Nesting(nesting::NestingError::Unanchored(_)))
+        ));
         let released = state.apply_update(&next, 1 << 30);
         assert!(released.is_ok(), "{released:?}");
+        assert_eq!(text_of(&state), "abc");
+        // Even a chain within the limit is refused while what it hangs on
+        // is missing: its depth cannot be known.
+        let short = {
+            let attacker = Doc::with_client_id(67);
+            let update = decode(&state.encode_state()).expect("decodes");
+            attacker
+                .transact_mut()
+                .apply_update(update)
+                .expect("applies");
+            let forged = Doc::with_client_id(1);
+            let update = decode(&state.encode_state()).expect("decodes");
+            forged.transact_mut().apply_update(update).expect("applies");
+            let ahead = decode(&edit(&forged, 3, "w")).expect("decodes");
+            attacker
+                .transact_mut()
+                .apply_update(ahead)
+                .expect("applies");
+            let text = attacker.get_or_insert_text("t");
+            let mut txn = attacker.transact_mut();
+            text.insert_embed(&mut txn, 4, MapPrelim::default());
+            txn.encode_update_v1()
+        };
+        assert!(matches!(
+            state.apply_update(&short, 1 << 30),
+            Err(ApplyError::Nesting(nesting::NestingError::Unanchored(_)))
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod compact;
 pub mod doc;
 pub mod history;
 pub mod json;
+pub mod nesting;
 pub mod protocol;
 pub mod wellformed;
 

@@ -204,7 +204,7 @@ pub fn check_update(bytes: &[u8]) -> Result<UpdateShape, ShapeError> {
             if covered_to.is_none() && skip {
                 covered_to = Some(clock);
             }
-            let (len, is_type) = block(&mut r)?;
+            let Block { len, is_type, .. } = block(&mut r)?;
             if is_type {
                 shape.type_items.push(ID::new(client, clock));
             }
@@ -269,7 +269,7 @@ pub fn item_straddles(bytes: &[u8], client: ClientID, clock: u32) -> Result<bool
         let mut start: u32 = r.read_var()?;
         for _ in 0..blocks {
             let info = r.buf.get(r.next).copied().ok_or(ShapeError::Invalid)?;
-            let (len, _) = block(&mut r)?;
+            let len = block(&mut r)?.len;
             let end = start.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
             let is_item = info != BLOCK_GC && info != BLOCK_SKIP;
             if this == client && is_item && start < clock && clock < end {
@@ -338,7 +338,7 @@ pub fn split_past_holes(
         for i in 0..blocks {
             let at = r.next;
             let info = r.buf.get(at).copied().ok_or(ShapeError::Invalid)?;
-            let (len, _) = block(&mut r)?;
+            let len = block(&mut r)?.len;
             let end = clock.checked_add(len).ok_or(ShapeError::ClockOverflow)?;
             if cut.is_none() && info != BLOCK_SKIP {
                 if clock > reached {
@@ -394,30 +394,108 @@ pub fn split_past_holes(
     Ok(Some(split))
 }
 
-/// One block: its clock length and whether its content is a shared type.
-fn block(r: &mut Cursor) -> Result<(u32, bool), ShapeError> {
+/// What an item hangs on, which decides its parent: yrs takes the parent
+/// of its left origin, or else of its right origin, and reads it from the
+/// encoding only for an item with neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    /// A garbage-collected block or a skip: no parent.
+    None,
+    /// The item names a root type as its parent.
+    Root,
+    /// The item names the item of a shared type as its parent.
+    Parent(ID),
+    /// The item takes its parent from its origins.
+    Origins { left: Option<ID>, right: Option<ID> },
+}
+
+/// One block as `block` reads it.
+struct Block {
+    /// Its clock length.
+    len: u32,
+    /// Whether its content is a shared type.
+    is_type: bool,
+    anchor: Anchor,
+}
+
+/// An item of an update, as far as the nesting of shared types goes: see
+/// `items`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Item {
+    pub id: ID,
+    pub len: u32,
+    pub is_type: bool,
+    pub anchor: Anchor,
+}
+
+/// Every item of an update (already checked), each client's in clock
+/// order: which item each one hangs on, for measuring how deeply the
+/// shared types it creates nest (`nesting.rs`).
+pub fn items(bytes: &[u8]) -> Result<Vec<Item>, ShapeError> {
+    let mut r = Cursor::new(bytes);
+    let clients = r.read_var::<u32>()?;
+    let mut items = Vec::new();
+    for _ in 0..clients {
+        let blocks = r.read_var::<u32>()?;
+        let client = client(&mut r)?;
+        let mut clock: u32 = r.read_var()?;
+        for _ in 0..blocks {
+            let block = block(&mut r)?;
+            if block.anchor != Anchor::None {
+                items.push(Item {
+                    id: ID::new(client, clock),
+                    len: block.len,
+                    is_type: block.is_type,
+                    anchor: block.anchor,
+                });
+            }
+            clock = clock
+                .checked_add(block.len)
+                .ok_or(ShapeError::ClockOverflow)?;
+        }
+    }
+    Ok(items)
+}
+
+/// One block: its clock length, whether its content is a shared type, and
+/// what it hangs on.
+fn block(r: &mut Cursor) -> Result<Block, ShapeError> {
     let info = r.read_u8()?;
     match info {
-        BLOCK_SKIP | BLOCK_GC => return Ok((r.read_var::<u32>()?, false)),
+        BLOCK_SKIP | BLOCK_GC => {
+            return Ok(Block {
+                len: r.read_var::<u32>()?,
+                is_type: false,
+                anchor: Anchor::None,
+            })
+        }
         _ => {}
     }
-    if info & HAS_ORIGIN != 0 {
-        id(r)?;
-    }
-    if info & HAS_RIGHT_ORIGIN != 0 {
-        id(r)?;
-    }
-    if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
-        if r.read_var::<u32>()? == 1 {
+    let left = if info & HAS_ORIGIN != 0 {
+        Some(id(r)?)
+    } else {
+        None
+    };
+    let right = if info & HAS_RIGHT_ORIGIN != 0 {
+        Some(id(r)?)
+    } else {
+        None
+    };
+    let anchor = if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
+        let parent = if r.read_var::<u32>()? == 1 {
             r.read_string()?; // a root type's name
+            Anchor::Root
         } else {
-            id(r)?; // the parent type's item
-        }
+            Anchor::Parent(id(r)?) // the parent type's item
+        };
         if info & HAS_PARENT_SUB != 0 {
             r.read_string()?;
         }
-    }
-    Ok(match info & 0b1111 {
+        parent
+    } else {
+        Anchor::Origins { left, right }
+    };
+    let (len, is_type) = match info & 0b1111 {
         CONTENT_DELETED => (r.read_var::<u32>()?, false),
         // Legacy JSON content (no Yjs since version 13 writes it): yrs 0.28
         // decodes one string more than it encodes, so a document holding
@@ -466,13 +544,17 @@ fn block(r: &mut Cursor) -> Result<(u32, bool), ShapeError> {
             (1, false)
         }
         other => return Err(ShapeError::UnknownContent(other)),
+    };
+    Ok(Block {
+        len,
+        is_type,
+        anchor,
     })
 }
 
-fn id(r: &mut Cursor) -> Result<(), ShapeError> {
-    client(r)?;
-    r.read_var::<u32>()?;
-    Ok(())
+fn id(r: &mut Cursor) -> Result<ID, ShapeError> {
+    let client = client(r)?;
+    Ok(ID::new(client, r.read_var::<u32>()?))
 }
 
 /// A client ID. Yjs' are at most 53 bits (a JavaScript integer); yrs
@@ -624,6 +706,52 @@ mod tests {
         let shape = check_update(&update).expect("a real update is well formed");
         assert_eq!(shape.type_items.len(), 2, "the nested map and the <p>");
         check_state_vector(&txn.state_vector().encode_v1()).expect("well formed");
+    }
+
+    #[test]
+    fn items_report_what_each_hangs_on() {
+        let doc = Doc::with_client_id(3);
+        let mut txn = doc.transact_mut();
+        let text = txn.get_or_insert_text("t");
+        text.insert(&mut txn, 0, "ab"); // 3#0..2, at the root
+        text.insert(&mut txn, 1, "c"); // 3#2, between a and b
+        let map = txn.get_or_insert_map("m");
+        let nested = map.insert(&mut txn, "k", MapPrelim::default()); // 3#3
+        nested.insert(&mut txn, "v", 1); // 3#4, inside 3#3
+        let update = txn.encode_update_v1();
+        let items = items(&update).expect("a real update");
+        let id = |clock| ID::new(ClientID::new(3), clock);
+        let anchors: Vec<_> = items
+            .iter()
+            .map(|i| (i.id, i.len, i.is_type, i.anchor))
+            .collect();
+        assert_eq!(
+            anchors,
+            vec![
+                (id(0), 1, false, Anchor::Root),
+                (
+                    id(1),
+                    1,
+                    false,
+                    // "b", split from "ab": it keeps "a" as its origin.
+                    Anchor::Origins {
+                        left: Some(id(0)),
+                        right: None
+                    }
+                ),
+                (
+                    id(2),
+                    1,
+                    false,
+                    Anchor::Origins {
+                        left: Some(id(0)),
+                        right: Some(id(1))
+                    }
+                ),
+                (id(3), 1, true, Anchor::Root),
+                (id(4), 1, false, Anchor::Parent(id(3))),
+            ]
+        );
     }
 
     #[test]

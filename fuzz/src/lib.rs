@@ -18,6 +18,7 @@ use tandem::doc_name::{DocName, MAX_LEN};
 use tandem::net::wire::{FrameReader, Incoming as WsIncoming};
 use tandem::routes::webhooks::{validate_url, MAX_URL_LEN};
 use tandem::webhooks::ssrf;
+use tandem_crdt::nesting::NestingError;
 use tandem_crdt::protocol::{
     decode_awareness, decode_frame, decode_frame_limited, encode_awareness, encode_sync_step1,
     encode_sync_step2, encode_update, MSG_QUERY_AWARENESS,
@@ -326,7 +327,9 @@ pub fn apply_update(data: &[u8]) {
                 }
                 check_document(&mut state);
             }
-            Err(ApplyError::Malformed(_) | ApplyError::TooLarge { .. }) => {
+            Err(
+                ApplyError::Malformed(_) | ApplyError::TooLarge { .. } | ApplyError::Nesting(_),
+            ) => {
                 assert_eq!(
                     state.version(),
                     version,
@@ -337,6 +340,11 @@ pub fn apply_update(data: &[u8]) {
                     sv,
                     "a refused update changed the document"
                 );
+            }
+            // Every shared type here came from a client and was measured on
+            // arrival, so none can be found too deep once integrated.
+            Err(ApplyError::Poisoned(e)) if e == NestingError::TooDeep.to_string() => {
+                panic!("a type measured on arrival was too deep once integrated")
             }
             // The room discards this document and reloads it from storage.
             Err(ApplyError::Poisoned(_) | ApplyError::CrossedOrigins(_)) => return,

@@ -242,7 +242,7 @@ impl<P> RoomCore<P> {
                 out.push(Effect::Persist { update, user });
             }
             Ok(Applied::Empty) => {}
-            Err(e @ ApplyError::Malformed(_)) => {
+            Err(e @ (ApplyError::Malformed(_) | ApplyError::Nesting(_))) => {
                 tracing::warn!(%conn, error = %e, "malformed update; closing the connection");
                 self.close(conn, CloseCode::Malformed, "malformed update", out);
             }
@@ -843,7 +843,35 @@ mod tests {
 
     #[test]
     fn a_poisoned_document_asks_for_a_reload_and_closes_the_sender() {
-        // Shared types nested past the limit poison the document.
+        let base = {
+            let doc = Doc::with_client_id(1);
+            let text = doc.get_or_insert_text("t");
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "abc");
+            Bytes::from(txn.encode_update_v1())
+        };
+        // Client 2's "X" naming client 1's "a", a character, as its parent:
+        // yrs refuses it while integrating, with the update partly in.
+        let update: &[u8] = &[1, 1, 2, 0, 0x04, 0, 1, 0, 1, b'X', 0];
+        let mut room = room();
+        join(&mut room, 1);
+        join(&mut room, 2);
+        send(&mut room, 1, &protocol::encode_update(&base));
+        let out = send(&mut room, 2, &protocol::encode_update(update));
+        assert!(out.contains(&Effect::Reload));
+        assert!(out.contains(&Effect::Close {
+            conn: ConnId(2),
+            port: (),
+            code: CloseCode::Malformed,
+            reason: "update could not be applied"
+        }));
+        assert!(!out
+            .iter()
+            .any(|e| matches!(e, Effect::Broadcast { .. } | Effect::Persist { .. })));
+    }
+
+    #[test]
+    fn shared_types_nested_too_deeply_close_the_sender_and_change_nothing() {
         let doc = Doc::new();
         let update = {
             use yrs::{Map, MapPrelim, MapRef, WriteTxn};
@@ -857,7 +885,14 @@ mod tests {
         let mut room = room();
         join(&mut room, 1);
         let out = send(&mut room, 1, &protocol::encode_update(&update));
-        assert!(out.contains(&Effect::Reload));
+        // Measured before yrs saw it: nothing to reload.
+        assert!(!out.contains(&Effect::Reload));
+        assert!(out.contains(&Effect::Close {
+            conn: ConnId(1),
+            port: (),
+            code: CloseCode::Malformed,
+            reason: "malformed update"
+        }));
         assert!(!out
             .iter()
             .any(|e| matches!(e, Effect::Broadcast { .. } | Effect::Persist { .. })));

@@ -95,6 +95,21 @@ impl Store {
         }
     }
 
+    /// The shared type holding the integrated item that contains `id`, or
+    /// `None` if `id` names a garbage-collected block or nothing integrated.
+    /// One lookup in the block store, with no walk over the item's siblings
+    /// (a `StickyIndex` counts them, which costs as much as the list is
+    /// long). Tandem patch: measuring how deeply shared types nest.
+    pub fn parent_of(&self, id: &ID) -> Option<crate::branch::BranchID> {
+        use crate::branch::BranchID;
+        let item = self.blocks.get_item(id)?;
+        let branch = item.parent.as_branch()?;
+        match branch.item {
+            Some(ptr) => Some(BranchID::Nested(ptr.id)),
+            None => branch.name.clone().map(BranchID::Root),
+        }
+    }
+
     /// If there are any missing updates, this method will return a pending update which contains
     /// updates waiting for their predecessors to arrive in order to be integrated.
     pub fn pending_update(&self) -> Option<&PendingUpdate> {
