@@ -44,7 +44,7 @@ pub enum NestingError {
 /// document it names once.
 pub fn check_arrival<T: ReadTxn>(txn: &T, update: &[u8]) -> Result<(), NestingError> {
     let items = wellformed::items(update)?;
-    let integrated = txn.state_vector();
+    let store = txn.store();
     // Each client's items, in clock order (`check_update` refuses a client
     // listed twice).
     let mut by_client: HashMap<ClientID, (usize, usize)> = HashMap::new();
@@ -79,15 +79,17 @@ pub fn check_arrival<T: ReadTxn>(txn: &T, update: &[u8]) -> Result<(), NestingEr
         Item(usize),
     }
     let needs = |id: &ID, doc_depths: &mut HashMap<ID, usize>, parent: bool| {
-        if id.clock < integrated.get(&id.client) {
-            let depth = if parent {
-                depth(txn, *id, doc_depths)
-            } else {
-                parent_depth(txn, id, doc_depths)
-            };
-            return Ok(Needs::Depth(depth));
-        }
-        find(id).map(Needs::Item).ok_or(*id)
+        let Some(holder) = store.parent_of(id) else {
+            return find(id).map(Needs::Item).ok_or(*id);
+        };
+        let depth = match holder {
+            // The item is the parent: its own depth.
+            _ if parent => depth(txn, *id, doc_depths),
+            Some(BranchID::Nested(holder)) => depth(txn, holder, doc_depths),
+            // At the root, or garbage-collected.
+            Some(BranchID::Root(_)) | None => 0,
+        };
+        Ok(Needs::Depth(depth))
     };
     let mut stack = Vec::new();
     for start in (0..items.len()).filter(|&i| items[i].is_type) {
@@ -134,15 +136,6 @@ pub fn check_arrival<T: ReadTxn>(txn: &T, update: &[u8]) -> Result<(), NestingEr
     Ok(())
 }
 
-/// How deeply the integrated item `id` is nested: the depth of the shared
-/// type holding it (0 at the root, or garbage-collected).
-fn parent_depth<T: ReadTxn>(txn: &T, id: &ID, known: &mut HashMap<ID, usize>) -> usize {
-    match txn.store().parent_of(id) {
-        Some(BranchID::Nested(parent)) => depth(txn, parent, known),
-        Some(BranchID::Root(_)) | None => 0,
-    }
-}
-
 /// How many shared types enclose the integrated item `id`, itself included
 /// (1 for a type at the root), up to just past `MAX_NESTING`. Walks up one
 /// parent per step; `known` remembers every type met, so a long chain costs
@@ -159,9 +152,10 @@ pub fn depth<T: ReadTxn>(txn: &T, id: ID, known: &mut HashMap<ID, usize>) -> usi
         }
         chain.push(cur);
         match txn.store().parent_of(&cur) {
-            Some(BranchID::Nested(parent)) => cur = parent,
-            // At the root, or the parent was garbage-collected.
-            Some(BranchID::Root(_)) | None => break 0,
+            Some(Some(BranchID::Nested(parent))) => cur = parent,
+            // At the root, garbage-collected, or (for a caller's mistake)
+            // not integrated.
+            _ => break 0,
         }
     };
     let deepest = base + chain.len();

@@ -95,19 +95,28 @@ impl Store {
         }
     }
 
-    /// The shared type holding the integrated item that contains `id`, or
-    /// `None` if `id` names a garbage-collected block or nothing integrated.
-    /// One lookup in the block store, with no walk over the item's siblings
-    /// (a `StickyIndex` counts them, which costs as much as the list is
-    /// long). Tandem patch: measuring how deeply shared types nest.
-    pub fn parent_of(&self, id: &ID) -> Option<crate::branch::BranchID> {
+    /// The shared type holding the integrated block that contains `id`:
+    /// `None` if no integrated block contains it, `Some(None)` if one does
+    /// but is garbage-collected. One lookup in the block store, with no walk
+    /// over the item's siblings (a `StickyIndex` counts them, which costs as
+    /// much as the list is long) and no state vector (which costs as much as
+    /// the document has clients). Tandem patch: measuring how deeply shared
+    /// types nest.
+    pub fn parent_of(&self, id: &ID) -> Option<Option<crate::branch::BranchID>> {
         use crate::branch::BranchID;
-        let item = self.blocks.get_item(id)?;
-        let branch = item.parent.as_branch()?;
-        match branch.item {
+        if self.blocks.get_clock(&id.client) <= id.clock {
+            return None;
+        }
+        let Some(item) = self.blocks.get_item(id) else {
+            return Some(None);
+        };
+        let Some(branch) = item.parent.as_branch() else {
+            return Some(None);
+        };
+        Some(match branch.item {
             Some(ptr) => Some(BranchID::Nested(ptr.id)),
             None => branch.name.clone().map(BranchID::Root),
-        }
+        })
     }
 
     /// If there are any missing updates, this method will return a pending update which contains
