@@ -109,6 +109,66 @@ async fn an_update_with_crossed_origins_closes_only_its_connection_and_changes_n
     app.stop().await;
 }
 
+/// A chain of nested maps hanging on the victim's next block, forged: it
+/// used to wait in the room until the victim's real block arrived, and then
+/// the victim's update was the one found too deep and refused, each time it
+/// was sent. Now the chain is refused on arrival.
+#[actix_web::test]
+async fn types_hanging_on_a_forged_block_are_refused_and_the_real_block_lands() {
+    use yrs::updates::decoder::Decode;
+    use yrs::{Map, MapPrelim, MapRef, ReadTxn, StateVector, Text, Transact, Update};
+    let app = spawn_app(&[]).await;
+    let mut victim = app.client("forged").await;
+    victim.sync().await;
+    victim.insert(0, "ab").await;
+    let mut attacker = app.client("forged").await;
+    attacker.sync().await;
+    attacker.wait_text("ab").await;
+    // The victim's next block as the attacker guesses it.
+    let forger = yrs::Doc::with_client_id(victim.doc.client_id().get());
+    let state = attacker
+        .doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    forger
+        .transact_mut()
+        .apply_update(Update::decode_v1(&state).unwrap())
+        .unwrap();
+    let forged = {
+        let text = forger.get_or_insert_text("t");
+        let mut txn = forger.transact_mut();
+        text.insert(&mut txn, 2, "z");
+        txn.encode_update_v1()
+    };
+    attacker
+        .doc
+        .transact_mut()
+        .apply_update(Update::decode_v1(&forged).unwrap())
+        .unwrap();
+    // Maps nested 200 deep after it, sent without the forged block.
+    let chain = {
+        let text = attacker.doc.get_or_insert_text("t");
+        let mut txn = attacker.doc.transact_mut();
+        let mut map: MapRef = text.insert_embed(&mut txn, 3, MapPrelim::default());
+        for _ in 0..200 {
+            map = map.insert(&mut txn, "k", MapPrelim::default());
+        }
+        txn.encode_update_v1()
+    };
+    attacker
+        .send(protocol::encode_update(&chain).to_vec())
+        .await;
+    assert_eq!(attacker.ended().await, close_code(4400));
+    // The victim's real next block lands and is relayed, both ways.
+    victim.insert(2, "c").await;
+    let mut joiner = app.client("forged").await;
+    joiner.sync().await;
+    joiner.wait_text("abc").await;
+    joiner.insert(3, "!").await;
+    victim.wait_text("abc!").await;
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn a_frame_packed_with_sync_requests_is_refused_and_other_rooms_keep_relaying() {
     let app = spawn_app(&[]).await;
