@@ -1262,26 +1262,29 @@ webhookTest('RUST_LOG=debug: no secret (whsec_ string, base64 key, hex key) and 
 /**
  * Latencies (ms) from a local change on one provider to the observe event on
  * another, for `n` edits at a steady pace; also the worst event-loop lag of
- * this (the test's) process meanwhile, since a stall here inflates latencies
- * whatever the server does.
+ * this (the test's) process meanwhile. A stall here inflates latencies
+ * whatever the server does, so an edit whose way overlapped one (this
+ * process late by more than 20 ms) is left out and counted in `stalled`.
  */
 async function relayLatencies (ctx, doc, { n = 150, intervalMs = 10 } = {}) {
   const a = await ctx.connect(doc)
   const b = await ctx.connect(doc)
   const sent = new Map()
-  const latencies = []
+  const seen = []
   b.map.observe((event) => {
     const now = performance.now()
     for (const key of event.keysChanged) {
       const at = sent.get(key)
-      if (at !== undefined) latencies.push(now - at)
+      if (at !== undefined) seen.push([at, now])
     }
   })
   let lag = 0
+  const stalls = []
   let tick = performance.now()
   const probe = setInterval(() => {
     const now = performance.now()
     lag = Math.max(lag, now - tick - 5)
+    if (now - tick - 5 > 20) stalls.push([tick, now])
     tick = now
   }, 5)
   try {
@@ -1291,13 +1294,15 @@ async function relayLatencies (ctx, doc, { n = 150, intervalMs = 10 } = {}) {
       a.map.set(key, i)
       await sleep(intervalMs)
     }
-    await waitUntil(() => latencies.length >= n, { timeoutMs: 20_000, what: `all ${n} edits to reach the other provider`, describe: () => `${latencies.length}` })
+    await waitUntil(() => seen.length >= n, { timeoutMs: 20_000, what: `all ${n} edits to reach the other provider`, describe: () => `${seen.length}` })
   } finally {
     clearInterval(probe)
   }
   ctx.disconnect(a)
   ctx.disconnect(b)
-  return { latencies, lag }
+  const overlapsAStall = ([from, to]) => stalls.some(([start, end]) => from < end && start < to)
+  const latencies = seen.filter((edit) => !overlapsAStall(edit)).map(([from, to]) => to - from)
+  return { latencies, lag, stalled: seen.length - latencies.length }
 }
 
 function latencyStats (latencies) {
@@ -1328,13 +1333,17 @@ test('the relay does not wait for webhooks: edit latency with a hanging "*" endp
     await relayLatencies(hooked, uniqueDoc('warmup'), { n: 100 })
 
     const runs = { plain: [], hooked: [] }
+    const p99s = { plain: [], hooked: [] }
+    let stalledEdits = 0
     const rounds = []
     for (let round = 0; round < 3; round++) {
       for (const [name, ctx] of [['plain', plain], ['hooked', hooked]]) {
-        const { latencies, lag } = await relayLatencies(ctx, uniqueDoc(name))
+        const { latencies, lag, stalled } = await relayLatencies(ctx, uniqueDoc(name))
         runs[name].push(...latencies)
+        stalledEdits += stalled
         const s = latencyStats(latencies)
-        rounds.push(`${name} round ${round + 1}: p50 ${s.p50.toFixed(2)} p99 ${s.p99.toFixed(2)} max ${s.max.toFixed(2)} ms; test process event-loop lag up to ${lag.toFixed(0)} ms`)
+        p99s[name].push(s.p99)
+        rounds.push(`${name} round ${round + 1}: p50 ${s.p50.toFixed(2)} p99 ${s.p99.toFixed(2)} max ${s.max.toFixed(2)} ms; test process event-loop lag up to ${lag.toFixed(0)} ms, ${stalled} edits left out`)
       }
     }
     const fmt = (s) => `p50 ${s.p50.toFixed(2)} ms, p99 ${s.p99.toFixed(2)} ms, max ${s.max.toFixed(2)} ms (n=${s.n})`
@@ -1344,9 +1353,18 @@ test('the relay does not wait for webhooks: edit latency with a hanging "*" endp
       `${rx.requests.length} deliveries hanging at the receiver\n${rounds.join('\n')}`
     for (const line of summary.split('\n')) t.diagnostic(line)
     assert.ok(rx.requests.length >= 8, `the webhook side was not busy during the measurement: ${rx.requests.length} deliveries`)
+    // Most edits are measured: a test process stalled through the whole run
+    // would leave nothing to compare.
+    assert.ok(stalledEdits <= 300, `${stalledEdits} of 900 edits overlapped a stall of the test process\n${summary}`)
     assert.ok(withHooks.max < 2_000, `an edit took ${withHooks.max.toFixed(0)} ms to reach the other provider with a hanging webhook endpoint`)
-    const bound = Math.max(2 * baseline.p99, baseline.p99 + 25)
-    assert.ok(withHooks.p99 <= bound, `p99 with a hanging webhook endpoint ${withHooks.p99.toFixed(2)} ms > max(2 × ${baseline.p99.toFixed(2)}, ${baseline.p99.toFixed(2)} + 25) ms\n${summary}`)
+    // Each side's best round: the machine's other work only ever adds
+    // latency, to a round of either side at random (a stall of 100 ms
+    // delays ten edits, enough to set a round's p99), while work the relay
+    // did for webhooks would slow every hooked round.
+    const best = (xs) => Math.min(...xs)
+    const [plainBest, hookedBest] = [best(p99s.plain), best(p99s.hooked)]
+    const bound = Math.max(2 * plainBest, plainBest + 25)
+    assert.ok(hookedBest <= bound, `best round's p99 with a hanging webhook endpoint ${hookedBest.toFixed(2)} ms > max(2 × ${plainBest.toFixed(2)}, ${plainBest.toFixed(2)} + 25) ms\n${summary}`)
     hooked.assertReceiversClean()
   } catch (err) {
     err.message += plain.diagnostics() + hooked.diagnostics()
