@@ -39,9 +39,10 @@ pub enum NestingError {
 /// `wellformed::check_update`, and holding at least one type) would create
 /// in the document `txn` reads: each must nest at most `MAX_NESTING` deep
 /// and hang, through its parent or origins, only on items the document has
-/// integrated or on items of the update itself. Walks each item of the
-/// update at most once, without recursion, and looks up each item of the
-/// document it names once.
+/// integrated or on items of the update itself. Walks without recursion,
+/// visiting an item of the update at most three times (once, and again
+/// after each of its two links is measured); each visit looks its links up
+/// in the document's block store.
 pub fn check_arrival<T: ReadTxn>(txn: &T, update: &[u8]) -> Result<(), NestingError> {
     let items = wellformed::items(update)?;
     let store = txn.store();
