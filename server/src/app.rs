@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::cluster::Cluster;
 use crate::config::Settings;
+use crate::net::keepalive::Keepalive;
 use crate::persist::compactor::{self, CompactConfig, COMPACT_PAGE};
 use crate::persist::{PersistConfig, Persister, PersisterThread, Unwritten};
 use crate::room::registry::{Registry, RoomDeps};
@@ -229,6 +230,13 @@ impl App {
             runtime: core_handle.clone(),
             webhooks: Arc::clone(&webhooks),
             cluster: cluster.clone(),
+            keepalive: Keepalive::start(
+                settings.rooms.ping_interval,
+                settings.rooms.ping_timeout,
+                crate::room::session::KEEPALIVE,
+                shutdown.clone(),
+            )
+            .map_err(StartError::Runtime)?,
         });
         let app_registry = Arc::clone(&registry);
         let state = web::Data::new(AppState {

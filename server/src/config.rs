@@ -292,7 +292,9 @@ pub struct Limits {
 /// Room lifecycle and keepalive.
 #[derive(Args, Debug, Clone)]
 pub struct RoomSettings {
-    /// How often idle connections are pinged.
+    /// A connection the server sent nothing for this long gets a keepalive
+    /// message; one not heard from for this long is pinged (with its next
+    /// keepalive, or on its own after twice this).
     #[arg(global = true, long, env = "TANDEM_PING_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 

@@ -16,13 +16,13 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::wire::{self, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
-use crate::net::CloseCode;
+use crate::net::{clock, send_ring, CloseCode};
 
 /// At most this many frames go into one `writev`.
 const MAX_SLICES: usize = 64;
@@ -57,8 +57,9 @@ struct State {
     close_queued: bool,
     /// The socket failed: nothing more can be written.
     broken: bool,
-    /// A data frame was queued or sent since the session last asked.
-    sent_since_asked: bool,
+    /// When a data frame was last queued or sent (`clock` steps): the
+    /// keepalive writes to a connection that has heard nothing for a while.
+    last_data: u64,
     /// The room is writing a frame to the socket itself (`begin_direct`):
     /// nothing else may be written until it reports (`end_direct`).
     direct: bool,
@@ -135,7 +136,7 @@ impl Outbox {
                 close: None,
                 close_queued: false,
                 broken: false,
-                sent_since_asked: false,
+                last_data: clock::now(),
                 direct: false,
             }),
             queued: Notify::new(),
@@ -171,7 +172,7 @@ impl Outbox {
         if s.close.is_some() || s.broken {
             return Err(Overflow);
         }
-        s.sent_since_asked = true;
+        s.last_data = clock::now();
         if !s.queue.is_empty() && s.queued_bytes + frame.payload.len() > self.limit {
             self.close_locked(
                 s,
@@ -197,7 +198,7 @@ impl Outbox {
     pub fn begin_direct(&self, frame: &Bytes) -> Result<Option<RawFd>, Overflow> {
         let mut s = self.lock();
         if s.queue.is_empty() && !s.direct && s.close.is_none() && !s.broken {
-            s.sent_since_asked = true;
+            s.last_data = clock::now();
             s.direct = true;
             return Ok(Some(self.fd));
         }
@@ -246,20 +247,6 @@ impl Outbox {
 
     pub fn ping(&self) {
         self.push_control(OP_PING, Bytes::new());
-    }
-
-    /// Sends a ping and `payload` as a binary frame in one write, as
-    /// `push` would send `payload`: an idle connection's keepalive then
-    /// costs one system call and one segment, not two. The ping counts
-    /// against the backlog with the frame.
-    pub fn ping_and_push(&self, payload: &[u8]) -> Result<(), Overflow> {
-        let (ping, ping_len) = wire::header(OP_PING, 0);
-        let (header, header_len) = wire::header(OP_BINARY, payload.len());
-        let mut both = BytesMut::with_capacity(ping_len + header_len + payload.len());
-        both.put_slice(&ping[..ping_len]);
-        both.put_slice(&header[..header_len]);
-        both.put_slice(payload);
-        self.push_pending(Pending::encoded(both.freeze()))
     }
 
     pub fn pong(&self, payload: Bytes) {
@@ -455,10 +442,55 @@ impl Outbox {
         self.closed.is_cancelled()
     }
 
-    /// Whether a data frame went out since the last call (a flag, not a
-    /// clock read: `push` runs per peer per update).
-    pub fn take_sent(&self) -> bool {
-        std::mem::take(&mut self.lock().sent_since_asked)
+    /// When a data frame was last queued or sent, in `clock` steps.
+    pub fn last_data(&self) -> u64 {
+        self.lock().last_data
+    }
+}
+
+/// Writes one frame to many outboxes, as `push_frame` would to each, with
+/// one system call for all those whose queue is empty (`send_ring`). Its
+/// buffers are kept from one use to the next.
+#[derive(Default)]
+pub struct Fanout {
+    targets: Vec<usize>,
+    fds: Vec<RawFd>,
+    results: Vec<io::Result<usize>>,
+}
+
+impl Fanout {
+    /// Pushes `frame` to `outbox_of(i)` for each `i` of `targets`, and
+    /// reports each outcome as `done(i, outcome)`.
+    pub fn push_frame<'a>(
+        &mut self,
+        frame: &Bytes,
+        targets: impl IntoIterator<Item = usize>,
+        outbox_of: impl Fn(usize) -> &'a Outbox,
+        mut done: impl FnMut(usize, Result<(), Overflow>),
+    ) {
+        for i in targets {
+            match outbox_of(i).begin_direct(frame) {
+                Ok(Some(fd)) => {
+                    self.fds.push(fd);
+                    self.targets.push(i);
+                }
+                Ok(None) => done(i, Ok(())),
+                Err(Overflow) => done(i, Err(Overflow)),
+            }
+        }
+        let batched =
+            self.fds.len() > 1 && send_ring::send_all(frame, &self.fds, &mut self.results);
+        for (k, &i) in self.targets.iter().enumerate() {
+            let outbox = outbox_of(i);
+            let written = if batched {
+                std::mem::replace(&mut self.results[k], Ok(0))
+            } else {
+                outbox.write_direct(frame)
+            };
+            done(i, outbox.end_direct(frame, written));
+        }
+        self.targets.clear();
+        self.fds.clear();
     }
 }
 
@@ -653,17 +685,6 @@ mod tests {
         assert_eq!(&last.payload[..], &99_999u32.to_be_bytes());
         drop(s);
         drop(client);
-    }
-
-    #[tokio::test]
-    async fn a_ping_and_a_keepalive_go_out_together_in_order() {
-        let (outbox, mut client) = pair(1 << 20).await;
-        outbox.ping_and_push(&[1, 1, 0]).expect("sent");
-        let frames = read_frames(&mut client, 2).await;
-        assert!(matches!(frames[0], Frame::Ping(ref p) if p.is_empty()));
-        assert!(matches!(frames[1], Frame::Binary(ref b) if b[..] == [1, 1, 0]));
-        // It is data: the session's keepalive check sees it as sent.
-        assert!(outbox.take_sent());
     }
 
     #[tokio::test]

@@ -67,6 +67,8 @@ pub struct RoomDeps {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The other nodes serving the same database, when there are.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Pings and keepalives for every connection.
+    pub keepalive: crate::net::keepalive::Keepalive,
 }
 
 pub struct Registry {

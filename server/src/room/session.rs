@@ -1,6 +1,6 @@
 //! One WebSocket connection: joins its room, reads frames, enforces the
-//! message-size and message-rate limits, keeps the connection alive, and
-//! leaves the room when it ends, however it ends.
+//! message-size and message-rate limits, tells the keepalive when the
+//! client was heard from, and leaves the room when it ends, however it ends.
 //!
 //! The session owns the socket Tandem took over after the upgrade. Frames
 //! are decoded here, on the connection's own task, so the room only sees
@@ -10,7 +10,8 @@
 //! straight to the socket (`Outbox`); this task only sends what the socket
 //! could not take at once. While the room's mailbox is full the session
 //! stops reading (TCP pushes back on the client) but keeps serving its
-//! socket: pings, the close handshake, its token's expiry, shutdown.
+//! socket: the close handshake, its token's expiry, shutdown. Pings and
+//! keepalives come from the server's keepalive thread (`net::keepalive`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,31 +42,11 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(25);
 /// rather than a reset.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// An empty awareness update: a harmless application-level message. The
-/// stock client reconnects after 30 s without one (WebSocket pings are
-/// invisible to page code), so a connection that heard nothing else for a
-/// ping interval gets this.
-const KEEPALIVE: &[u8] = &[protocol::MSG_AWARENESS, 1, 0];
-
-/// Every session's keepalive ticks fall on a grid of this step, so that a
-/// worker thread wakes once for the ticks of many connections instead of
-/// once for each: at thousands of connections the wake-ups, not the pings,
-/// were most of an idle server's work.
-const TICK_GRID: Duration = Duration::from_millis(50);
-
-/// The first tick `interval` from now, moved later onto `TICK_GRID`.
-fn on_the_tick_grid(interval: Duration) -> tokio::time::Instant {
-    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
-    let first = tokio::time::Instant::now() + interval;
-    let step = TICK_GRID.as_nanos();
-    let past = first.duration_since(epoch).as_nanos() % step;
-    if past == 0 {
-        return first;
-    }
-    // `step - past` is below the grid's step, so it fits in a u64.
-    first + Duration::from_nanos(u64::try_from(step - past).unwrap_or(0))
-}
+/// An empty awareness update: a harmless application-level message, which
+/// the keepalive sends to a connection the room has sent nothing for a ping
+/// interval (the stock client reconnects after 30 s without a message, and
+/// WebSocket pings are invisible to page code).
+pub const KEEPALIVE: &[u8] = &[protocol::MSG_AWARENESS, 1, 0];
 
 pub struct Session {
     pub conn: ConnId,
@@ -196,7 +177,7 @@ impl Session {
         &self,
         room: &RoomHandle,
         stream: &TcpStream,
-        outbox: &Outbox,
+        outbox: &Arc<Outbox>,
         early: BytesMut,
         mut writer: std::pin::Pin<&mut impl std::future::Future<Output = std::io::Result<()>>>,
     ) -> End {
@@ -204,14 +185,10 @@ impl Session {
         let limits = &deps.limits;
         let mut reader = FrameReader::new(early, limits.max_message_bytes);
         let mut rate = RateLimit::new(limits.max_messages_per_second);
-        let ping_interval = deps.rooms.ping_interval;
-        let ping_timeout = deps.rooms.ping_timeout;
-        let mut ping = tokio::time::interval_at(on_the_tick_grid(ping_interval), ping_interval);
-        let mut last_heard = Instant::now();
-        // When the first ping that nothing from the client has followed
-        // since was sent. Any bytes from the client answer it: a pong, an
-        // edit, its awareness renewal.
-        let mut unanswered: Option<Instant> = None;
+        // Pings and keepalives come from the server's keepalive thread; it
+        // learns here when the client was last heard from.
+        let liveness = deps.keepalive.watch(self.conn.0, outbox);
+        let mut waiting = false;
         let shutdown = deps.shutdown.clone();
         let expiry = token_expiry(self.expires_at);
         tokio::pin!(expiry);
@@ -244,6 +221,10 @@ impl Session {
                 // An idle connection holds no read buffer.
                 reader.release_idle_buffer();
             }
+            if waiting != pending.is_some() {
+                waiting = pending.is_some();
+                liveness.set_waiting(waiting);
+            }
             tokio::select! {
                 ready = wait_for_room(room, &budget, pending.as_ref().map_or(0, |p| p.cost)), if pending.is_some() => {
                     match (ready, pending.take()) {
@@ -271,8 +252,7 @@ impl Session {
                             return End::Gone;
                         }
                         Ok(_) => {
-                            last_heard = Instant::now();
-                            unanswered = None;
+                            liveness.heard();
                             buffered = true;
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -288,34 +268,6 @@ impl Session {
                         Ok(()) => End::CloseSent,
                         Err(_) => End::Gone,
                     };
-                }
-                _ = ping.tick() => {
-                    // A client that is sending, even into a full mailbox, is alive.
-                    let timed_out = unanswered.is_some_and(|sent| sent.elapsed() >= ping_timeout);
-                    if pending.is_none() && timed_out {
-                        tracing::info!("no answer to pings; closing");
-                        outbox.close(CloseCode::GoingAway, "ping timeout");
-                        return End::Closing;
-                    }
-                    // Only idle connections are pinged: one heard from
-                    // within the interval is alive, and a stock client
-                    // renews its awareness about every interval, so most
-                    // never need a ping (each costs a write, and a wake-up
-                    // and a read for the pong).
-                    let needs_ping = unanswered.is_some() || last_heard.elapsed() >= ping_interval;
-                    let needs_keepalive = !outbox.take_sent();
-                    match (needs_ping, needs_keepalive) {
-                        // A silent client needs both: one write carries them.
-                        (true, true) => drop(outbox.ping_and_push(KEEPALIVE)),
-                        (true, false) => outbox.ping(),
-                        (false, true) => drop(outbox.push(Bytes::from_static(KEEPALIVE))),
-                        (false, false) => {}
-                    }
-                    if needs_ping {
-                        unanswered.get_or_insert_with(Instant::now);
-                    }
-                    // The keepalive itself does not count as traffic.
-                    outbox.take_sent();
                 }
                 _ = &mut expiry => {
                     tracing::info!("token expired; closing");
@@ -649,21 +601,6 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn keepalive_ticks_of_all_sessions_fall_on_one_grid() {
-        let interval = Duration::from_secs(15);
-        let before = tokio::time::Instant::now();
-        let a = on_the_tick_grid(interval);
-        std::thread::sleep(Duration::from_millis(7));
-        let b = on_the_tick_grid(interval);
-        let after = tokio::time::Instant::now();
-        assert!(a >= before + interval && a < after + interval + TICK_GRID);
-        assert!(b >= before + interval && b < after + interval + TICK_GRID);
-        let apart = b.duration_since(a).as_nanos();
-        assert_eq!(apart % TICK_GRID.as_nanos(), 0, "{apart} ns apart");
-    }
 
     #[test]
     fn rate_limit_allows_a_burst_then_the_sustained_rate() {

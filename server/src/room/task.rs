@@ -32,8 +32,8 @@ use crate::cluster::frame::Body;
 use crate::cluster::seqs::SeqSet;
 use crate::cluster::{Attach, Cluster, Inbound, FILL_DELAY, REMOTE_OWNER};
 use crate::doc_name::DocName;
-use crate::net::outbox::{Outbox, Overflow};
-use crate::net::{send_ring, CloseCode};
+use crate::net::outbox::{Fanout, Outbox, Overflow};
+use crate::net::CloseCode;
 use crate::store::cluster::NodeId;
 use crate::store::DocId;
 use crate::webhooks::events;
@@ -176,7 +176,8 @@ pub struct Room {
     core: RoomCore<Arc<Outbox>>,
     /// The effects of the command being handled, kept to reuse the buffer.
     effects: Vec<Effect<Arc<Outbox>>>,
-    scratch: RelayScratch,
+    /// The buffers of a broadcast, kept to reuse them.
+    fanout: Fanout,
     /// What the room shares with the rest of the cluster, when there is one.
     cluster: Option<Box<ClusterPart>>,
 }
@@ -223,15 +224,6 @@ impl Drop for Room {
     }
 }
 
-/// The peers a broadcast writes to directly, their sockets, and what each
-/// took.
-#[derive(Default)]
-struct RelayScratch {
-    peers: Vec<usize>,
-    fds: Vec<std::os::fd::RawFd>,
-    results: Vec<std::io::Result<usize>>,
-}
-
 /// What the loop does after a command.
 enum Next {
     Continue,
@@ -266,7 +258,7 @@ pub async fn run(args: RoomArgs, rx: mpsc::Receiver<Box<RoomCmd>>) {
         doc_id: 0,
         core: RoomCore::new(DocState::new(), limits),
         effects: Vec::new(),
-        scratch: RelayScratch::default(),
+        fanout: Fanout::default(),
         cluster: cluster.map(|cluster| {
             Box::new(ClusterPart {
                 cluster,
@@ -746,38 +738,18 @@ impl Room {
     /// whose queue overflows is closed (1013) and listed in `dead`.
     fn broadcast(&mut self, except: Option<ConnId>, payload: &Bytes, dead: &mut Vec<ConnId>) {
         let frame = crate::net::wire::binary_frame(payload);
-        let scratch = &mut self.scratch;
         let peers = self.core.peers();
         let mut sent = 0u64;
-        for (i, peer) in peers.iter().enumerate() {
-            if Some(peer.conn) == except {
-                continue;
-            }
-            match peer.port.begin_direct(&frame) {
-                Ok(Some(fd)) => {
-                    scratch.fds.push(fd);
-                    scratch.peers.push(i);
-                }
-                Ok(None) => sent += 1,
-                Err(Overflow) => dead.push(peer.conn),
-            }
-        }
-        let batched = scratch.fds.len() > 1
-            && send_ring::send_all(&frame, &scratch.fds, &mut scratch.results);
-        for (k, &i) in scratch.peers.iter().enumerate() {
-            let peer = &peers[i];
-            let written = if batched {
-                std::mem::replace(&mut scratch.results[k], Ok(0))
-            } else {
-                peer.port.write_direct(&frame)
-            };
-            match peer.port.end_direct(&frame, written) {
+        let targets = (0..peers.len()).filter(|&i| Some(peers[i].conn) != except);
+        self.fanout.push_frame(
+            &frame,
+            targets,
+            |i| &peers[i].port,
+            |i, outcome| match outcome {
                 Ok(()) => sent += 1,
-                Err(Overflow) => dead.push(peer.conn),
-            }
-        }
-        scratch.peers.clear();
-        scratch.fds.clear();
+                Err(Overflow) => dead.push(peers[i].conn),
+            },
+        );
         let metrics = &self.registry.deps.metrics;
         metrics.frames_relayed.increment(sent);
         metrics.bytes_relayed.increment(sent * payload.len() as u64);

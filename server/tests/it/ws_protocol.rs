@@ -138,6 +138,57 @@ async fn an_idle_connection_gets_the_keepalive_every_ping_interval() {
 }
 
 #[actix_web::test]
+async fn a_reader_hears_from_the_server_at_least_every_ping_interval() {
+    use futures_util::StreamExt;
+
+    // SPEC §2: the stock client reconnects after 30 s without a message, so
+    // every connection hears from the server at least every ping interval
+    // (15 s by default). A writer edits every 1.5 s; between its edits the
+    // reader must still hear something within each 1 s interval. (A
+    // keepalive sent at a tick only when nothing went out since the last
+    // tick left gaps of up to two intervals.)
+    let app = spawn_app(&["--ping-interval", "1s", "--ping-timeout", "3s"]).await;
+    let mut writer = app.client("heard").await;
+    writer.sync().await;
+    let mut reader = app.client("heard").await;
+    reader.sync().await;
+    let start = tokio::time::Instant::now();
+    let deadline = start + std::time::Duration::from_secs(8);
+    let mut edit = tokio::time::interval(std::time::Duration::from_millis(1500));
+    let mut last = start;
+    let mut widest = std::time::Duration::ZERO;
+    let mut edits = 0u32;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = edit.tick() => {
+                writer.insert(0, "x").await;
+                edits += 1;
+            }
+            msg = reader.ws.next() => {
+                let Some(Ok(msg)) = msg else { panic!("the reader's connection ended: {msg:?}") };
+                // Pings are invisible to page code: only messages count.
+                if !msg.is_binary() {
+                    continue;
+                }
+                let now = tokio::time::Instant::now();
+                widest = widest.max(now - last);
+                last = now;
+            }
+            _ = writer.ws.next() => {}
+        }
+    }
+    widest = widest.max(deadline - last);
+    assert!(edits >= 5, "{edits} edits");
+    // The interval, and a quarter of it for the machine's scheduling.
+    assert!(
+        widest <= std::time::Duration::from_millis(1250),
+        "the reader heard nothing for {widest:?}"
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn only_idle_connections_are_pinged_and_an_unanswered_ping_closes_one() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
