@@ -4,8 +4,9 @@
 //! would cost one per peer per update.
 //!
 //! The clock counts steps of `STEP` since the process started. Each
-//! keepalive thread moves it on at every step it takes (`tick`); between
-//! ticks it stands still, so a stamp is late by less than a step.
+//! keepalive thread moves it on whenever it wakes (`tick`): every step
+//! while connections fall due, at least once a second otherwise. Between
+//! ticks it stands still, so a stamp can be late, never early.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

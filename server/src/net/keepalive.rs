@@ -36,6 +36,9 @@ use crate::net::outbox::{Fanout, Outbox, Overflow};
 use crate::net::wire::{self, OP_PING};
 use crate::net::{clock, CloseCode};
 
+/// The longest the keepalive thread sleeps.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
 /// What a session tells the keepalive about its connection.
 #[derive(Debug)]
 pub struct Liveness {
@@ -242,7 +245,7 @@ impl Wheel {
 
     fn run(&mut self, shutdown: &CancellationToken) {
         loop {
-            let next = clock::instant_of(self.swept + 1);
+            let next = clock::instant_of(self.next_busy_step());
             std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
             if shutdown.is_cancelled() {
                 return;
@@ -257,15 +260,36 @@ impl Wheel {
         }
     }
 
+    /// The next step whose slot holds a connection, or the step a second
+    /// on: the thread sleeps through empty slots (a server with few
+    /// connections wakes seldom) but looks at least once a second for
+    /// connections that joined and for the shutdown. A joiner cannot fall
+    /// due sooner: its stamps are no older than the last sweep, and nothing
+    /// falls due before a keepalive's wait from them.
+    ///
+    /// While the thread sleeps the clock stands still, so stamps taken
+    /// meanwhile are early: keepalives and pings can only come sooner for
+    /// it, and a ping's answer is never stamped before the ping's own step.
+    fn next_busy_step(&self) -> u64 {
+        let len = self.slots.len() as u64;
+        let most = clock::steps(MAX_SLEEP)
+            .min(self.schedule.keepalive)
+            .clamp(1, len - 1);
+        (1..=most)
+            .map(|ahead| self.swept + ahead)
+            .find(|step| !self.slots[usize::try_from(step % len).unwrap_or(0)].is_empty())
+            .unwrap_or(self.swept + most)
+    }
+
     /// Visits every connection due by step `now` and writes what is due.
     fn sweep(&mut self, now: u64, joined: Vec<Entry>) {
         for entry in joined {
-            // First visited at the next step; it acts only if due then.
-            self.place(entry, now + 1);
+            // Placed at the step it falls due (it acts only if due now).
+            self.visit(entry, now);
         }
         let len = self.slots.len() as u64;
-        // After a stall of the thread, every slot it missed (at most a
-        // whole turn of the wheel).
+        // The slots of every step since the last sweep: after a sleep
+        // through empty slots or a stall (at most a whole turn).
         let first = (self.swept + 1).max(now.saturating_sub(len - 1));
         for step in first..=now {
             let slot = usize::try_from(step % len).unwrap_or(0);
@@ -338,6 +362,8 @@ impl Wheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEEPALIVE: &[u8] = &[1, 1, 0];
 
     fn schedule() -> Schedule {
         // 1 s and 2 s: 20 and 40 steps.
@@ -421,6 +447,30 @@ mod tests {
             let (due, _) = s.visit(now, now - 1, now - 3, &mut unanswered);
             assert_eq!(due, Due::Nothing);
         }
+    }
+
+    #[test]
+    fn the_thread_sleeps_through_empty_slots() {
+        let joining = Arc::new(Mutex::new(Vec::new()));
+        let mut wheel = Wheel::new(schedule(), KEEPALIVE, Arc::downgrade(&joining));
+        let swept = wheel.swept;
+        // Nothing watched: a look a keepalive's wait on (19 steps at a 1 s
+        // interval; a second, 20 steps, at longer ones), no sooner.
+        assert_eq!(wheel.next_busy_step(), swept + 19);
+        let entry = Entry {
+            conn: 1,
+            outbox: Weak::new(),
+            liveness: Arc::new(Liveness {
+                heard: AtomicU64::new(0),
+                waiting: AtomicBool::new(false),
+            }),
+            unanswered: None,
+        };
+        wheel.place(entry, swept + 7);
+        assert_eq!(wheel.next_busy_step(), swept + 7);
+        // A connection that ended is dropped at its visit.
+        wheel.sweep(swept + 7, Vec::new());
+        assert!(wheel.slots.iter().all(Vec::is_empty));
     }
 
     #[test]
