@@ -136,7 +136,11 @@ impl Outbox {
                 close: None,
                 close_queued: false,
                 broken: false,
-                last_data: clock::now(),
+                // The clock stands still while the keepalive thread sleeps:
+                // moved on here, connections that join during one sleep are
+                // stamped apart, and their keepalives fall due apart rather
+                // than in one burst.
+                last_data: clock::tick(),
                 direct: false,
             }),
             queued: Notify::new(),
