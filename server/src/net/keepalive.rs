@@ -36,6 +36,10 @@ use crate::net::outbox::{Fanout, Outbox, Overflow};
 use crate::net::wire::{self, OP_PING};
 use crate::net::{clock, CloseCode};
 
+/// The wheel's slots at most (about three minutes of steps): the memory of
+/// the wheel does not grow with the configured ping interval.
+const MAX_SLOTS: u64 = 4096;
+
 /// The longest the keepalive thread sleeps.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -223,8 +227,10 @@ struct Wheel {
 impl Wheel {
     fn new(schedule: Schedule, message: &[u8], joining: Weak<Mutex<Vec<Entry>>>) -> Self {
         // One slot more than the longest wait, so an entry never lands in
-        // the slot being visited.
-        let len = usize::try_from(schedule.horizon() + 2).unwrap_or(usize::MAX);
+        // the slot being visited; at most `MAX_SLOTS`, however long the
+        // configured interval (a wait past the wheel is cut to its length
+        // and the connection visited again).
+        let len = usize::try_from((schedule.horizon() + 2).min(MAX_SLOTS)).unwrap_or(1024);
         let keepalive = wire::binary_frame(message);
         let (ping, ping_len) = wire::header(OP_PING, 0);
         let mut both = BytesMut::with_capacity(ping_len + keepalive.len());
@@ -256,7 +262,16 @@ impl Wheel {
             let now = clock::tick();
             let joined = std::mem::take(&mut *lock(&joining));
             drop(joining);
-            self.sweep(now, joined);
+            // A bug in a visit must not end every connection's keepalive:
+            // the entries of that sweep are lost (their clients reconnect
+            // when they hear nothing), the others carry on.
+            let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.sweep(now, joined);
+            }));
+            if swept.is_err() {
+                tracing::error!("the keepalive's sweep panicked; carrying on");
+                self.swept = now;
+            }
         }
     }
 
@@ -333,7 +348,9 @@ impl Wheel {
                 return;
             }
         }
-        self.place(entry, next);
+        // A visit acts only on what is due, so one before `next` is harmless.
+        let last = now + self.slots.len() as u64 - 1;
+        self.place(entry, next.min(last));
     }
 
     /// Writes this step's keepalives, one batch per frame. A connection
@@ -471,6 +488,52 @@ mod tests {
         // A connection that ended is dropped at its visit.
         wheel.sweep(swept + 7, Vec::new());
         assert!(wheel.slots.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_day_long_interval_keeps_the_wheel_small() {
+        let day = Duration::from_secs(86_400);
+        let joining = Arc::new(Mutex::new(Vec::new()));
+        let mut wheel = Wheel::new(
+            Schedule::new(day, 2 * day),
+            KEEPALIVE,
+            Arc::downgrade(&joining),
+        );
+        assert_eq!(wheel.slots.len() as u64, MAX_SLOTS);
+        // A connection far from due is placed within the wheel.
+        let (outbox_holder, entry) = {
+            let std_pair = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = std_pair.local_addr().expect("addr");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let stream = rt.block_on(async {
+                let client = std::net::TcpStream::connect(addr).expect("connect");
+                client.set_nonblocking(true).expect("nonblocking");
+                tokio::net::TcpStream::from_std(client).expect("tokio stream")
+            });
+            let outbox = rt.block_on(async { Outbox::new(Arc::new(stream), 1 << 20) });
+            let entry = Entry {
+                conn: 1,
+                outbox: Arc::downgrade(&outbox),
+                liveness: Arc::new(Liveness {
+                    heard: AtomicU64::new(clock::now()),
+                    waiting: AtomicBool::new(false),
+                }),
+                unanswered: None,
+            };
+            ((rt, outbox, std_pair), entry)
+        };
+        let now = wheel.swept;
+        wheel.visit(entry, now);
+        let placed: Vec<usize> = (0..wheel.slots.len())
+            .filter(|&i| !wheel.slots[i].is_empty())
+            .collect();
+        // Due in a day: visited again at the wheel's last step instead.
+        let last = usize::try_from((now + MAX_SLOTS - 1) % MAX_SLOTS).expect("small");
+        assert_eq!(placed, vec![last]);
+        drop(outbox_holder);
     }
 
     #[test]
