@@ -472,6 +472,10 @@ impl Fanout {
         outbox_of: impl Fn(usize) -> &'a Outbox,
         mut done: impl FnMut(usize, Result<(), Overflow>),
     ) {
+        // Left over only if a caller's `done` panicked midway: those
+        // descriptors may since belong to other sockets.
+        self.targets.clear();
+        self.fds.clear();
         for i in targets {
             match outbox_of(i).begin_direct(frame) {
                 Ok(Some(fd)) => {
