@@ -6,8 +6,12 @@
 //
 //   apt-get install liburing-dev
 //   gcc -O2 -o /tmp/send-floor send-floor.c -luring
-//   /tmp/send-floor N RECEIVERS MODE [BATCH]   # MODE 0: send(2), 1: io_uring
+//   /tmp/send-floor N RECEIVERS MODE [BATCH [PERIOD_MS [PER_ROUND [ROUNDS]]]]
+//   MODE 0: send(2), 1: io_uring; defaults: BATCH N, PERIOD_MS 20, PER_ROUND N, ROUNDS 250
 //   e.g. /tmp/send-floor 1000 4 0; /tmp/send-floor 1000 4 1
+// PER_ROUND below N sends each round to the next PER_ROUND sockets in turn, as a
+// keepalive does: `/tmp/send-floor 18000 2 1 333 50 333 400` is the keepalive traffic
+// of 100,000 idle connections at the default 15 s (333 sockets every 50 ms step).
 // RECEIVERS 0: no forked receivers; it prints "listening PORT" and waits for N
 // connections from outside (the benchmark's Node load generators, see lib/floor.mjs).
 #define _GNU_SOURCE
@@ -57,9 +61,19 @@ static void receive(struct sockaddr_in *addr, int count) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 4) { fprintf(stderr, "usage: %s N RECEIVERS MODE [BATCH]\n", argv[0]); return 2; }
+  if (argc < 4) {
+    fprintf(stderr, "usage: %s N RECEIVERS MODE [BATCH [PERIOD_MS [PER_ROUND [ROUNDS]]]]\n", argv[0]);
+    return 2;
+  }
   int n = atoi(argv[1]), receivers = atoi(argv[2]), uring = atoi(argv[3]);
   int batch = argc > 4 ? atoi(argv[4]) : n;
+  double period = (argc > 5 ? atoi(argv[5]) : 20) / 1e3;
+  int per_round = argc > 6 ? atoi(argv[6]) : n;
+  const int rounds = argc > 7 ? atoi(argv[7]) : 250;
+  if (n <= 0 || batch <= 0 || period <= 0 || per_round <= 0 || rounds <= 0 || batch > 4096) {
+    fprintf(stderr, "N, BATCH (at most 4096), PERIOD_MS, PER_ROUND and ROUNDS must be positive\n");
+    return 2;
+  }
   int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
@@ -84,19 +98,21 @@ int main(int argc, char **argv) {
   if (uring && io_uring_queue_init(4096, &ring, 0)) { fprintf(stderr, "io_uring unavailable\n"); return 1; }
   char msg[30];
   memset(msg, 'x', sizeof msg);
+  if (per_round > n) per_round = n;
   usleep(500000);
-  const int rounds = 250;
   long long c0 = cpu_ns();
+  double start = now();
+  int next = 0;  // the first socket of this round
   for (int r = 0; r < rounds; r++) {
     double t = now();
     if (!uring) {
-      for (int i = 0; i < n; i++)
-        if (send(fds[i], msg, sizeof msg, MSG_DONTWAIT) != sizeof msg) fprintf(stderr, "short send\n");
+      for (int k = 0; k < per_round; k++)
+        if (send(fds[(next + k) % n], msg, sizeof msg, MSG_DONTWAIT) != sizeof msg) fprintf(stderr, "short send\n");
     } else {
-      for (int base = 0; base < n; base += batch) {
-        int m = base + batch > n ? n - base : batch;
-        for (int i = base; i < base + m; i++)
-          io_uring_prep_send(io_uring_get_sqe(&ring), fds[i], msg, sizeof msg, MSG_DONTWAIT);
+      for (int base = 0; base < per_round; base += batch) {
+        int m = base + batch > per_round ? per_round - base : batch;
+        for (int k = base; k < base + m; k++)
+          io_uring_prep_send(io_uring_get_sqe(&ring), fds[(next + k) % n], msg, sizeof msg, MSG_DONTWAIT);
         io_uring_submit_and_wait(&ring, m);
         struct io_uring_cqe *cqe;
         unsigned head, seen = 0;
@@ -107,12 +123,21 @@ int main(int argc, char **argv) {
         io_uring_cq_advance(&ring, seen);
       }
     }
-    double left = 0.02 - (now() - t);
+    next = (next + per_round) % n;
+    double left = period - (now() - t);
     if (left > 0) usleep(left * 1e6);
   }
-  double per = (cpu_ns() - c0) / 1e3 / ((double)rounds * n);
-  printf("%s, N=%d, %d receivers, batch %d: %.2f us of sender CPU per send\n",
-         uring ? "io_uring" : "send(2)", n, receivers, uring ? batch : 1, per);
+  long long used = cpu_ns() - c0;
+  double per = used / 1e3 / ((double)rounds * per_round);
+  if (per_round == n) {
+    printf("%s, N=%d, %d receivers, batch %d: %.2f us of sender CPU per send\n",
+           uring ? "io_uring" : "send(2)", n, receivers, uring ? batch : 1, per);
+  } else {
+    printf("%s, N=%d, %d receivers, batch %d, %d sockets every %.0f ms: %.2f us of sender CPU per send, "
+           "%.2f %% of one core\n",
+           uring ? "io_uring" : "send(2)", n, receivers, uring ? batch : 1, per_round, period * 1e3, per,
+           100.0 * used / 1e9 / (now() - start));
+  }
   for (int i = 0; i < n; i++) close(fds[i]);
   while (wait(0) > 0) {}
   return 0;

@@ -13,7 +13,8 @@
 //   docObserver connect one Y.Doc observer (DocClient) to a url
 //   awaitClock  wait until the Y.Doc observer has clock >= target for a client id; report when
 //   openRaw     connect `count` plain TCP sockets to 127.0.0.1:port that read and discard
-//               (the receivers of the kernel-floor program, lib/floor.mjs)
+//               (the receivers of the kernel-floor program, lib/floor.mjs), from
+//               `localAddresses` in turn when given
 //   closeAll    close every client
 //   exit        exit the process
 
@@ -172,11 +173,12 @@ const handlers = {
       wallMs: now() - observer.t0
     }
   },
-  async openRaw ({ port, count }) {
+  async openRaw ({ port, count, localAddresses = null }) {
     const opened = []
     for (let i = 0; i < count; i++) {
       opened.push(new Promise((resolve, reject) => {
-        const s = connect({ port, host: '127.0.0.1', noDelay: true }, () => resolve())
+        const localAddress = localAddresses ? localAddresses[i % localAddresses.length] : undefined
+        const s = connect({ port, host: '127.0.0.1', noDelay: true, localAddress }, () => resolve())
         s.on('data', (d) => { rawBytes += d.length })
         s.on('error', reject)
         rawSockets.push(s)

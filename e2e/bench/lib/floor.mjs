@@ -39,13 +39,21 @@ export function runFloor (n, receivers, mode) {
 }
 
 /**
- * As runFloor, but the receivers are 2 of the benchmark's Node load-generator processes
- * reading plain TCP sockets, like the observers of scenario (a) minus the WebSocket
- * parsing. How often receivers sleep and must be woken is a cost the kernel charges to
- * the sender, so this is the floor under the benchmark's own kind of receivers.
+ * As runFloor, but the receivers are the benchmark's Node load-generator processes
+ * (2 unless `receivers` says otherwise) reading plain TCP sockets, like the observers of
+ * scenario (a) minus the WebSocket parsing. How often receivers sleep and must be woken
+ * is a cost the kernel charges to the sender, so this is the floor under the benchmark's
+ * own kind of receivers.
+ *
+ * With `perRound` below n, each round (every `periodMs`) sends to the next `perRound`
+ * sockets in turn, as a server's keepalive does, for `rounds` rounds; the result then
+ * also has the sender's CPU as a share of one core (`percentOfCore`). Returns
+ * { usPerSend, percentOfCore }.
  */
-export async function runFloorNodeReceivers (n, mode) {
-  const child = spawn(BINARY, [String(n), '0', mode === 'io_uring' ? '1' : '0'], { stdio: ['ignore', 'pipe', 'inherit'] })
+export async function runFloorNodeReceivers (n, mode, opts = {}) {
+  const { receivers = 2, periodMs = 20, perRound = n, rounds = 250, localAddresses = null } = opts
+  const args = [n, 0, mode === 'io_uring' ? 1 : 0, Math.min(perRound, 4096), periodMs, perRound, rounds].map(String)
+  const child = spawn(BINARY, args, { stdio: ['ignore', 'pipe', 'inherit'] })
   let out = ''
   const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)))
   const port = await new Promise((resolve, reject) => {
@@ -56,15 +64,18 @@ export async function runFloorNodeReceivers (n, mode) {
     })
     child.on('exit', (code) => reject(new Error(`send-floor exited (${code}) before listening: ${out.trim()}`)))
   })
-  const workers = spawnWorkers(2, 'floor-receivers')
+  const workers = spawnWorkers(receivers, 'floor-receivers')
   try {
-    await Promise.all(workers.map((w, i) => w.call('openRaw', { port, count: Math.floor(n / 2) + (i < n % 2 ? 1 : 0) }, 60000)))
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60000)
+    const share = (i) => Math.floor(n / receivers) + (i < n % receivers ? 1 : 0)
+    await Promise.all(workers.map((w, i) => w.call('openRaw', { port, count: share(i), localAddresses }, 120000)))
+    const limitMs = 60000 + rounds * periodMs
+    const timer = setTimeout(() => child.kill('SIGKILL'), limitMs)
     const code = await exited
     clearTimeout(timer)
     const m = /([\d.]+) us of sender CPU per send/.exec(out)
     if (code !== 0 || !m) throw new Error(`send-floor failed (${code}): ${out.trim()}`)
-    return Number(m[1])
+    const core = /([\d.]+) % of one core/.exec(out)
+    return { usPerSend: Number(m[1]), percentOfCore: core ? Number(core[1]) : null }
   } finally {
     await Promise.all(workers.map((w) => w.stop()))
   }

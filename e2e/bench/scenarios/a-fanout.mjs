@@ -56,12 +56,12 @@ export async function baseline (quick) {
   const largest = Math.max(...ns)
   const perN = {}
   for (const n of ns) {
-    perN[n] = { io_uring_node_us: await runFloorNodeReceivers(n, 'io_uring') }
+    perN[n] = { io_uring_node_us: (await runFloorNodeReceivers(n, 'io_uring')).usPerSend }
     if (n === largest) {
       Object.assign(perN[n], {
         io_uring_us: runFloor(n, 2, 'io_uring'),
         send_us: runFloor(n, 2, 'send'),
-        send_node_us: await runFloorNodeReceivers(n, 'send')
+        send_node_us: (await runFloorNodeReceivers(n, 'send')).usPerSend
       })
     }
   }

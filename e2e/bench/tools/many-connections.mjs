@@ -9,7 +9,10 @@
 // and with every connection open, and per connection; its CPU while idle at that size
 // (% of one core over IDLE seconds); relay latency writer → both idle clients of its
 // room (p50/p99/max) and updates lost, while at that size; the server's open file
-// descriptors. Exits 1 when a connection fails, an update is lost, or the server dies.
+// descriptors. Then, with the server stopped, the kernel's floor for the keepalive traffic
+// of that many connections (floor/send-floor.c, see below; skipped without gcc and
+// liburing-dev), and the idle CPU divided by it. Exits 1 when a connection fails, an
+// update is lost, or the server dies.
 //
 // File limits: the server needs one descriptor per connection, each load generator one per
 // client it holds. When the tool's own limit is lower it runs itself again under
@@ -31,6 +34,7 @@ import { RawClient, TextAppender, marker } from '../lib/yclient.mjs'
 import { spawnWorkers, split } from '../lib/workers.mjs'
 import { rssKb, snapshot, diff } from '../lib/procstats.mjs'
 import { fmt, now, sleep, summarize } from '../lib/stats.mjs'
+import { buildFloor, runFloorNodeReceivers } from '../lib/floor.mjs'
 
 const { values: opts } = parseArgs({
   options: {
@@ -90,6 +94,14 @@ if (fileLimits().soft < FILES_NEEDED) {
 }
 
 // ---- the server ----------------------------------------------------------------------------
+// Extra server settings as JSON, e.g. '{"TANDEM_PING_INTERVAL":"60s"}'.
+const serverEnv = JSON.parse(process.env.BENCH_SERVER_ENV || '{}')
+/** A duration as Tandem reads it ("15s", "2.7s", "500ms", "1m"), in seconds; null if not one of these. */
+function seconds (text) {
+  const m = /^\s*([\d.]+)\s*(ms|s|m)?\s*$/.exec(String(text))
+  if (!m || !(Number(m[1]) > 0)) return null
+  return Number(m[1]) * { ms: 0.001, s: 1, m: 60 }[m[2] || 's']
+}
 const dir = mkdtempSync(join(tmpdir(), 'many-'))
 const server = await start()
 process.on('exit', () => { try { server.p.kill('SIGKILL') } catch {} rmSync(dir, { recursive: true, force: true }) })
@@ -105,8 +117,7 @@ function start () {
         TANDEM_MAX_CONNECTIONS: String(CONNECTIONS + WRITERS + 1000),
         TANDEM_LOG_FORMAT: 'json',
         RUST_LOG: 'warn,tandem::app=info',
-        // Extra server settings as JSON, e.g. '{"TANDEM_PING_INTERVAL":"60s"}'.
-        ...JSON.parse(process.env.BENCH_SERVER_ENV || '{}')
+        ...serverEnv
       },
       stdio: ['ignore', 'pipe', 'pipe']
     })
@@ -136,6 +147,7 @@ const mib = (kb) => kb / 1024
 const rows = []
 const row = (what, value, unit) => { rows.push([what, value, unit]); console.error(`  ${what}: ${fmt(value)} ${unit}`) }
 let failed = false
+let idleCpu = null
 
 // ---- connect everything ----------------------------------------------------------------------
 await sleep(1000)
@@ -168,7 +180,8 @@ try {
   const i0 = snapshot(server.p.pid)
   await sleep(IDLE_S * 1000)
   const idle = diff(i0, snapshot(server.p.pid))
-  row('server CPU while idle', (100 * idle.serverCpuMs) / idle.wallMs, '% of 1 core')
+  idleCpu = (100 * idle.serverCpuMs) / idle.wallMs
+  row('server CPU while idle', idleCpu, '% of 1 core')
 
   // ---- writers in 1% of the rooms --------------------------------------------------------------
   await Promise.all(workers.map((w) => w.call('record')))
@@ -225,6 +238,35 @@ try {
 if (server.p.exitCode !== null) {
   failed = true
   console.error(`the server exited: ${server.last.join('\n')}`)
+} else {
+  server.p.kill('SIGKILL')
+  await server.exited
+}
+
+// ---- the kernel's floor for the same keepalive traffic --------------------------------------
+// An idle server must still send every connection a message each ping interval (SPEC §2),
+// in 50 ms steps. floor/send-floor.c sends the same number of small messages in the same
+// steps to as many sockets, read by as many Node processes as the load generators, and
+// does nothing else: no server can keep these connections for less CPU on this machine.
+// It pings nobody and reads no pong, which the server does as well.
+const notBuilt = buildFloor()
+const interval = seconds(serverEnv.TANDEM_PING_INTERVAL ?? '15s')
+if (notBuilt) {
+  console.error(`keepalive floor skipped: ${notBuilt}`)
+} else if (interval === null) {
+  console.error(`keepalive floor skipped: cannot read TANDEM_PING_INTERVAL ${serverEnv.TANDEM_PING_INTERVAL}`)
+} else {
+  const perStep = Math.max(1, Math.round((CONNECTIONS * 0.05) / interval))
+  const floor = await runFloorNodeReceivers(CONNECTIONS, 'io_uring', {
+    receivers: WORKERS,
+    periodMs: 50,
+    perRound: perStep,
+    rounds: Math.max(60, Math.round(IDLE_S / 0.05)),
+    localAddresses: addresses
+  })
+  row(`keepalive floor: ${perStep} sends every 50 ms, CPU`, floor.percentOfCore, '% of 1 core')
+  row('keepalive floor: CPU per send', floor.usPerSend, 'µs')
+  if (idleCpu !== null) row('server CPU while idle / keepalive floor', idleCpu / floor.percentOfCore, '×')
 }
 console.log(`\nmany connections: ${CONNECTIONS.toLocaleString('en-US')} connections in ${ROOMS.toLocaleString('en-US')} rooms, ${WORKERS} load generators`)
 for (const [what, value, unit] of rows) console.log(`  ${what.padEnd(48)} ${String(fmt(value)).padStart(12)} ${unit}`)
