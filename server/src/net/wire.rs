@@ -12,8 +12,12 @@
 //! ten bytes followed by the payload as it is: the room shares one `Bytes`
 //! between every peer and each socket writes it from there.
 
+use std::io;
+
 use actix_http::ws::{OpCode, Parser, ProtocolError};
 use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 use crate::net::CloseCode;
 
@@ -73,6 +77,32 @@ impl FrameReader {
     pub fn read_buf(&mut self) -> &mut BytesMut {
         self.buf.reserve(READ_CHUNK);
         &mut self.buf
+    }
+
+    /// Reads what the socket holds, up to a chunk, without waiting: the
+    /// byte count (0 at the end of the stream), or `WouldBlock` when there
+    /// was nothing. A read that leaves part of the buffer unfilled has
+    /// emptied the socket, so the socket's readiness is cleared with it, as
+    /// tokio's own `AsyncRead` does; otherwise every read (each pong, each
+    /// update) would be followed by another system call that finds nothing.
+    /// Readiness that a new arrival set meanwhile is kept (tokio clears only
+    /// the event it saw before the read).
+    pub fn read_from(&mut self, stream: &TcpStream) -> io::Result<usize> {
+        let buf = self.read_buf();
+        let mut emptied = None;
+        let read = stream.try_io(Interest::READABLE, || {
+            let room = buf.capacity() - buf.len();
+            let n = stream.try_read_buf(buf)?;
+            if n > 0 && n < room {
+                emptied = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match emptied {
+            Some(n) => Ok(n),
+            None => read,
+        }
     }
 
     /// The next whole message, or `None` when more bytes are needed.
@@ -202,6 +232,83 @@ pub fn close_payload(code: CloseCode, reason: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// A connected pair: a plain client socket and the server's tokio one.
+    async fn socket_pair() -> (std::net::TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("has an address");
+        let client = std::net::TcpStream::connect(addr).expect("connects");
+        let (server, _) = listener.accept().await.expect("accepts");
+        (client, server)
+    }
+
+    /// Whether the socket counts as readable within a short while.
+    async fn readable_soon(stream: &TcpStream) -> bool {
+        tokio::time::timeout(Duration::from_millis(100), stream.readable())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_read_that_empties_the_socket_clears_its_readiness() {
+        let (mut client, server) = socket_pair().await;
+        let mut reader = FrameReader::new(BytesMut::new(), 1 << 20);
+
+        client.write_all(b"pong!").expect("writes");
+        server.readable().await.expect("readable");
+        assert_eq!(reader.read_from(&server).expect("reads"), 5);
+        // Emptied: the next wait sleeps until more arrives, and asking
+        // again costs no read.
+        assert!(
+            !readable_soon(&server).await,
+            "still ready after the socket was emptied"
+        );
+        let again = reader.read_from(&server).expect_err("nothing to read");
+        assert_eq!(again.kind(), io::ErrorKind::WouldBlock);
+
+        // More bytes make it ready again, and they are read.
+        client.write_all(b"more").expect("writes");
+        assert!(
+            readable_soon(&server).await,
+            "new bytes did not make it ready"
+        );
+        assert_eq!(reader.read_from(&server).expect("reads"), 4);
+        assert_eq!(&reader.buf[..], b"pong!more");
+
+        // The end of the stream is a read of 0, not a wait.
+        drop(client);
+        assert!(
+            readable_soon(&server).await,
+            "the end of the stream did not make it ready"
+        );
+        assert_eq!(reader.read_from(&server).expect("reads"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fills_the_buffer_keeps_the_socket_ready() {
+        let (mut client, server) = socket_pair().await;
+        let mut reader = FrameReader::new(BytesMut::new(), 1 << 20);
+        let sent = vec![7u8; 3 * READ_CHUNK];
+        client.write_all(&sent).expect("writes");
+        // Everything has arrived when a read takes it all.
+        let mut got = 0;
+        while got < sent.len() {
+            assert!(
+                readable_soon(&server).await,
+                "bytes are left, but it is not ready"
+            );
+            match reader.read_from(&server) {
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+        assert_eq!(reader.buf.len(), sent.len());
+    }
     use actix_http::ws::{Codec, Frame, Item, Message};
     use tokio_util::codec::Encoder;
 

@@ -246,7 +246,7 @@ impl Session {
                         outbox.gone();
                         return End::Gone;
                     }
-                    match stream.try_read_buf(reader.read_buf()) {
+                    match reader.read_from(stream) {
                         Ok(0) => {
                             outbox.gone();
                             return End::Gone;
