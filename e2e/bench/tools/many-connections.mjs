@@ -7,7 +7,8 @@
 //
 // Reported: time to connect everything; the server's resident memory (VmRSS) before
 // and with every connection open, and per connection; its CPU while idle at that size
-// (% of one core over IDLE seconds); relay latency writer → both idle clients of its
+// (% of one core over IDLE seconds, from schedstat, with the share of each thread);
+// relay latency writer → both idle clients of its
 // room (p50/p99/max) and updates lost, while at that size; the server's open file
 // descriptors. Then, with the server stopped, the kernel's floor for the keepalive traffic
 // of that many connections (floor/send-floor.c, see below; skipped without gcc and
@@ -20,11 +21,12 @@
 // load generators inherit that limit, and the server raises its own soft limit at start.
 //
 //   node tools/many-connections.mjs [--rooms N] [--workers N] [--rate N] [--duration S]
-//                                   [--idle S] [--bin PATH]
+//                                   [--idle S] [--settle S] [--bin PATH]
 //
 // Defaults: 50,000 rooms (100,000 connections), 4 load-generator processes, 2 updates
-// per second per writing room for 10 s, 10 s of idle CPU. `--rooms 2500` is the CI
-// smoke size (5,000 connections).
+// per second per writing room for 10 s, 3 s between the last connection and the idle
+// window (--settle; the ratio to the keepalive floor needs at least a ping interval), 10 s
+// of idle CPU. `--rooms 2500` is the CI smoke size (5,000 connections).
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -43,6 +45,7 @@ const { values: opts } = parseArgs({
     rate: { type: 'string', default: '2' },
     duration: { type: 'string', default: '10' },
     idle: { type: 'string', default: '10' },
+    settle: { type: 'string', default: '3' },
     bin: { type: 'string' }
   }
 })
@@ -56,6 +59,7 @@ const WORKERS = Math.floor(positive('workers'))
 const RATE = positive('rate')
 const DURATION_S = positive('duration')
 const IDLE_S = positive('idle')
+const SETTLE_S = positive('settle')
 const BIN = opts.bin || process.env.TANDEM_BIN || '/work/cargo-target/release/tandem'
 if (!existsSync(BIN)) { console.error(`no Tandem binary at ${BIN} (set --bin or TANDEM_BIN)`); process.exit(2) }
 
@@ -96,6 +100,7 @@ if (fileLimits().soft < FILES_NEEDED) {
 // ---- the server ----------------------------------------------------------------------------
 // Extra server settings as JSON, e.g. '{"TANDEM_PING_INTERVAL":"60s"}'.
 const serverEnv = JSON.parse(process.env.BENCH_SERVER_ENV || '{}')
+const pingInterval = seconds(serverEnv.TANDEM_PING_INTERVAL ?? '15s')
 /** A duration as Tandem reads it ("15s", "2.7s", "500ms", "1m"), in seconds; null if not one of these. */
 function seconds (text) {
   const m = /^\s*([\d.]+)\s*(ms|s|m)?\s*$/.exec(String(text))
@@ -148,6 +153,7 @@ const rows = []
 const row = (what, value, unit) => { rows.push([what, value, unit]); console.error(`  ${what}: ${fmt(value)} ${unit}`) }
 let failed = false
 let idleCpu = null
+let steady = false
 
 // ---- connect everything ----------------------------------------------------------------------
 await sleep(1000)
@@ -172,16 +178,25 @@ try {
   }
 
   // ---- idle at that size ---------------------------------------------------------------------
-  await sleep(3000)
+  const connected = now()
+  await sleep(SETTLE_S * 1000)
   const rssOpen = rssKb(server.p.pid)
   row('server RSS, all connected', mib(rssOpen), 'MiB')
   row('server RSS per connection', ((rssOpen - rssCold) * 1024) / CONNECTIONS, 'bytes')
   row('server open fds', fds(), '')
+  // Keepalives fall due a ping interval after a connection's last message, so the
+  // window shows their steady traffic only if it starts that long after the last
+  // connection synced.
+  steady = pingInterval === null || (now() - connected) / 1000 >= pingInterval
   const i0 = snapshot(server.p.pid)
   await sleep(IDLE_S * 1000)
   const idle = diff(i0, snapshot(server.p.pid))
-  idleCpu = (100 * idle.serverCpuMs) / idle.wallMs
+  // From the threads' schedstat (ns), as the floor program measures itself: the
+  // process's utime+stime ticks are too coarse for a few seconds of a near-idle server.
+  idleCpu = (100 * idle.serverThreadCpuMs) / idle.wallMs
   row('server CPU while idle', idleCpu, '% of 1 core')
+  const byThread = idle.serverThreadCpuByNameMs.map(([name, ms]) => `${name} ${fmt((1000 * ms) / idle.wallMs)}`)
+  console.error(`  server CPU while idle by thread (ms/s): ${byThread.join(', ')}`)
 
   // ---- writers in 1% of the rooms --------------------------------------------------------------
   await Promise.all(workers.map((w) => w.call('record')))
@@ -250,7 +265,7 @@ if (server.p.exitCode !== null) {
 // does nothing else: no server can keep these connections for less CPU on this machine.
 // It pings nobody and reads no pong, which the server does as well.
 const notBuilt = buildFloor()
-const interval = seconds(serverEnv.TANDEM_PING_INTERVAL ?? '15s')
+const interval = pingInterval
 if (notBuilt) {
   console.error(`keepalive floor skipped: ${notBuilt}`)
 } else if (interval === null) {
@@ -267,7 +282,11 @@ if (notBuilt) {
     })
     row(`keepalive floor: ${perStep} sends every 50 ms, CPU`, floor.percentOfCore, '% of 1 core')
     row('keepalive floor: CPU per send', floor.usPerSend, 'µs')
-    if (idleCpu !== null) row('server CPU while idle / keepalive floor', idleCpu / floor.percentOfCore, '×')
+    if (idleCpu !== null && steady) {
+      row('server CPU while idle / keepalive floor', idleCpu / floor.percentOfCore, '×')
+    } else if (idleCpu !== null) {
+      console.error(`no ratio to the floor: the idle window began less than a ping interval (${interval} s) after the last connection synced, before the keepalives were all due (--settle ${Math.ceil(interval)} waits for them)`)
+    }
   } catch (err) {
     // A figure beside the server's, not a check of it: its failure fails nothing.
     console.error(`keepalive floor failed: ${err.message}`)
