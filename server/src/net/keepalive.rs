@@ -40,6 +40,11 @@ use crate::net::{clock, CloseCode};
 /// the wheel does not grow with the configured ping interval.
 const MAX_SLOTS: u64 = 4096;
 
+/// The ping interval and timeout are held to this many steps (about 1,700
+/// years), so that no sum of steps overflows, whatever duration the
+/// settings name.
+const MAX_STEPS: u64 = 1 << 40;
+
 /// The longest the keepalive thread sleeps.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -111,11 +116,11 @@ struct Schedule {
 
 impl Schedule {
     fn new(interval: Duration, timeout: Duration) -> Self {
-        let interval = clock::steps(interval).max(2);
+        let interval = clock::steps(interval).clamp(2, MAX_STEPS);
         Schedule {
             keepalive: interval - 1,
             interval,
-            timeout: clock::steps(timeout).max(interval + 1),
+            timeout: clock::steps(timeout).min(MAX_STEPS).max(interval + 1),
         }
     }
 
@@ -522,6 +527,20 @@ mod tests {
             .filter(|&i| !wheel.slots[i as usize].is_empty())
             .collect();
         assert_eq!(placed, vec![(now + MAX_SLOTS - 1) % MAX_SLOTS]);
+    }
+
+    #[test]
+    fn an_interval_of_any_length_schedules_without_overflow() {
+        // `humantime` reads durations up to `Duration::MAX`.
+        let s = Schedule::new(Duration::MAX, Duration::MAX);
+        let mut unanswered = None;
+        let (due, next) = s.visit(1_000, 1_000, 1_000, &mut unanswered);
+        assert_eq!(due, Due::Nothing, "a connection heard from this step");
+        assert!(next > 1_000);
+        let joining = Arc::new(Mutex::new(Vec::new()));
+        let wheel = Wheel::new(s, KEEPALIVE, Arc::downgrade(&joining));
+        assert_eq!(wheel.slots.len() as u64, MAX_SLOTS);
+        assert!(wheel.next_busy_step() > wheel.swept);
     }
 
     #[test]
