@@ -289,6 +289,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hang_up_that_came_with_the_last_bytes_is_still_seen() {
+        // The bytes and the end of the stream are in before the first read:
+        // clearing the readiness after the bytes must not hide the end.
+        let (mut client, server) = socket_pair().await;
+        let mut reader = FrameReader::new(BytesMut::new(), 1 << 20);
+        client.write_all(b"bye").expect("writes");
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server.readable().await.expect("readable");
+        assert_eq!(reader.read_from(&server).expect("reads"), 3);
+        assert!(readable_soon(&server).await, "the hang-up was lost");
+        assert_eq!(reader.read_from(&server).expect("reads"), 0);
+    }
+
+    #[tokio::test]
     async fn a_read_that_fills_the_buffer_keeps_the_socket_ready() {
         let (mut client, server) = socket_pair().await;
         let mut reader = FrameReader::new(BytesMut::new(), 1 << 20);
