@@ -265,13 +265,12 @@ if (server.p.exitCode !== null) {
 // does nothing else: no server can keep these connections for less CPU on this machine.
 // It pings nobody and reads no pong, which the server does as well.
 const notBuilt = buildFloor()
-const interval = pingInterval
 if (notBuilt) {
   console.error(`keepalive floor skipped: ${notBuilt}`)
-} else if (interval === null) {
+} else if (pingInterval === null) {
   console.error(`keepalive floor skipped: cannot read TANDEM_PING_INTERVAL ${serverEnv.TANDEM_PING_INTERVAL}`)
 } else {
-  const perStep = Math.max(1, Math.round((CONNECTIONS * 0.05) / interval))
+  const perStep = Math.max(1, Math.round((CONNECTIONS * 0.05) / pingInterval))
   try {
     const floor = await runFloorNodeReceivers(CONNECTIONS, 'io_uring', {
       receivers: WORKERS,
@@ -285,7 +284,7 @@ if (notBuilt) {
     if (idleCpu !== null && steady) {
       row('server CPU while idle / keepalive floor', idleCpu / floor.percentOfCore, '×')
     } else if (idleCpu !== null) {
-      console.error(`no ratio to the floor: the idle window began less than a ping interval (${interval} s) after the last connection synced, before the keepalives were all due (--settle ${Math.ceil(interval)} waits for them)`)
+      console.error(`no ratio to the floor: the idle window began less than a ping interval (${pingInterval} s) after the last connection synced, before the keepalives were all due (--settle ${Math.ceil(pingInterval)} waits for them)`)
     }
   } catch (err) {
     // A figure beside the server's, not a check of it: its failure fails nothing.
